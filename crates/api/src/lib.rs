@@ -1,0 +1,16 @@
+//! imc-api: the types every other part of imc speaks.
+//!
+//! Content digests, image references, the `ImageCache` resource and the annotation names of
+//! DESIGN §3–§4. Everything here is pure: parsing, validation and defaulting, no I/O.
+
+pub mod annotations;
+pub mod cache_id;
+pub mod digest;
+pub mod image_cache;
+pub mod reference;
+pub mod validation;
+
+pub use cache_id::CacheId;
+pub use digest::{Digest, DigestError};
+pub use image_cache::{ImageCache, ImageCacheSpec, ImageCacheStatus};
+pub use reference::{Reference, ReferenceError};

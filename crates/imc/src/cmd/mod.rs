@@ -1,0 +1,75 @@
+//! Subcommands. One file per command group; each turns its arguments into library calls.
+
+mod cache;
+mod image;
+mod registry_args;
+mod run;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default data directory (DESIGN §6).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/imc";
+
+/// imc: image caches for fast container cold starts.
+///
+/// imc pulls images into a verified, deduplicated layer store, builds read-only cache disks from
+/// them, and starts containers from those disks without pulling. `imc server` runs everything on
+/// one machine behind a Kubernetes-compatible API that kubectl uses as-is.
+#[derive(Parser, Debug)]
+#[command(name = "imc", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pull, list and remove images in the local layer store.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Build and inspect cache disks.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Run one container in the foreground, from a cache disk when given.
+    Run(run::RunArgs),
+    /// Run the all-in-one server: Kubernetes-compatible API, controllers and a node.
+    Server(server::ServerArgs),
+}
+
+/// Arguments every command that touches local state takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// Where imc keeps blobs, layers, caches and state.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR, env = "IMC_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+pub fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,imc=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Image(c) => image::run(c).await,
+        Command::Cache(c) => cache::run(c).await,
+        Command::Run(a) => run::run(a).await,
+        Command::Server(a) => server::run(a).await,
+    }
+}
