@@ -1,1 +1,8 @@
-//! imc-testkit
+//! imc-testkit: fixtures shared by imc's integration tests and benchmarks. Every fixture starts a
+//! real component (Debian `docker-registry`, containerd) or sits in front of one (proxies); none
+//! fakes a result.
+
+pub mod containerd;
+pub mod image;
+pub mod proxy;
+pub mod registry;
