@@ -26,8 +26,8 @@ pub const CPU_ARCH: &str = "k8s.aliyun.com/imc-cpu-arch";
 pub const AUTO_CREATED_LABEL: &str = "imc.dev/auto-created";
 
 /// True when an annotation map says `"true"` for any of `keys`.
-pub fn is_true<'a>(
-    annotations: Option<&'a std::collections::BTreeMap<String, String>>,
+pub fn is_true(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
     keys: &[&str],
 ) -> bool {
     annotations.is_some_and(|a| {

@@ -14,7 +14,9 @@ pub const CACHE_ID_SUFFIX_LEN: usize = 20;
 
 /// Why a string is not a cache id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not an image cache id (expected imc- followed by 20 lowercase letters or digits)")]
+#[error(
+    "{0:?} is not an image cache id (expected imc- followed by 20 lowercase letters or digits)"
+)]
 pub struct CacheIdError(pub String);
 
 impl CacheId {
@@ -40,7 +42,9 @@ impl FromStr for CacheId {
         match s.strip_prefix("imc-") {
             Some(rest)
                 if rest.len() == CACHE_ID_SUFFIX_LEN
-                    && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
             {
                 Ok(Self(s.to_owned()))
             }
@@ -84,7 +88,12 @@ mod tests {
         let id = CacheId::from_entropy(&[7u8; 20]);
         assert_eq!(id.as_str().len(), 24);
         assert_eq!(id.as_str().parse::<CacheId>().unwrap(), id);
-        for bad in ["imc-", "imc-ABCDEFGHIJKLMNOPQRST", "abc-abcdefghijklmnopqrst", "imc-abc"] {
+        for bad in [
+            "imc-",
+            "imc-ABCDEFGHIJKLMNOPQRST",
+            "abc-abcdefghijklmnopqrst",
+            "imc-abc",
+        ] {
             assert!(bad.parse::<CacheId>().is_err(), "{bad}");
         }
     }

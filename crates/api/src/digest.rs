@@ -144,7 +144,10 @@ mod tests {
     fn rejects_bad_input() {
         for (input, want) in [
             ("abc", DigestError::NoAlgorithm("abc".into())),
-            ("md5:abc", DigestError::UnsupportedAlgorithm("md5:abc".into())),
+            (
+                "md5:abc",
+                DigestError::UnsupportedAlgorithm("md5:abc".into()),
+            ),
             ("sha256:XYZ", DigestError::BadHex("sha256:XYZ".into())),
             (
                 "sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824",

@@ -30,11 +30,15 @@ pub enum ReferenceError {
     Empty,
     #[error("image reference {0:?} is longer than 255 characters")]
     TooLong(String),
-    #[error("image reference {reference:?} has an invalid repository name {name:?} (lowercase letters, digits and . _ - separators only)")]
+    #[error(
+        "image reference {reference:?} has an invalid repository name {name:?} (lowercase letters, digits and . _ - separators only)"
+    )]
     BadName { reference: String, name: String },
     #[error("image reference {reference:?} has an invalid registry host {host:?}")]
     BadHost { reference: String, host: String },
-    #[error("image reference {reference:?} has an invalid tag {tag:?} (letters, digits, _ . - up to 128 characters)")]
+    #[error(
+        "image reference {reference:?} has an invalid tag {tag:?} (letters, digits, _ . - up to 128 characters)"
+    )]
     BadTag { reference: String, tag: String },
     #[error("image reference {reference:?} has an invalid digest: {source}")]
     BadDigest {
@@ -129,12 +133,16 @@ fn is_host(h: &str) -> bool {
         return false;
     }
     if host.starts_with('[') && host.ends_with(']') {
-        return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        return host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
     }
     !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -145,7 +153,8 @@ fn is_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl FromStr for Reference {
@@ -184,7 +193,10 @@ impl FromStr for Reference {
         }
         let (registry, repository) = match path.split_once('/') {
             Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.starts_with('[') =>
             {
                 if !is_host(first) {
                     return Err(ReferenceError::BadHost {
@@ -261,11 +273,29 @@ mod tests {
     fn normalises_like_docker() {
         let d = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         for (input, registry, repo, tag, digest) in [
-            ("busybox", "docker.io", "library/busybox", Some("latest"), false),
-            ("busybox:1.30", "docker.io", "library/busybox", Some("1.30"), false),
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                false,
+            ),
+            (
+                "busybox:1.30",
+                "docker.io",
+                "library/busybox",
+                Some("1.30"),
+                false,
+            ),
             ("user/app", "docker.io", "user/app", Some("latest"), false),
             ("localhost/app:v1", "localhost", "app", Some("v1"), false),
-            ("127.0.0.1:5000/a/b/c:t", "127.0.0.1:5000", "a/b/c", Some("t"), false),
+            (
+                "127.0.0.1:5000/a/b/c:t",
+                "127.0.0.1:5000",
+                "a/b/c",
+                Some("t"),
+                false,
+            ),
             (
                 "registry.cn-shanghai.aliyuncs.com/eci_open/nginx:1.14.2",
                 "registry.cn-shanghai.aliyuncs.com",
@@ -274,14 +304,24 @@ mod tests {
                 false,
             ),
             (&format!("quay.io/x/y@{d}"), "quay.io", "x/y", None, true),
-            (&format!("quay.io/x/y:t@{d}"), "quay.io", "x/y", Some("t"), true),
+            (
+                &format!("quay.io/x/y:t@{d}"),
+                "quay.io",
+                "x/y",
+                Some("t"),
+                true,
+            ),
         ] {
             let r: Reference = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(r.registry(), registry, "{input}");
             assert_eq!(r.repository(), repo, "{input}");
             assert_eq!(r.tag(), tag, "{input}");
             assert_eq!(r.digest().is_some(), digest, "{input}");
-            assert_eq!(r.to_string().parse::<Reference>().unwrap(), r, "{input} round trip");
+            assert_eq!(
+                r.to_string().parse::<Reference>().unwrap(),
+                r,
+                "{input} round trip"
+            );
         }
         assert_eq!(
             "busybox".parse::<Reference>().unwrap().api_host(),

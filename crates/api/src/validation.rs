@@ -56,7 +56,10 @@ pub fn validate_spec(spec: &ImageCacheSpec) -> Vec<FieldError> {
     }
     for (i, image) in spec.images.iter().enumerate() {
         if let Err(e) = image.parse::<Reference>() {
-            errors.push(FieldError::invalid(format!("spec.images[{i}]"), e.to_string()));
+            errors.push(FieldError::invalid(
+                format!("spec.images[{i}]"),
+                e.to_string(),
+            ));
         }
     }
     if let Some(size) = spec.image_cache_size
@@ -64,7 +67,9 @@ pub fn validate_spec(spec: &ImageCacheSpec) -> Vec<FieldError> {
     {
         errors.push(FieldError::invalid(
             "spec.imageCacheSize",
-            format!("must be between {MIN_CACHE_SIZE_GIB} and {MAX_CACHE_SIZE_GIB} GiB, got {size}"),
+            format!(
+                "must be between {MIN_CACHE_SIZE_GIB} and {MAX_CACHE_SIZE_GIB} GiB, got {size}"
+            ),
         ));
     }
     if let Some(days) = spec.retention_days
@@ -94,7 +99,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -110,7 +116,9 @@ mod tests {
 
     fn spec(images: usize) -> ImageCacheSpec {
         ImageCacheSpec {
-            images: (0..images).map(|i| format!("registry.example/ns/app{i}:1")).collect(),
+            images: (0..images)
+                .map(|i| format!("registry.example/ns/app{i}:1"))
+                .collect(),
             ..Default::default()
         }
     }
@@ -118,15 +126,66 @@ mod tests {
     #[test]
     fn table() {
         let cases: Vec<(&str, ImageCacheSpec, Vec<&str>)> = vec![
-            ("seed manifest", ImageCacheSpec { image_cache_size: Some(25), retention_days: Some(7), ..spec(2) }, vec![]),
+            (
+                "seed manifest",
+                ImageCacheSpec {
+                    image_cache_size: Some(25),
+                    retention_days: Some(7),
+                    ..spec(2)
+                },
+                vec![],
+            ),
             ("no images", spec(0), vec!["spec.images"]),
             ("21 images", spec(21), vec!["spec.images"]),
-            ("malformed reference", ImageCacheSpec { images: vec!["ok:1".into(), "Bad Ref".into()], ..Default::default() }, vec!["spec.images[1]"]),
-            ("size 5", ImageCacheSpec { image_cache_size: Some(5), ..spec(1) }, vec!["spec.imageCacheSize"]),
-            ("size 40000", ImageCacheSpec { image_cache_size: Some(40000), ..spec(1) }, vec!["spec.imageCacheSize"]),
-            ("retention 0", ImageCacheSpec { retention_days: Some(0), ..spec(1) }, vec!["spec.retentionDays"]),
-            ("secret without namespace", ImageCacheSpec { image_pull_secrets: Some(vec!["regcred".into()]), ..spec(1) }, vec!["spec.imagePullSecrets[0]"]),
-            ("two bad fields", ImageCacheSpec { image_cache_size: Some(1), retention_days: Some(-1), ..spec(1) }, vec!["spec.imageCacheSize", "spec.retentionDays"]),
+            (
+                "malformed reference",
+                ImageCacheSpec {
+                    images: vec!["ok:1".into(), "Bad Ref".into()],
+                    ..Default::default()
+                },
+                vec!["spec.images[1]"],
+            ),
+            (
+                "size 5",
+                ImageCacheSpec {
+                    image_cache_size: Some(5),
+                    ..spec(1)
+                },
+                vec!["spec.imageCacheSize"],
+            ),
+            (
+                "size 40000",
+                ImageCacheSpec {
+                    image_cache_size: Some(40000),
+                    ..spec(1)
+                },
+                vec!["spec.imageCacheSize"],
+            ),
+            (
+                "retention 0",
+                ImageCacheSpec {
+                    retention_days: Some(0),
+                    ..spec(1)
+                },
+                vec!["spec.retentionDays"],
+            ),
+            (
+                "secret without namespace",
+                ImageCacheSpec {
+                    image_pull_secrets: Some(vec!["regcred".into()]),
+                    ..spec(1)
+                },
+                vec!["spec.imagePullSecrets[0]"],
+            ),
+            (
+                "two bad fields",
+                ImageCacheSpec {
+                    image_cache_size: Some(1),
+                    retention_days: Some(-1),
+                    ..spec(1)
+                },
+                vec!["spec.imageCacheSize", "spec.retentionDays"],
+            ),
         ];
         for (name, spec, want) in cases {
             let got: Vec<_> = validate_spec(&spec).into_iter().map(|e| e.field).collect();
