@@ -1,1 +1,5 @@
-//! imc-controllers
+//! imc-controllers: the logic that runs as kube-rs controllers, in `imc server` and against a
+//! real cluster alike: pod admission (cache choice), cache lifecycle, and the node.
+
+pub mod admission;
+pub mod quantity;
