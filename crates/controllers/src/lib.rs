@@ -2,5 +2,6 @@
 //! real cluster alike: pod admission (cache choice), cache lifecycle, and the node.
 
 pub mod admission;
+pub mod cache_status;
 pub mod quantity;
 pub mod retention;
