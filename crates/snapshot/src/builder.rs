@@ -1,0 +1,403 @@
+//! Writing a cache disk from layer trees.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use imc_api::Digest;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tracing::{info, info_span};
+
+use crate::SnapshotError;
+use crate::index::{
+    CacheIndex, INDEX_FILE, INDEX_SCHEMA_VERSION, IndexImage, IndexLayer, layer_location,
+};
+use crate::staging::{fix_builder_entry, stage_tree};
+
+/// `SOURCE_DATE_EPOCH` given to mkfs.erofs. erofs-utils 1.5 then stamps the superblock with it
+/// (instead of the build time) and only clamps file mtimes newer than it, so layer content keeps
+/// its own mtimes (`-T` would overwrite every file's). Far in the future on purpose.
+const SOURCE_DATE_EPOCH: &str = "4000000000";
+
+/// One image to put on a disk.
+#[derive(Debug, Clone)]
+pub struct BuildImage {
+    /// Normalised reference, as recorded in the index.
+    pub reference: String,
+    /// Digest of the platform manifest.
+    pub manifest_digest: Digest,
+    /// The OCI image config.
+    pub config: serde_json::Value,
+    /// Layer diffIDs, bottom first.
+    pub layers: Vec<Digest>,
+}
+
+/// Which kind of disk to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// EROFS when `mkfs.erofs`, loop devices and the erofs filesystem are available, else a
+    /// plain directory (logged).
+    #[default]
+    Auto,
+    /// EROFS image; an error when `mkfs.erofs` is missing.
+    Erofs,
+    /// Plain directory tree.
+    Directory,
+}
+
+/// The kind of disk that was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A single EROFS image file.
+    Erofs,
+    /// A directory with `layers/` and `index.json`.
+    Directory,
+}
+
+/// Where and how to write a disk.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Final path of the disk; it appears only when complete.
+    pub output: PathBuf,
+    /// Refuse when the unpacked content exceeds this many bytes.
+    pub size_limit: u64,
+    /// Disk kind.
+    pub backend: BackendChoice,
+    /// Scratch directory on the same filesystem as the layer store (staging is by hard link).
+    pub work_dir: PathBuf,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildReport {
+    /// Path of the disk.
+    pub output: PathBuf,
+    /// Kind of disk written.
+    pub backend: Backend,
+    /// Filesystem UUID, derived from the inputs.
+    pub disk_id: String,
+    /// Bytes of unpacked layer content.
+    pub unpacked_size: u64,
+    /// Bytes the disk takes (file size, or the content size for a directory).
+    pub disk_size: u64,
+    /// Distinct layers on the disk.
+    pub layers: usize,
+    /// Images on the disk.
+    pub images: usize,
+    /// Wall time of the build.
+    pub seconds: f64,
+}
+
+/// Builds cache disks from unpacked layer trees.
+pub struct SnapshotBuilder {
+    layer_dir: Box<dyn Fn(&Digest) -> PathBuf + Send + Sync>,
+}
+
+impl SnapshotBuilder {
+    /// A builder that finds the unpacked tree of a diffID at `layer_dir(diff_id)` (the layer
+    /// store's `layer_path`).
+    pub fn new(layer_dir: impl Fn(&Digest) -> PathBuf + Send + Sync + 'static) -> Self {
+        SnapshotBuilder {
+            layer_dir: Box::new(layer_dir),
+        }
+    }
+
+    /// Writes one disk holding every distinct layer of `images` once, plus the index.
+    pub fn build(
+        &self,
+        images: &[BuildImage],
+        options: &BuildOptions,
+    ) -> Result<BuildReport, SnapshotError> {
+        let span = info_span!("cache_build", output = %options.output.display());
+        let _enter = span.enter();
+        let started = Instant::now();
+
+        // Distinct layers in first-use order; each must be unpacked already.
+        let mut seen = HashSet::new();
+        let mut layers = Vec::new();
+        for image in images {
+            for diff_id in &image.layers {
+                let dir = (self.layer_dir)(diff_id);
+                if !dir.is_dir() {
+                    return Err(SnapshotError::MissingLayer {
+                        reference: image.reference.clone(),
+                        diff_id: diff_id.clone(),
+                        path: dir,
+                    });
+                }
+                if seen.insert(diff_id.clone()) {
+                    layers.push((diff_id.clone(), dir));
+                }
+            }
+        }
+
+        let backend = choose_backend(options.backend)?;
+        let parent = output_parent(&options.output);
+        let name = options
+            .output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "cache".to_string());
+        let tmp_output = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        remove_any(&tmp_output)?;
+
+        // The tree to turn into a disk: the staging dir (EROFS) or the output itself (directory).
+        let staging = match backend {
+            Backend::Erofs => {
+                fs::create_dir_all(&options.work_dir)
+                    .map_err(SnapshotError::io("creating", &options.work_dir))?;
+                options
+                    .work_dir
+                    .join(format!(".staging-{name}-{}", std::process::id()))
+            }
+            Backend::Directory => tmp_output.clone(),
+        };
+        remove_any(&staging)?;
+        // For a directory disk the staging tree is the temporary output itself.
+        let staging_guard = RemoveOnDrop((backend == Backend::Erofs).then(|| staging.clone()));
+        let mut tmp_guard = RemoveOnDrop(Some(tmp_output.clone()));
+
+        let layer_parent = staging.join("layers/sha256");
+        fs::create_dir_all(&layer_parent).map_err(SnapshotError::io("creating", &layer_parent))?;
+        let mut index_layers = Vec::new();
+        let mut unpacked_size = 0u64;
+        for (diff_id, dir) in &layers {
+            let location = layer_location(diff_id);
+            let size = stage_tree(dir, &staging.join(&location))?;
+            unpacked_size += size;
+            index_layers.push(IndexLayer {
+                diff_id: diff_id.clone(),
+                path: location,
+                unpacked_size: size,
+            });
+        }
+        if unpacked_size > options.size_limit {
+            return Err(SnapshotError::TooLarge {
+                unpacked: unpacked_size,
+                limit: options.size_limit,
+            });
+        }
+
+        let mut index = CacheIndex {
+            schema_version: INDEX_SCHEMA_VERSION,
+            disk_id: String::new(),
+            unpacked_size,
+            images: images
+                .iter()
+                .map(|i| IndexImage {
+                    reference: i.reference.clone(),
+                    manifest_digest: i.manifest_digest.clone(),
+                    config: i.config.clone(),
+                    layers: i.layers.clone(),
+                })
+                .collect(),
+            layers: index_layers,
+        };
+        index.disk_id = disk_uuid(&index);
+        write_index(&staging, &index)?;
+        for dir in [
+            staging.join("layers/sha256"),
+            staging.join("layers"),
+            staging.clone(),
+        ] {
+            fix_builder_entry(&dir, 0o755)?;
+        }
+
+        let disk_size = match backend {
+            Backend::Erofs => {
+                run_mkfs(&staging, &tmp_output, &index.disk_id)?;
+                let file = fs::File::open(&tmp_output)
+                    .map_err(SnapshotError::io("opening", &tmp_output))?;
+                file.sync_all()
+                    .map_err(SnapshotError::io("syncing", &tmp_output))?;
+                file.metadata()
+                    .map_err(SnapshotError::io("reading", &tmp_output))?
+                    .len()
+            }
+            Backend::Directory => {
+                let dir = fs::File::open(&tmp_output)
+                    .map_err(SnapshotError::io("opening", &tmp_output))?;
+                rustix::fs::syncfs(&dir)
+                    .map_err(|e| SnapshotError::io("syncing", &tmp_output)(e.into()))?;
+                unpacked_size
+            }
+        };
+        drop(staging_guard);
+        replace(&tmp_output, &options.output)?;
+        tmp_guard.0 = None;
+        sync_dir(&parent)?;
+
+        let report = BuildReport {
+            output: options.output.clone(),
+            backend,
+            disk_id: index.disk_id.clone(),
+            unpacked_size,
+            disk_size,
+            layers: index.layers.len(),
+            images: index.images.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        info!(backend = ?backend, disk_id = %report.disk_id, layers = report.layers, bytes = unpacked_size, "cache disk written");
+        Ok(report)
+    }
+}
+
+fn output_parent(output: &Path) -> PathBuf {
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Picks the backend, saying in the log why EROFS was not used.
+fn choose_backend(choice: BackendChoice) -> Result<Backend, SnapshotError> {
+    match choice {
+        BackendChoice::Directory => Ok(Backend::Directory),
+        BackendChoice::Erofs => {
+            if find_in_path("mkfs.erofs").is_none() {
+                return Err(SnapshotError::MkfsNotFound);
+            }
+            Ok(Backend::Erofs)
+        }
+        BackendChoice::Auto => match erofs_unavailable_reason() {
+            None => Ok(Backend::Erofs),
+            Some(why) => {
+                info!(reason = %why, "writing a plain-directory cache instead of EROFS: {why}");
+                Ok(Backend::Directory)
+            }
+        },
+    }
+}
+
+/// Why an EROFS disk could not be built or attached here, if it could not.
+pub(crate) fn erofs_unavailable_reason() -> Option<String> {
+    if find_in_path("mkfs.erofs").is_none() {
+        return Some("mkfs.erofs not found in PATH".to_string());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no loop devices (/dev/loop-control missing)".to_string());
+    }
+    if !erofs_supported() {
+        return Some("the kernel does not support the erofs filesystem".to_string());
+    }
+    None
+}
+
+fn erofs_supported() -> bool {
+    let listed = || {
+        fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|t| t.lines().any(|l| l.ends_with("\terofs")))
+    };
+    if listed() {
+        return true;
+    }
+    // The module may just not be loaded yet.
+    let _ = Command::new("modprobe").arg("erofs").status();
+    listed()
+}
+
+/// The first executable `name` on PATH.
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// UUID (RFC 4122 layout, name-based) from the index content, so equal inputs give equal disks.
+fn disk_uuid(index: &CacheIndex) -> String {
+    let bytes = serde_json::to_vec(index).unwrap_or_default();
+    let h = Sha256::digest(&bytes);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn write_index(root: &Path, index: &CacheIndex) -> Result<(), SnapshotError> {
+    let path = root.join(INDEX_FILE);
+    let mut bytes = serde_json::to_vec_pretty(index).map_err(|e| SnapshotError::InvalidIndex {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    let mut file = fs::File::create(&path).map_err(SnapshotError::io("writing", &path))?;
+    file.write_all(&bytes)
+        .map_err(SnapshotError::io("writing", &path))?;
+    drop(file);
+    fix_builder_entry(&path, 0o644)
+}
+
+fn run_mkfs(tree: &Path, output: &Path, uuid: &str) -> Result<(), SnapshotError> {
+    let mkfs = find_in_path("mkfs.erofs").ok_or(SnapshotError::MkfsNotFound)?;
+    let out = Command::new(mkfs)
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+        .arg("--quiet")
+        .arg(format!("-U{uuid}"))
+        .arg(output)
+        .arg(tree)
+        .output()
+        .map_err(SnapshotError::io("running mkfs.erofs for", output))?;
+    if !out.status.success() {
+        return Err(SnapshotError::Mkfs {
+            output: output.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Renames `tmp` over `output` (a file is replaced atomically; an old directory is moved aside
+/// first, since rename cannot replace a non-empty directory).
+fn replace(tmp: &Path, output: &Path) -> Result<(), SnapshotError> {
+    if output.is_dir() && !output.is_symlink() {
+        let old = output_parent(output).join(format!(".old-{}", std::process::id()));
+        fs::rename(output, &old).map_err(SnapshotError::io("moving aside", output))?;
+        fs::rename(tmp, output).map_err(SnapshotError::io("renaming into place", output))?;
+        return fs::remove_dir_all(&old).map_err(SnapshotError::io("removing", &old));
+    }
+    fs::rename(tmp, output).map_err(SnapshotError::io("renaming into place", output))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(SnapshotError::io("syncing", dir))
+}
+
+fn remove_any(path: &Path) -> Result<(), SnapshotError> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+    result.map_err(SnapshotError::io("removing", path))
+}
+
+/// Removes a scratch path when a build fails half-way.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = remove_any(&p);
+        }
+    }
+}
