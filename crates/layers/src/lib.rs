@@ -1,1 +1,8 @@
-//! imc-layers
+//! imc-layers: the content-addressed layer store (blobs by digest, unpacked trees by diffID),
+//! safe unpack of hostile layer tars (DESIGN §8), image records, pull orchestration and GC.
+
+mod error;
+mod unpack;
+
+pub use error::{LayerError, UnpackError};
+pub use unpack::{UnpackOptions, UnpackStats, unpack_layer, unpack_layer_with};
