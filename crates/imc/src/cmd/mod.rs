@@ -1,6 +1,7 @@
 //! Subcommands. One file per command group; each turns its arguments into library calls.
 
 mod cache;
+mod explain_match;
 mod image;
 mod registry_args;
 mod run;
@@ -41,6 +42,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run the all-in-one server: Kubernetes-compatible API, controllers and a node.
     Server(server::ServerArgs),
+    /// Show which ImageCache a pod would start from, with every candidate's score.
+    ExplainMatch(explain_match::ExplainMatchArgs),
 }
 
 /// Arguments every command that touches local state takes.
@@ -71,5 +74,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache(c) => cache::run(c).await,
         Command::Run(a) => run::run(a).await,
         Command::Server(a) => server::run(a).await,
+        Command::ExplainMatch(a) => explain_match::run(a).await,
     }
 }
