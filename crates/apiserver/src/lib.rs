@@ -1,1 +1,28 @@
-//! imc-apiserver
+//! imc-apiserver: the embedded Kubernetes-compatible API server of `imc server`.
+//!
+//! HTTPS (rustls) with bearer-token auth, objects in SQLite, and the REST semantics kubectl and
+//! kube-rs rely on, for the kinds in the [`resources::Resources`] table. Controllers plug in
+//! admission through [`admission::Admission`]; the node serves pod logs through
+//! [`logs::PodLogs`].
+
+pub mod admission;
+pub mod clock;
+pub mod discovery;
+pub mod error;
+pub mod handler;
+pub mod http;
+pub mod logs;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+
+pub use admission::{Admission, AdmissionFn};
+pub use error::ApiError;
+pub use handler::ApiServer;
+pub use logs::{LogOptions, PodLogs};
+pub use resources::{ResourceDef, Resources};
+pub use server::{Server, ServerConfig, install_crypto_provider};

@@ -1,0 +1,215 @@
+//! Discovery (`/api`, `/apis`, group versions), `/version` and the OpenAPI v3 documents kubectl
+//! reads for field validation and `kubectl explain`. All are derived from the resource table.
+
+use serde_json::{Value, json};
+
+use crate::resources::{ResourceDef, Resources};
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": "1", "minor": "32",
+        "gitVersion": format!("v1.32.0+imc-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+        "goVersion": "", "compiler": "rustc", "platform": "linux/amd64",
+    })
+}
+
+/// `/api`.
+pub fn core_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+}
+
+/// `/apis`.
+pub fn groups(resources: &Resources) -> Value {
+    let groups: Vec<Value> = resources
+        .groups()
+        .into_iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/GROUP`.
+pub fn group(resources: &Resources, group: &str) -> Option<Value> {
+    let (g, versions) = resources.groups().into_iter().find(|(g, _)| g == group)?;
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    Some(
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": vs, "preferredVersion": vs[0]}),
+    )
+}
+
+/// `/api/v1` or `/apis/GROUP/VERSION`.
+pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Option<Value> {
+    let defs = resources.in_group_version(group, version);
+    if defs.is_empty() {
+        return None;
+    }
+    let mut list = Vec::new();
+    for d in &defs {
+        let mut r = json!({
+            "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
+            "kind": d.kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        });
+        if !d.short_names.is_empty() {
+            r["shortNames"] = json!(d.short_names);
+        }
+        if d.custom {
+            r["categories"] = json!(["all"]);
+        }
+        list.push(r);
+        if d.status_subresource {
+            list.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if d.log_subresource {
+            list.push(json!({"name": format!("{}/log", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get"]}));
+        }
+    }
+    let gv = defs[0].api_version();
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// FNV-1a, enough to change the document hash when the served schemas change.
+fn fnv(s: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016X}")
+}
+
+/// `/openapi/v3`: where each group version's document is.
+pub fn openapi_root(resources: &Resources) -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(String, String)> = vec![("".into(), "v1".into())];
+    for (g, vs) in resources.groups() {
+        for v in vs {
+            gvs.push((g.clone(), v));
+        }
+    }
+    for (g, v) in gvs {
+        let hash = openapi_gv(resources, &g, &v)
+            .map(|d| fnv(&d.to_string()))
+            .unwrap_or_default();
+        let p = gv_path(&g, &v);
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// The component schema name of a kind, in Kubernetes' reversed-domain style.
+fn schema_name(d: &ResourceDef) -> String {
+    let group = if d.group.is_empty() {
+        "io.k8s.api.core".to_owned()
+    } else {
+        d.group.split('.').rev().collect::<Vec<_>>().join(".")
+    };
+    format!("{group}.{}.{}", d.version, d.kind)
+}
+
+/// `/openapi/v3/api/v1` or `/openapi/v3/apis/GROUP/VERSION`.
+pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<Value> {
+    let defs = resources.in_group_version(group, version);
+    if defs.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for d in &defs {
+        let gvk = json!({"group": d.group, "version": d.version, "kind": d.kind});
+        let name = schema_name(d);
+        let reference = json!({"$ref": format!("#/components/schemas/{name}")});
+        let body = json!({"content": {"application/json": {"schema": reference}}});
+        let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
+        let field_validation = json!({"name": "fieldValidation", "in": "query", "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.", "schema": {"type": "string", "uniqueItems": true}});
+        let mut patch_types = serde_json::Map::new();
+        for ct in [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+        ] {
+            patch_types.insert(ct.into(), json!({"schema": {"type": "object"}}));
+        }
+        if !d.custom {
+            patch_types.insert(
+                "application/strategic-merge-patch+json".into(),
+                json!({"schema": {"type": "object"}}),
+            );
+        }
+        let base = format!("/{}", gv_path(&d.group, &d.version));
+        let prefix = if d.namespaced {
+            format!("{base}/namespaces/{{namespace}}")
+        } else {
+            base
+        };
+        let item = format!("{prefix}/{}/{{name}}", d.plural);
+        paths.insert(
+            format!("{prefix}/{}", d.plural),
+            json!({
+                "get": {"operationId": format!("list{}", d.kind), "responses": ok, "x-kubernetes-action": "list", "x-kubernetes-group-version-kind": gvk},
+                "post": {"operationId": format!("create{}", d.kind), "parameters": [field_validation], "requestBody": body, "responses": ok, "x-kubernetes-action": "post", "x-kubernetes-group-version-kind": gvk},
+            }),
+        );
+        paths.insert(
+            item.clone(),
+            json!({
+                "get": {"operationId": format!("read{}", d.kind), "responses": ok, "x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk},
+                "put": {"operationId": format!("replace{}", d.kind), "parameters": [field_validation], "requestBody": body, "responses": ok, "x-kubernetes-action": "put", "x-kubernetes-group-version-kind": gvk},
+                "patch": {"operationId": format!("patch{}", d.kind), "parameters": [field_validation], "requestBody": {"content": patch_types}, "responses": ok, "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk},
+                "delete": {"operationId": format!("delete{}", d.kind), "responses": ok, "x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk},
+            }),
+        );
+        let mut schema = d.schema.clone();
+        schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+        schemas.insert(name, schema);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_cache_is_discoverable_with_its_short_name_and_schema() {
+        let r = Resources::builtin();
+        let list = resource_list(&r, "eci.alibabacloud.com", "v1").unwrap();
+        let rs = list["resources"].as_array().unwrap();
+        assert_eq!(rs[0]["shortNames"], json!(["imc"]));
+        assert_eq!(rs[1]["name"], "imagecaches/status");
+        let doc = openapi_gv(&r, "eci.alibabacloud.com", "v1").unwrap();
+        let s = &doc["components"]["schemas"]["com.alibabacloud.eci.v1.ImageCache"];
+        assert!(s["properties"]["spec"]["properties"]["images"].is_object());
+        let root = openapi_root(&r);
+        assert!(root["paths"]["apis/eci.alibabacloud.com/v1"]["serverRelativeURL"].is_string());
+    }
+}

@@ -1,0 +1,150 @@
+//! Errors of the API server, each answered to the client as a `metav1.Status`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One bad field of an `Invalid` answer (`details.causes[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// The field path, e.g. `spec.images[2]`.
+    pub field: String,
+    /// `FieldValueRequired`, `FieldValueInvalid`, …
+    pub reason: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything that can go wrong serving a request or keeping state.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The object (or its namespace) does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    /// An object with that name exists already.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// The write was based on a stale resourceVersion.
+    #[error(
+        "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+    )]
+    Conflict { kind: String, name: String },
+    /// The object failed validation; one cause per bad field.
+    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Admission or policy refused the request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The verb is not supported on this resource.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The patch type is not supported for this resource.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The request carried no valid bearer token.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The requested resourceVersion has been compacted away.
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone { requested: u64, oldest: u64 },
+    /// The state database failed.
+    #[error("state database {path}: {source}")]
+    Database {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Reading or writing a file of the data directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating certificates failed.
+    #[error("creating certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// TLS configuration failed.
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Something that should not happen happened; the message says what.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status code and `reason` of the answer.
+    pub fn code_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// The `metav1.Status` object describing this error.
+    pub fn status(&self) -> Value {
+        let (code, reason) = self.code_reason();
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        let details = match self {
+            ApiError::NotFound { kind, name }
+            | ApiError::AlreadyExists { kind, name }
+            | ApiError::Conflict { kind, name } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Invalid { kind, name, causes } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(|c| json!({
+                    "field": c.field, "reason": c.reason, "message": c.message,
+                })).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        };
+        if let Some(details) = details {
+            status["details"] = details;
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, _) = self.code_reason();
+        if code.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.status().to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Result with [`ApiError`].
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -1,0 +1,731 @@
+//! The REST verbs over the resource table: create, get, list, update, patch, delete, and the
+//! object bookkeeping Kubernetes does on each (uid, timestamps, generation, finalizers, owner
+//! garbage collection).
+
+use std::sync::{Arc, RwLock, Weak};
+
+use kube::core::admission::Operation;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::admission::Admission;
+use crate::clock;
+use crate::error::{ApiError, Cause, Result};
+use crate::logs::{LogOptions, PodLogs};
+use crate::patch::{self, PatchType};
+use crate::resources::{ResourceDef, Resources};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Expect, Key, Store};
+
+/// The API server's state: store, served resources, admission hooks and the log provider.
+pub struct ApiServer {
+    pub(crate) store: Store,
+    pub(crate) resources: Resources,
+    admission: Admission,
+    logs: RwLock<Option<Arc<dyn PodLogs>>>,
+    me: Weak<ApiServer>,
+}
+
+/// A new random UID in the UUID v4 format.
+pub fn new_uid() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        ["8", "9", "a", "b"][usize::from(b[8] & 3)],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+}
+
+fn rv_of(obj: &Value) -> u64 {
+    meta_str(obj, "resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The object without metadata and status: what `generation` tracks.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    o
+}
+
+fn finalizers_empty(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+/// Query options of a list or watch.
+#[derive(Debug, Default, Clone)]
+pub struct ListOptions {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+}
+
+impl ListOptions {
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+}
+
+impl ApiServer {
+    /// State over `store` serving `resources`.
+    pub fn new(store: Store, resources: Resources) -> Arc<Self> {
+        Arc::new_cyclic(|me| ApiServer {
+            store,
+            resources,
+            admission: Admission::default(),
+            logs: RwLock::new(None),
+            me: me.clone(),
+        })
+    }
+
+    /// Where controllers register admission functions.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Installs the provider of pod logs (the node).
+    pub fn set_pod_logs(&self, logs: Arc<dyn PodLogs>) {
+        *self.logs.write().unwrap_or_else(|e| e.into_inner()) = Some(logs);
+    }
+
+    /// The served resources.
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
+        Key {
+            res: def.storage_res(),
+            ns: if def.namespaced {
+                ns.unwrap_or("").to_owned()
+            } else {
+                String::new()
+            },
+            name: name.to_owned(),
+        }
+    }
+
+    fn not_found(def: &ResourceDef, name: &str) -> ApiError {
+        ApiError::NotFound {
+            kind: def.qualified(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The current object, in the resource's served form.
+    pub fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value> {
+        self.store
+            .get(&Self::key(def, ns, name))
+            .map(|o| def.from_storage(&o))
+            .ok_or_else(|| Self::not_found(def, name))
+    }
+
+    /// Matching objects and the resourceVersion the list is consistent at.
+    pub fn list(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> (Vec<Value>, u64) {
+        let ns = if def.namespaced { ns } else { None };
+        let (items, rv) = self.store.list(&def.storage_res(), ns);
+        let items = items
+            .iter()
+            .map(|o| def.from_storage(o))
+            .filter(|o| opts.matches(o))
+            .collect();
+        (items, rv)
+    }
+
+    fn check_namespace(&self, def: &ResourceDef, ns: Option<&str>) -> Result<()> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let ns = ns.ok_or_else(|| {
+            ApiError::BadRequest("the namespace of the object must be set".into())
+        })?;
+        let key = Key {
+            res: "/namespaces".into(),
+            ns: String::new(),
+            name: ns.to_owned(),
+        };
+        match self.store.get(&key) {
+            None => Err(ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: ns.to_owned(),
+            }),
+            Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                Err(ApiError::Forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<()> {
+        let Some(map) = obj.as_object_mut() else {
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        };
+        let api_version = def.api_version();
+        match map.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if v != api_version => {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+            _ => {}
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            Some(k) if k != def.kind => {
+                return Err(ApiError::BadRequest(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    def.kind
+                )));
+            }
+            _ => {}
+        }
+        map.insert("apiVersion".into(), json!(api_version));
+        map.insert("kind".into(), json!(def.kind));
+        if !map.get("metadata").is_some_and(Value::is_object) {
+            map.insert("metadata".into(), json!({}));
+        }
+        Ok(())
+    }
+
+    fn validate(def: &ResourceDef, obj: &Value) -> Result<()> {
+        let name = meta_str(obj, "name").unwrap_or("");
+        let mut causes = Vec::new();
+        let name_ok = if def.kind == "Namespace" {
+            imc_api::validation::is_dns_label(name)
+        } else {
+            imc_api::validation::is_dns_subdomain(name)
+        };
+        if name.is_empty() {
+            causes.push(Cause {
+                field: "metadata.name".into(),
+                reason: "FieldValueRequired".into(),
+                message: "name or generateName is required".into(),
+            });
+        } else if !name_ok {
+            causes.push(Cause {
+                field: "metadata.name".into(),
+                reason: "FieldValueInvalid".into(),
+                message: format!(
+                    "{name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    if def.kind == "Namespace" { "label" } else { "subdomain" }
+                ),
+            });
+        }
+        if let Some(v) = def.validate {
+            causes.extend(v(obj));
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid {
+                kind: def.kind.clone(),
+                name: name.to_owned(),
+                causes,
+            })
+        }
+    }
+
+    /// Creates an object (POST).
+    pub async fn create(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value> {
+        Self::check_type(def, &mut obj)?;
+        let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
+        let ns = if def.namespaced {
+            match (ns, body_ns.as_deref()) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the provided object ({b}) does not match the namespace sent on the request ({a})"
+                    )));
+                }
+                (Some(a), _) => Some(a.to_owned()),
+                (None, b) => b.map(str::to_owned),
+            }
+        } else {
+            None
+        };
+        self.check_namespace(def, ns.as_deref())?;
+        let generate = meta_str(&obj, "generateName").map(str::to_owned);
+        let explicit = meta_str(&obj, "name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut o = obj.clone();
+            let name = match (&explicit, &generate) {
+                (Some(n), _) => n.clone(),
+                (None, Some(g)) => format!("{g}{}", random_suffix()),
+                (None, None) => String::new(),
+            };
+            {
+                let meta = o["metadata"]
+                    .as_object_mut()
+                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+                meta.insert("name".into(), json!(name));
+                match &ns {
+                    Some(n) => meta.insert("namespace".into(), json!(n)),
+                    None => meta.remove("namespace"),
+                };
+                for f in [
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "managedFields",
+                    "selfLink",
+                ] {
+                    meta.remove(f);
+                }
+                meta.insert("uid".into(), json!(new_uid()));
+                meta.insert("creationTimestamp".into(), json!(clock::now_time()));
+                meta.insert("generation".into(), json!(1));
+            }
+            if let Some(prepare) = def.prepare_create {
+                prepare(&mut o);
+            }
+            if let Some(d) = def.default {
+                d(&mut o);
+            }
+            self.admission
+                .admit(def, Operation::Create, None, &mut o, None)?;
+            Self::validate(def, &o)?;
+            let key = Self::key(def, ns.as_deref(), &name);
+            let stored = o.clone();
+            match self
+                .store
+                .write(
+                    key,
+                    Some(def.to_storage(stored)),
+                    Expect::Absent,
+                    &def.qualified(),
+                )
+                .await
+            {
+                Err(ApiError::AlreadyExists { .. }) if explicit.is_none() && attempts < 5 => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(saved) => {
+                    if def.group.is_empty() && def.kind == "Namespace" {
+                        Box::pin(self.create_default_service_account(&name)).await?;
+                    }
+                    return Ok(def.from_storage(&saved));
+                }
+            }
+        }
+    }
+
+    async fn create_default_service_account(&self, ns: &str) -> Result<()> {
+        let Some(sa) = self.resources.find("", "v1", "serviceaccounts") else {
+            return Ok(());
+        };
+        match self
+            .create(&sa, Some(ns), json!({"metadata": {"name": "default"}}))
+            .await
+        {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure `default` and `kube-system` exist (first start).
+    pub async fn bootstrap(&self) -> Result<()> {
+        let Some(ns) = self.resources.find("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        for name in ["default", "kube-system", "kube-public"] {
+            match self
+                .create(&ns, None, json!({"metadata": {"name": name}}))
+                .await
+            {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes the object to store when `incoming` replaces `old` through the main resource
+    /// or the status subresource. None means the object is to be removed (deleting, and its
+    /// last finalizer is gone).
+    fn prepare_update(
+        &self,
+        def: &ResourceDef,
+        old: &Value,
+        mut incoming: Value,
+        sub: Option<&str>,
+    ) -> Result<Option<Value>> {
+        Self::check_type(def, &mut incoming)?;
+        let name = meta_str(old, "name").unwrap_or("").to_owned();
+        if let Some(n) = meta_str(&incoming, "name")
+            && n != name
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        let mut new = if sub == Some("status") {
+            let mut new = old.clone();
+            match incoming.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            new
+        } else {
+            if def.status_subresource
+                && let Some(m) = incoming.as_object_mut()
+            {
+                match old.get("status") {
+                    Some(s) => m.insert("status".into(), s.clone()),
+                    None => m.remove("status"),
+                };
+            }
+            if let (Some(meta), Some(old_meta)) = (
+                incoming.get_mut("metadata").and_then(Value::as_object_mut),
+                old.get("metadata").and_then(Value::as_object),
+            ) {
+                for f in [
+                    "name",
+                    "namespace",
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                    "resourceVersion",
+                ] {
+                    match old_meta.get(f) {
+                        Some(v) => meta.insert(f.into(), v.clone()),
+                        None => meta.remove(f),
+                    };
+                }
+            }
+            if let Some(d) = def.default {
+                d(&mut incoming);
+            }
+            incoming
+        };
+        if spec_part(&new) != spec_part(old) {
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            new["metadata"]["generation"] = json!(generation + 1);
+        }
+        self.admission
+            .admit(def, Operation::Update, sub, &mut new, Some(old))?;
+        if sub != Some("status") {
+            Self::validate(def, &new)?;
+        }
+        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty(&new) {
+            return Ok(None);
+        }
+        Ok(Some(new))
+    }
+
+    /// Replaces an object (PUT), through the main resource or the `status` subresource.
+    pub async fn update(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        incoming: Value,
+        sub: Option<&str>,
+    ) -> Result<Value> {
+        let key = Self::key(def, ns, name);
+        let current = self
+            .store
+            .get(&key)
+            .ok_or_else(|| Self::not_found(def, name))?;
+        let expect = match rv_of(&incoming) {
+            0 => rv_of(&current),
+            v => v,
+        };
+        let old = def.from_storage(&current);
+        let next = self.prepare_update(def, &old, incoming, sub)?;
+        self.commit(def, key, next, expect).await
+    }
+
+    async fn commit(
+        &self,
+        def: &ResourceDef,
+        key: Key,
+        next: Option<Value>,
+        expect: u64,
+    ) -> Result<Value> {
+        match next {
+            Some(obj) => {
+                let saved = self
+                    .store
+                    .write(
+                        key,
+                        Some(def.to_storage(obj)),
+                        Expect::Version(expect),
+                        &def.qualified(),
+                    )
+                    .await?;
+                Ok(def.from_storage(&saved))
+            }
+            None => {
+                let removed = self
+                    .store
+                    .write(key, None, Expect::Version(expect), &def.qualified())
+                    .await?;
+                self.after_removal(&removed);
+                Ok(def.from_storage(&removed))
+            }
+        }
+    }
+
+    /// Patches an object (PATCH). Retries on concurrent writes like Kubernetes' guaranteed update.
+    pub async fn patch(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        body: &[u8],
+        sub: Option<&str>,
+    ) -> Result<Value> {
+        if patch_type == PatchType::Strategic && def.custom {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({} does not support strategic merge patch)",
+                def.kind
+            )));
+        }
+        let body: Value = if patch_type == PatchType::Apply {
+            patch::parse_apply(body)?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid patch body: {e}")))?
+        };
+        let key = Self::key(def, ns, name);
+        for _ in 0..8 {
+            let Some(current) = self.store.get(&key) else {
+                if patch_type == PatchType::Apply && sub.is_none() {
+                    let mut obj = body.clone();
+                    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.insert("name".into(), json!(name));
+                    }
+                    return self.create(def, ns, obj).await;
+                }
+                return Err(Self::not_found(def, name));
+            };
+            let old = def.from_storage(&current);
+            let mut new = old.clone();
+            match patch_type {
+                PatchType::Json => patch::json(&mut new, &body)?,
+                PatchType::Merge => patch::merge(&mut new, &body),
+                PatchType::Strategic => patch::strategic(&mut new, &body),
+                PatchType::Apply => {
+                    let mut config = body.clone();
+                    if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    patch::apply(&mut new, &config)
+                }
+            }
+            // A resourceVersion in the patch is a precondition, as in Kubernetes.
+            let requested = rv_of(&new);
+            if requested != 0 && requested != rv_of(&current) {
+                return Err(ApiError::Conflict {
+                    kind: def.qualified(),
+                    name: name.to_owned(),
+                });
+            }
+            let next = self.prepare_update(def, &old, new, sub)?;
+            match self.commit(def, key.clone(), next, rv_of(&current)).await {
+                Err(ApiError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::Conflict {
+            kind: def.qualified(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Deletes an object (DELETE): with finalizers it is only marked (`deletionTimestamp`);
+    /// without, it is removed and its dependents are collected in the background.
+    pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        options: &Value,
+    ) -> Result<Value> {
+        let key = Self::key(def, ns, name);
+        loop {
+            let current = self
+                .store
+                .get(&key)
+                .ok_or_else(|| Self::not_found(def, name))?;
+            if let Some(uid) = options
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                && meta_str(&current, "uid") != Some(uid)
+            {
+                return Err(ApiError::Conflict {
+                    kind: def.qualified(),
+                    name: name.to_owned(),
+                });
+            }
+            if let Some(rv) = options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                && meta_str(&current, "resourceVersion") != Some(rv)
+            {
+                return Err(ApiError::Conflict {
+                    kind: def.qualified(),
+                    name: name.to_owned(),
+                });
+            }
+            let old = def.from_storage(&current);
+            let mut probe = old.clone();
+            self.admission
+                .admit(def, Operation::Delete, None, &mut probe, Some(&old))?;
+            let orphan = options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
+                || options.get("orphanDependents") == Some(&json!(true));
+            let result = if finalizers_empty(&current) {
+                let removed = self
+                    .store
+                    .write(
+                        key.clone(),
+                        None,
+                        Expect::Version(rv_of(&current)),
+                        &def.qualified(),
+                    )
+                    .await;
+                if let Ok(r) = &removed
+                    && !orphan
+                {
+                    self.after_removal(r);
+                }
+                removed
+            } else if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(old);
+            } else {
+                let mut marked = (*current).clone();
+                marked["metadata"]["deletionTimestamp"] = json!(clock::now_time());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                self.store
+                    .write(
+                        key.clone(),
+                        Some(marked),
+                        Expect::Version(rv_of(&current)),
+                        &def.qualified(),
+                    )
+                    .await
+            };
+            match result {
+                Err(ApiError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+                Ok(o) => return Ok(def.from_storage(&o)),
+            }
+        }
+    }
+
+    /// Background garbage collection after an object is gone: its dependents (by
+    /// ownerReference uid) and, for a namespace, everything in it.
+    fn after_removal(&self, removed: &Value) {
+        let Some(uid) = meta_str(removed, "uid").map(str::to_owned) else {
+            return;
+        };
+        let namespace = (removed.get("kind").and_then(Value::as_str) == Some("Namespace")
+            && removed.get("apiVersion").and_then(Value::as_str) == Some("v1"))
+        .then(|| meta_str(removed, "name").map(str::to_owned))
+        .flatten();
+        let this = self.weak_self();
+        tokio::spawn(async move {
+            let Some(this) = this else { return };
+            for (key, obj) in this.store.all() {
+                let owned = obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == json!(uid)));
+                let in_ns = namespace.as_deref().is_some_and(|n| key.ns == n);
+                if !(owned || in_ns) {
+                    continue;
+                }
+                let Some(def) = this
+                    .resources
+                    .all()
+                    .iter()
+                    .find(|d| d.storage.is_none() && d.storage_res() == key.res)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let ns = (!key.ns.is_empty()).then_some(key.ns.as_str());
+                if let Err(e) = Box::pin(this.delete(&def, ns, &key.name, &json!({}))).await
+                    && !matches!(e, ApiError::NotFound { .. })
+                {
+                    tracing::warn!(resource = %key.res, namespace = %key.ns, name = %key.name, error = %e, "garbage collection failed");
+                }
+            }
+        });
+    }
+
+    fn weak_self(&self) -> Option<Arc<ApiServer>> {
+        self.me.upgrade()
+    }
+
+    /// Pod logs through the installed provider.
+    pub async fn pod_logs(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        options: LogOptions,
+    ) -> Result<axum::body::Body> {
+        let pod = self.get(def, ns, name)?;
+        let provider = self.logs.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match provider {
+            Some(p) => p.logs(pod, options).await,
+            None => Err(crate::logs::no_container_yet(&pod, &options)),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The HTTPS listener: rustls (ring provider) in front of the axum router, with graceful
+//! shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::{ApiError, Result};
+use crate::handler::ApiServer;
+use crate::http::{self, HttpState};
+use crate::pki::Pki;
+use crate::resources::Resources;
+use crate::store::Store;
+
+/// How to run the server.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Data directory: `pki/`, `state.db`, `kubeconfig.yaml`.
+    pub data_dir: PathBuf,
+    /// Listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The served resources.
+    pub resources: Resources,
+    /// How many changes the event log keeps for watch resume.
+    pub watch_window: u64,
+}
+
+impl ServerConfig {
+    /// Defaults: the built-in resources, a 10,000-change watch window.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            resources: Resources::builtin(),
+            watch_window: 10_000,
+        }
+    }
+}
+
+/// A bound, ready-to-serve API server.
+pub struct Server {
+    api: Arc<ApiServer>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    token: String,
+    addr: SocketAddr,
+    kubeconfig: PathBuf,
+}
+
+/// Installs ring as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Server {
+    /// Opens the state, creates the PKI on first start, binds the listener and writes the
+    /// kubeconfig.
+    pub async fn bind(config: ServerConfig) -> Result<Self> {
+        install_crypto_provider();
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| ApiError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ApiError::Io {
+                path: format!("listen {}", config.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ApiError::Io {
+            path: format!("listen {}", config.listen),
+            source,
+        })?;
+        let pki = Pki::load_or_create(&dir.join("pki"), addr)?;
+        let kubeconfig = pki.write_kubeconfig(&dir.join("kubeconfig.yaml"), addr)?;
+        let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(format!("serving certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())
+            .map_err(|e| ApiError::Internal(format!("serving key: {e}")))?;
+        let mut tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let store_path = dir.join("state.db");
+        let store = {
+            let path = store_path.clone();
+            let window = config.watch_window;
+            tokio::task::spawn_blocking(move || Store::open(&path, window))
+                .await
+                .map_err(|e| ApiError::Internal(format!("opening store: {e}")))??
+        };
+        let api = ApiServer::new(store, config.resources);
+        api.bootstrap().await?;
+        Ok(Server {
+            api,
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            token: pki.token.clone(),
+            addr,
+            kubeconfig,
+        })
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The kubeconfig written for this server.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API state (admission registry, pod log provider).
+    pub fn api(&self) -> Arc<ApiServer> {
+        self.api.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits for open requests
+    /// (watches are closed).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let state = Arc::new(HttpState {
+            api: self.api.clone(),
+            token: self.token.clone(),
+        });
+        let app = Router::new()
+            .fallback(http::dispatch)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                http::authenticate,
+            ))
+            .with_state(state);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let service = TowerToHyperService::new(app.clone());
+            let watcher = graceful.watcher();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::select! {
+                    r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended"); },
+                    // Long watches would hold graceful shutdown forever: drop them.
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+        Ok(())
+    }
+}
