@@ -1,0 +1,395 @@
+//! Containers: start (overlay rootfs + OCI spec + runc), wait, kill, remove.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use imc_snapshot::{AttachedCache, Attacher, CacheUser};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, info_span, warn};
+
+use crate::image::ImageConfig;
+use crate::runc::{ContainerStatus, Runc};
+use crate::{
+    PodSandbox, PreparedImage, RuntimeError, StartTimings, generate_spec, resolve_user, rootfs,
+};
+
+/// What to run, as a Kubernetes container spec says it.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// Container name, unique in its pod.
+    pub name: String,
+    /// Replaces the image's Entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's Cmd.
+    pub args: Option<Vec<String>>,
+    /// Environment added to (and overriding) the image's.
+    pub env: Vec<(String, String)>,
+    /// Replaces the image's WorkingDir.
+    pub working_dir: Option<String>,
+    /// The port the container serves on; sets `PORT` (else the image's first exposed TCP port).
+    pub port: Option<u16>,
+}
+
+/// Where the container's stdout/stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerIo {
+    /// Both to `DIR/pods/<uid>/<name>/container.log`.
+    Log,
+    /// The calling process's own stdout/stderr (`imc run` in the foreground).
+    Inherit,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitInfo {
+    /// Exit code; 128 + signal number when killed by a signal.
+    pub code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// When it ended (RFC 3339).
+    pub finished_at: String,
+}
+
+/// One container start.
+#[derive(Debug)]
+pub struct StartRequest<'a> {
+    pub sandbox: &'a PodSandbox,
+    pub container: ContainerSpec,
+    pub image: PreparedImage,
+    /// The cache disk the image's layers partly or fully come from (already attached for this
+    /// container; released when it is removed).
+    pub cache: Option<AttachedCache>,
+    pub io: ContainerIo,
+    /// The process whose death means the container is abandoned (recovery kills it).
+    pub owner_pid: u32,
+    /// When the start began and the timings of the steps done by the caller (attach, pull).
+    pub started: Instant,
+    pub timings: StartTimings,
+}
+
+/// What recovery needs to clean a container after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContainerRecord {
+    pub runc_id: String,
+    pub owner: CacheUser,
+    pub rootfs: PathBuf,
+    /// (attachment id, user name) of the cache it uses.
+    pub cache: Option<(String, String)>,
+}
+
+pub(crate) const RECORD_FILE: &str = "container.json";
+pub(crate) const POD_OWNER_FILE: &str = "owner.json";
+
+/// Runs containers for one data directory: `DIR/pods/` for rootfs, logs and bundles,
+/// `DIR/run/runc` for runc's state, `DIR/run/caches` for attached disks.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub(crate) pods_dir: PathBuf,
+    pub(crate) runc: Runc,
+    pub(crate) attacher: Attacher,
+}
+
+impl Runtime {
+    /// Opens the runtime of `data_dir`. Makes this process a child subreaper, so container init
+    /// processes are re-parented to it and their exit codes can be collected.
+    pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
+        let pods_dir = data_dir.join("pods");
+        let runc_root = data_dir.join("run/runc");
+        for d in [&pods_dir, &runc_root] {
+            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        }
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| RuntimeError::io("becoming child subreaper", "/proc/self")(e.into()))?;
+        Ok(Runtime {
+            pods_dir,
+            runc: Runc::new(&runc_root),
+            attacher: Attacher::new(data_dir)?,
+        })
+    }
+
+    /// The cache attacher of this data directory.
+    pub fn attacher(&self) -> &Attacher {
+        &self.attacher
+    }
+
+    /// Creates (or reuses) the sandbox of pod `uid`, owned by process `owner_pid`.
+    pub fn create_sandbox(&self, uid: &str, owner_pid: u32) -> Result<PodSandbox, RuntimeError> {
+        let sandbox = PodSandbox::create(&self.pods_dir, uid)?;
+        write_json(
+            &sandbox.dir.join(POD_OWNER_FILE),
+            &CacheUser::for_process(format!("pod/{uid}"), owner_pid),
+        )?;
+        Ok(sandbox)
+    }
+
+    /// Attaches `disk` for container `name` of pod `uid`, owned by `owner_pid`.
+    pub fn attach_cache(
+        &self,
+        disk: &Path,
+        uid: &str,
+        name: &str,
+        owner_pid: u32,
+    ) -> Result<(AttachedCache, Duration), RuntimeError> {
+        let t = Instant::now();
+        let cache = self.attacher.attach(
+            disk,
+            CacheUser::for_process(format!("pod/{uid}/{name}"), owner_pid),
+        )?;
+        Ok((cache, t.elapsed()))
+    }
+
+    /// Assembles the rootfs, writes the OCI spec and starts the process with runc.
+    pub async fn start(&self, req: StartRequest<'_>) -> Result<Container, RuntimeError> {
+        let name = req.container.name.clone();
+        let runc_id = format!("{}-{}", req.sandbox.uid, name);
+        let span = info_span!("container_start", pod = %req.sandbox.uid, container = %name, image = %req.image.reference);
+        let _enter = span.enter();
+        let dir = req.sandbox.dir.join(&name);
+        let rootfs = dir.join("rootfs");
+        let mut timings = req.timings;
+        timings.layers_from_cache = req.image.layers.iter().filter(|l| l.from_cache).count();
+        timings.layers_from_store = req.image.layers.len() - timings.layers_from_cache;
+        let container = Container {
+            id: runc_id.clone(),
+            pod_uid: req.sandbox.uid.clone(),
+            name: name.clone(),
+            log_path: dir.join("container.log"),
+            dir: dir.clone(),
+            rootfs: rootfs.clone(),
+            pid: 0,
+            timings: StartTimings::default(),
+            cache: req.cache.as_ref().map(|c| (c.id.clone(), c.user.clone())),
+            runtime: self.clone(),
+        };
+        let record = ContainerRecord {
+            runc_id: runc_id.clone(),
+            owner: CacheUser::for_process(runc_id.clone(), req.owner_pid),
+            rootfs: rootfs.clone(),
+            cache: container.cache.clone(),
+        };
+
+        let mut c = container;
+        match self
+            .start_inner(
+                &req.sandbox.netns,
+                &req.container,
+                &req.image,
+                req.io,
+                &record,
+                &mut c,
+                &mut timings,
+            )
+            .await
+        {
+            Ok(()) => {
+                timings.total = req.started.elapsed();
+                info!(
+                    pid = c.pid,
+                    total_ms = timings.total.as_millis() as u64,
+                    "container started"
+                );
+                c.timings = timings;
+                Ok(c)
+            }
+            Err(e) => {
+                if let Err(cleanup) = c.remove().await {
+                    warn!(error = %cleanup, "cleaning up a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner(
+        &self,
+        netns: &Path,
+        spec: &ContainerSpec,
+        image: &PreparedImage,
+        io: ContainerIo,
+        record: &ContainerRecord,
+        c: &mut Container,
+        timings: &mut StartTimings,
+    ) -> Result<(), RuntimeError> {
+        let t = Instant::now();
+        let upper = c.dir.join("upper");
+        let work = c.dir.join("work");
+        for d in [&upper, &work, &c.rootfs] {
+            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        }
+        // Recorded before anything is mounted or started, so a crash from here on is recoverable.
+        write_json(&c.dir.join(RECORD_FILE), record)?;
+        let lowers: Vec<PathBuf> = image.layers.iter().map(|l| l.dir.clone()).collect();
+        rootfs::mount_overlay(&c.name, &lowers, &upper, &work, &c.rootfs)?;
+        let config = ImageConfig::from_oci(&image.reference, &image.config)?;
+        let user = resolve_user(&c.rootfs, config.user.as_deref(), &c.name)?;
+        let hostname: String = c.pod_uid.chars().take(63).collect();
+        let oci = generate_spec(
+            &image.reference,
+            &config,
+            spec,
+            user,
+            &c.rootfs,
+            netns,
+            &hostname,
+        )?;
+        let bundle_config = c.dir.join("config.json");
+        oci.save(&bundle_config).map_err(|e| RuntimeError::Spec {
+            container: c.name.clone(),
+            reason: e.to_string(),
+        })?;
+        timings.rootfs_assembled = t.elapsed();
+
+        let t = Instant::now();
+        let (stdout, stderr) = match io {
+            ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
+            ContainerIo::Log => {
+                let open = || {
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&c.log_path)
+                };
+                let out = open().map_err(RuntimeError::io("opening", &c.log_path))?;
+                let err = open().map_err(RuntimeError::io("opening", &c.log_path))?;
+                (Stdio::from(out), Stdio::from(err))
+            }
+        };
+        let runc_log = c.dir.join("runc.log");
+        c.pid = self
+            .runc
+            .create(&c.id, &c.dir, &runc_log, stdout, stderr)
+            .await?;
+        self.runc.start(&c.id, &runc_log).await?;
+        timings.runtime_started = t.elapsed();
+        debug!(pid = c.pid, "runc started the container");
+        Ok(())
+    }
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Container {
+    /// runc container id (`<pod uid>-<name>`).
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    /// `DIR/pods/<uid>/<name>`: bundle, upper/work dirs, logs.
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    /// stdout/stderr with [`ContainerIo::Log`].
+    pub log_path: PathBuf,
+    /// Host pid of the container's init process.
+    pub pid: i32,
+    /// How long each step of the start took.
+    pub timings: StartTimings,
+    cache: Option<(String, String)>,
+    runtime: Runtime,
+}
+
+impl Container {
+    /// Waits for the container's process to exit.
+    pub async fn wait(&self) -> Result<ExitInfo, RuntimeError> {
+        let pid = self.pid;
+        let status = tokio::task::spawn_blocking(move || wait_pid(pid))
+            .await
+            .map_err(|e| {
+                RuntimeError::io("waiting for", format!("/proc/{pid}"))(std::io::Error::other(e))
+            })?
+            .map_err(RuntimeError::io("waiting for", format!("/proc/{pid}")))?;
+        let finished_at = jiff::Timestamp::now().to_string();
+        let info = if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            ExitInfo {
+                code: 128 + sig,
+                signal: Some(sig),
+                finished_at,
+            }
+        } else {
+            ExitInfo {
+                code: libc::WEXITSTATUS(status),
+                signal: None,
+                finished_at,
+            }
+        };
+        info!(container = %self.id, code = info.code, "container exited");
+        Ok(info)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the container's init process.
+    pub async fn kill(&self, signal: &str) -> Result<(), RuntimeError> {
+        self.runtime.runc.kill(&self.id, signal).await
+    }
+
+    /// runc's view of the container; `None` once deleted.
+    pub async fn status(&self) -> Result<Option<ContainerStatus>, RuntimeError> {
+        Ok(self.runtime.runc.state(&self.id).await?.map(|(s, _)| s))
+    }
+
+    /// Deletes the runc container (killing what still runs), unmounts the rootfs, releases the
+    /// cache disk and removes the container dir.
+    pub async fn remove(self) -> Result<(), RuntimeError> {
+        remove_container(
+            &self.runtime,
+            &self.id,
+            &self.dir,
+            &self.rootfs,
+            self.cache.as_ref(),
+        )
+        .await
+    }
+}
+
+pub(crate) async fn remove_container(
+    runtime: &Runtime,
+    runc_id: &str,
+    dir: &Path,
+    rootfs: &Path,
+    cache: Option<&(String, String)>,
+) -> Result<(), RuntimeError> {
+    runtime.runc.delete(runc_id).await?;
+    rootfs::unmount(rootfs)?;
+    if let Some((id, user)) = cache {
+        runtime.attacher.release(id, user)?;
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(RuntimeError::io("removing", dir))?;
+    }
+    Ok(())
+}
+
+/// Blocks until `pid` (our child, as subreaper) exits; returns its wait status. When it is not
+/// our child (ECHILD), polls until it is gone and reports status 0 with no code known.
+fn wait_pid(pid: i32) -> std::io::Result<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(status);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => {
+                while Path::new(&format!("/proc/{pid}")).exists() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Ok(0);
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| RuntimeError::io("encoding", path)(std::io::Error::other(e)))?;
+    fs::write(&tmp, bytes).map_err(RuntimeError::io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(RuntimeError::io("renaming into place", path))
+}

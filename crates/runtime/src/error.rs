@@ -1,0 +1,75 @@
+//! Errors of running containers, in the user's terms.
+
+use std::path::PathBuf;
+
+use imc_api::Digest;
+
+/// What went wrong while preparing, running or cleaning up a container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A file system operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Attaching or releasing the cache disk failed.
+    #[error(transparent)]
+    Cache(#[from] imc_snapshot::SnapshotError),
+    /// A layer of the image is neither on the cache disk nor unpacked in the layer store.
+    #[error("layer {diff_id} of image {image} is neither on the cache disk nor in the layer store")]
+    LayerUnavailable { image: String, diff_id: Digest },
+    /// The image config is not a valid OCI image config.
+    #[error("image {image} has an invalid config: {reason}")]
+    InvalidConfig { image: String, reason: String },
+    /// The container has nothing to run.
+    #[error("image {image} defines no command (no Entrypoint or Cmd) and the container gives none")]
+    NoCommand { image: String },
+    /// The image's or container's user is not in the rootfs's /etc/passwd or /etc/group.
+    #[error(
+        "container {container}: user {user:?} not found in the image's /etc/passwd or /etc/group"
+    )]
+    UnknownUser { container: String, user: String },
+    /// Mounting the overlay rootfs failed.
+    #[error("mounting the rootfs of container {container} at {}: {source}", target.display())]
+    Overlay {
+        container: String,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the pod's network namespace failed.
+    #[error("creating the network namespace of pod {pod}: {source}")]
+    Network {
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// runc could not be run or reported an error.
+    #[error("runc {action} of container {container} failed: {message}")]
+    Runc {
+        action: &'static str,
+        container: String,
+        message: String,
+    },
+    /// Building the OCI runtime spec failed.
+    #[error("OCI runtime spec of container {container}: {reason}")]
+    Spec { container: String, reason: String },
+}
+
+impl RuntimeError {
+    /// Builds a closure mapping an `io::Error` on `path` to [`RuntimeError::Io`].
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| RuntimeError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

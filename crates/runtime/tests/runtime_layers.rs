@@ -1,0 +1,166 @@
+//! Containers started by real runc on a real overlay over a real EROFS cache disk, with layer
+//! trees made on disk the way the layer store unpacks them (overlay whiteouts, opaque xattrs).
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use imc_api::Digest;
+use imc_runtime::{ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings};
+use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
+
+fn layer_dir(root: &Path, d: &Digest) -> PathBuf {
+    root.join("layers/sha256").join(d.hex())
+}
+
+/// Base layer: busybox-static and its applet symlinks, /etc/passwd.
+fn base_layer(root: &Path) -> Digest {
+    let d = Digest::of(b"base");
+    let dir = layer_dir(root, &d);
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    fs::create_dir_all(dir.join("etc")).unwrap();
+    fs::create_dir_all(dir.join("tmp")).unwrap();
+    fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .expect("busybox-static must be installed (/bin/busybox)");
+    for applet in [
+        "sh", "cat", "ls", "echo", "stat", "readlink", "id", "touch", "rm", "mkdir", "sleep",
+        "test", "sync",
+    ] {
+        symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    d
+}
+
+/// Lower app layer: files an upper layer deletes, replaces and makes opaque.
+fn lower_layer(root: &Path) -> Digest {
+    let d = Digest::of(b"lower");
+    let dir = layer_dir(root, &d);
+    fs::create_dir_all(dir.join("data/opaque")).unwrap();
+    fs::write(dir.join("data/doomed"), "doomed").unwrap();
+    fs::write(dir.join("data/replaced"), "old").unwrap();
+    fs::hard_link(dir.join("data/replaced"), dir.join("data/hardlink")).unwrap();
+    fs::write(dir.join("data/opaque/old-entry"), "x").unwrap();
+    fs::write(dir.join("data/owned"), "o").unwrap();
+    std::os::unix::fs::chown(dir.join("data/owned"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(dir.join("data/owned"), fs::Permissions::from_mode(0o640)).unwrap();
+    symlink("/data/replaced", dir.join("data/abs-link")).unwrap();
+    d
+}
+
+/// Upper layer: whiteout, opaque dir, replaced file.
+fn upper_layer(root: &Path) -> Digest {
+    let d = Digest::of(b"upper");
+    let dir = layer_dir(root, &d);
+    fs::create_dir_all(dir.join("data/opaque")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &dir.join("data/doomed"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0),
+        0,
+    )
+    .unwrap();
+    xattr::set(dir.join("data/opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    fs::write(dir.join("data/opaque/new-entry"), "y").unwrap();
+    fs::write(dir.join("data/replaced"), "new").unwrap();
+    d
+}
+
+#[tokio::test]
+async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root), lower_layer(root), upper_layer(root)];
+    let store = root.to_path_buf();
+    let builder = SnapshotBuilder::new(move |d: &Digest| layer_dir(&store, d));
+    let disk = root.join("caches/test.erofs");
+    fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    let config = serde_json::json!({"config": {"Cmd": ["sh"], "User": "0"}});
+    let image = BuildImage {
+        reference: "r.example/sem:1".into(),
+        manifest_digest: Digest::of(b"m"),
+        config: config.clone(),
+        layers: layers.clone(),
+    };
+    builder
+        .build(
+            &[image],
+            &BuildOptions {
+                output: disk.clone(),
+                size_limit: 1 << 30,
+                backend: BackendChoice::Erofs,
+                work_dir: root.join("tmp"),
+            },
+        )
+        .unwrap();
+
+    let runtime = Runtime::new(root).unwrap();
+    let sandbox = runtime
+        .create_sandbox("pod-sem", std::process::id())
+        .unwrap();
+    let (cache, attach) = runtime
+        .attach_cache(&disk, "pod-sem", "main", std::process::id())
+        .unwrap();
+    let store = root.to_path_buf();
+    let prepared = PreparedImage::locate(
+        "r.example/sem:1",
+        config,
+        &layers,
+        Some(&cache),
+        &|d: &Digest| layer_dir(&store, d),
+    )
+    .unwrap();
+    let script = [
+        "test -e /data/doomed && echo doomed-present || echo doomed-absent",
+        "echo opaque: $(ls /data/opaque)",
+        "echo replaced: $(cat /data/replaced) hardlink: $(cat /data/hardlink)",
+        "echo owned: $(stat -c '%u:%g %a' /data/owned)",
+        "echo link: $(cat /data/abs-link)",
+        "echo port: $PORT",
+    ]
+    .join("; ");
+    let spec = ContainerSpec {
+        name: "main".into(),
+        command: Some(vec!["sh".into(), "-c".into(), script]),
+        port: Some(8080),
+        ..Default::default()
+    };
+    let container = runtime
+        .start(StartRequest {
+            sandbox: &sandbox,
+            container: spec,
+            image: prepared,
+            cache: Some(cache.clone()),
+            io: ContainerIo::Log,
+            owner_pid: std::process::id(),
+            started: Instant::now(),
+            timings: StartTimings {
+                attach,
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    let exit = container.wait().await.unwrap();
+    let log = fs::read_to_string(&container.log_path).unwrap();
+    assert_eq!(container.timings.layers_from_cache, 3);
+    container.remove().await.unwrap();
+    sandbox.remove().unwrap();
+
+    assert_eq!(exit.code, 0, "log: {log}");
+    assert_eq!(
+        log,
+        "doomed-absent\nopaque: new-entry\nreplaced: new hardlink: old\nowned: 1000:1000 640\nlink: new\nport: 8080\n"
+    );
+    assert!(
+        !cache.mount_point.exists(),
+        "the cache is detached after the last container"
+    );
+}
