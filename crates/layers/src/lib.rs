@@ -2,7 +2,9 @@
 //! safe unpack of hostile layer tars (DESIGN §8), image records, pull orchestration and GC.
 
 mod error;
+mod store;
 mod unpack;
 
 pub use error::{LayerError, UnpackError};
+pub use store::{BlobCompression, GcReport, ImageRecord, LayerRecord, LayerStore, StoreLock};
 pub use unpack::{UnpackOptions, UnpackStats, unpack_layer, unpack_layer_with};

@@ -505,11 +505,13 @@ impl Unpacker<'_> {
             entry: Some(name.to_owned()),
             source: e,
         };
-        let mode = header.mode().map_err(bad)? & 0o7777;
-        let mut uid = header.uid().map_err(bad)?;
-        let mut gid = header.gid().map_err(bad)?;
+        let old = header.as_old();
+        // Go's archive/tar (which wrote most layers) reads an empty numeric field as 0.
+        let mode = numeric(header.mode().map(u64::from), &old.mode).map_err(bad)? as u32 & 0o7777;
+        let mut uid = numeric(header.uid(), &old.uid).map_err(bad)?;
+        let mut gid = numeric(header.gid(), &old.gid).map_err(bad)?;
         let mut mtime = Timespec {
-            tv_sec: header.mtime().map_err(bad)? as i64,
+            tv_sec: numeric(header.mtime(), &old.mtime).map_err(bad)? as i64,
             tv_nsec: 0,
         };
         let mut xattrs = Vec::new();
@@ -750,6 +752,14 @@ impl Unpacker<'_> {
                 .map_err(io_err(&path.to_string_lossy(), "set mtime"))?;
         }
         Ok(())
+    }
+}
+
+/// A header number, with an all-NUL/space field read as 0.
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
     }
 }
 
