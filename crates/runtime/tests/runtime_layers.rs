@@ -61,7 +61,7 @@ fn upper_layer(root: &Path) -> Digest {
     fs::create_dir_all(dir.join("data/opaque")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &dir.join("data/doomed"),
+        dir.join("data/doomed"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0),
         0,
