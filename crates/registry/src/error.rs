@@ -1,0 +1,231 @@
+//! Why fetching an image failed, in the user's terms: every variant names the image, and those
+//! caused by the registry say what it answered. No variant ever carries a credential.
+
+use imc_api::Digest;
+
+/// What the registry answered to a failed request: the HTTP status and, when the body was a
+/// distribution-spec error document, its first error code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAnswer {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `errors[0].code` of the body (e.g. `MANIFEST_UNKNOWN`), when present.
+    pub code: Option<String>,
+    /// The `errors[0].message` of the body, or the start of a non-JSON body.
+    pub message: String,
+    /// The Retry-After the registry asked for (429/503), if any.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl std::fmt::Display for RegistryAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl RegistryAnswer {
+    /// Builds the answer from a status and a response body (at most the first 64 KiB are read).
+    pub fn from_body(status: u16, body: &[u8]) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Errors {
+            errors: Vec<ErrorItem>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ErrorItem {
+            code: Option<String>,
+            message: Option<String>,
+        }
+        // Token servers answer {"details": "..."} instead of the distribution error document.
+        #[derive(serde::Deserialize)]
+        struct Details {
+            details: String,
+        }
+        if let Ok(e) = serde_json::from_slice::<Errors>(body)
+            && let Some(first) = e.errors.into_iter().next()
+        {
+            return RegistryAnswer {
+                status,
+                code: first.code,
+                message: first.message.unwrap_or_default(),
+                retry_after: None,
+            };
+        }
+        if let Ok(d) = serde_json::from_slice::<Details>(body) {
+            return RegistryAnswer {
+                status,
+                code: None,
+                message: d.details,
+                retry_after: None,
+            };
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+        RegistryAnswer {
+            status,
+            code: None,
+            message: text.trim().to_owned(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Errors of imc-registry. Every variant names the image it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry (or token server) refused our credentials or has none for us: 401/403.
+    #[error("pulling {image}: access denied by {host} ({answer}){hint}")]
+    AccessDenied {
+        image: String,
+        host: String,
+        answer: Box<RegistryAnswer>,
+        /// Advice such as "no credentials configured for this registry".
+        hint: String,
+    },
+    /// The manifest or blob does not exist: 404.
+    #[error("pulling {image}: {what} not found on {host} ({answer})")]
+    NotFound {
+        image: String,
+        what: String,
+        host: String,
+        answer: Box<RegistryAnswer>,
+    },
+    /// Any other unsuccessful HTTP answer (429 and 5xx are transient).
+    #[error("pulling {image}: {host} answered {answer} for {what}")]
+    Status {
+        image: String,
+        what: String,
+        host: String,
+        answer: Box<RegistryAnswer>,
+    },
+    /// The connection failed, was reset or timed out.
+    #[error("pulling {image}: connection to {host} failed while fetching {what}: {reason}")]
+    Connection {
+        image: String,
+        what: String,
+        host: String,
+        reason: String,
+    },
+    /// The body ended before the announced size.
+    #[error("pulling {image}: blob {digest} was cut short at {received} of {expected} bytes")]
+    Truncated {
+        image: String,
+        digest: Digest,
+        received: u64,
+        expected: u64,
+    },
+    /// The content does not hash to the digest that names it, even after retries.
+    #[error(
+        "pulling {image}: {what} failed verification: expected digest {expected}, got {actual}"
+    )]
+    DigestMismatch {
+        image: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// The content is longer or shorter than its descriptor says.
+    #[error("pulling {image}: {what} has {actual} bytes but its descriptor says {expected}")]
+    SizeMismatch {
+        image: String,
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// Docker image manifest schema 1 is obsolete and not supported.
+    #[error(
+        "pulling {image}: the registry serves a Docker schema1 manifest ({media_type}); schema1 is not supported, push the image again with a current client (OCI or Docker schema2)"
+    )]
+    Schema1 { image: String, media_type: String },
+    /// A manifest media type imc does not know.
+    #[error("pulling {image}: unsupported manifest media type {media_type:?}")]
+    UnsupportedManifest { image: String, media_type: String },
+    /// A foreign or non-distributable layer (e.g. Windows base layers), which must come from
+    /// somewhere other than the registry.
+    #[error(
+        "pulling {image}: layer {digest} is a foreign (non-distributable) layer ({media_type}); foreign layers are not supported"
+    )]
+    ForeignLayer {
+        image: String,
+        digest: Digest,
+        media_type: String,
+    },
+    /// A layer media type imc cannot unpack.
+    #[error("pulling {image}: layer {digest} has unsupported media type {media_type:?}")]
+    UnsupportedLayer {
+        image: String,
+        digest: Digest,
+        media_type: String,
+    },
+    /// No manifest in the index is for the wanted platform.
+    #[error("pulling {image}: no manifest for platform {wanted}; the image is available for: {}", available.join(", "))]
+    NoMatchingPlatform {
+        image: String,
+        wanted: String,
+        available: Vec<String>,
+    },
+    /// The manifest is not valid JSON or misses required fields.
+    #[error("pulling {image}: invalid manifest: {reason}")]
+    InvalidManifest { image: String, reason: String },
+    /// The image config is not valid or does not match the manifest.
+    #[error("pulling {image}: invalid image config: {reason}")]
+    InvalidConfig { image: String, reason: String },
+    /// The token server's answer could not be used.
+    #[error("pulling {image}: token server {realm} gave an unusable answer: {reason}")]
+    Token {
+        image: String,
+        realm: String,
+        reason: String,
+    },
+    /// Writing the blob to the local file failed.
+    #[error("pulling {image}: writing blob {digest} to disk failed: {source}")]
+    Write {
+        image: String,
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Docker config / dockerconfigjson could not be read or parsed.
+    #[error("reading registry credentials from {source_name}: {reason}")]
+    Credentials { source_name: String, reason: String },
+    /// The client could not be built from its options.
+    #[error("invalid registry options: {reason}")]
+    Options { reason: String },
+}
+
+impl RegistryError {
+    /// Whether trying again later may succeed: 429, 5xx, resets, timeouts and short bodies are
+    /// transient; refusals, missing content, verification failures and unsupported formats are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Status { answer, .. } => {
+                answer.status == 429 || answer.status == 408 || answer.status >= 500
+            }
+            RegistryError::Connection { .. } | RegistryError::Truncated { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status the registry answered, for variants that carry one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::AccessDenied { answer, .. }
+            | RegistryError::NotFound { answer, .. }
+            | RegistryError::Status { answer, .. } => Some(answer.status),
+            _ => None,
+        }
+    }
+
+    /// The Retry-After the registry asked for, if this is a 429/503 that carried one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::Status { answer, .. } => answer.retry_after,
+            _ => None,
+        }
+    }
+}
