@@ -51,6 +51,15 @@ pub enum LayerError {
     /// An image record on disk could not be read.
     #[error("image record {path} is corrupt: {reason}")]
     CorruptRecord { path: PathBuf, reason: String },
+    /// The registry failed (its error names the image and what the registry answered).
+    #[error(transparent)]
+    Registry(#[from] imc_registry::RegistryError),
+    /// The image config is not valid JSON.
+    #[error("image {image}: config is not valid JSON: {reason}")]
+    BadConfig { image: String, reason: String },
+    /// The pull stopped because another layer of the image failed.
+    #[error("image {image}: pull cancelled after another layer failed")]
+    Cancelled { image: String },
     /// A downloaded blob did not match its digest.
     #[error("image {image}: blob {digest}: content does not match its digest (got {actual})")]
     BlobDigestMismatch {
