@@ -26,3 +26,60 @@ pub struct RegistryArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub jobs: usize,
 }
+
+impl RegistryArgs {
+    /// The registry client options these flags describe. Credentials come from `--docker-config`,
+    /// else `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present.
+    pub fn options(&self) -> anyhow::Result<imc_registry::RegistryOptions> {
+        let mut mirrors = Vec::with_capacity(self.registry_mirror.len());
+        for m in &self.registry_mirror {
+            let Some((host, url)) = m.split_once('=') else {
+                anyhow::bail!(
+                    "--registry-mirror {m:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"
+                );
+            };
+            if host.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!(
+                    "--registry-mirror {m:?}: expected HOST=URL with an http:// or https:// URL"
+                );
+            }
+            mirrors.push((host.to_owned(), url.to_owned()));
+        }
+        let credentials = match self.docker_config_path() {
+            Some(path) => {
+                imc_registry::Credentials::from_docker_config_file(&path).map_err(|e| {
+                    anyhow::anyhow!("reading registry credentials from {}: {e}", path.display())
+                })?
+            }
+            None => imc_registry::Credentials::none(),
+        };
+        Ok(imc_registry::RegistryOptions {
+            plain_http: self.plain_http.clone(),
+            insecure: self.insecure_registry.clone(),
+            mirrors,
+            credentials,
+            retry: imc_registry::RetryPolicy::default(),
+        })
+    }
+
+    /// `--platform`, or the host's.
+    pub fn platform(&self) -> anyhow::Result<imc_registry::Platform> {
+        match &self.platform {
+            Some(p) => p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--platform {p:?}: {e}")),
+            None => Ok(imc_registry::Platform::host()),
+        }
+    }
+
+    fn docker_config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.docker_config {
+            return Some(p.clone());
+        }
+        let default = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => PathBuf::from(dir).join("config.json"),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
+        };
+        default.is_file().then_some(default)
+    }
+}
