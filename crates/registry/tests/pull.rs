@@ -246,7 +246,7 @@ async fn docker_config_credentials_are_used() {
         .expect("push");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.json");
-    let auth = base64_encode("carol:cfg-pass");
+    let auth = base64_std("carol:cfg-pass");
     std::fs::write(
         &path,
         format!(
@@ -260,25 +260,6 @@ async fn docker_config_credentials_are_used() {
     let r = reference(&format!("{}/app:v1", reg.host()));
     let resolved = client.resolve(&r, &amd64()).await.expect("resolve");
     assert_eq!(resolved.manifest_digest, built.manifest_digest);
-}
-
-fn base64_encode(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]

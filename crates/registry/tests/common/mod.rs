@@ -125,3 +125,9 @@ pub async fn assert_pulls_as_built(client: &Client, resolved: &ResolvedImage, bu
         assert!(got == &want.blob, "layer {} bytes differ", want.digest);
     }
 }
+
+/// Standard base64, as Docker config files and Basic auth use it.
+pub fn base64_std(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
