@@ -113,19 +113,29 @@ pub fn strategic(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Applies an RFC 6902 JSON patch.
+/// Applies an RFC 6902 JSON patch. As in Kubernetes, `test` of a missing path against `null`
+/// succeeds (kube-rs' finalizer helper relies on it).
 pub fn json(target: &mut Value, body: &Value) -> Result<(), ApiError> {
     let patch: json_patch::Patch = serde_json::from_value(body.clone())
         .map_err(|e| ApiError::BadRequest(format!("invalid json patch: {e}")))?;
-    json_patch::patch(target, &patch).map_err(|e| ApiError::Invalid {
-        kind: String::new(),
-        name: String::new(),
-        causes: vec![crate::error::Cause {
-            field: String::new(),
-            reason: "FieldValueInvalid".into(),
-            message: format!("the json patch could not be applied: {e}"),
-        }],
-    })
+    for op in patch.0 {
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && target.pointer(t.path.as_str()).is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        json_patch::patch(target, std::slice::from_ref(&op)).map_err(|e| ApiError::Invalid {
+            kind: String::new(),
+            name: String::new(),
+            causes: vec![crate::error::Cause {
+                field: String::new(),
+                reason: "FieldValueInvalid".into(),
+                message: format!("the json patch could not be applied: {e}"),
+            }],
+        })?;
+    }
+    Ok(())
 }
 
 /// Parses an apply body (YAML or JSON) into an object.

@@ -4,5 +4,6 @@
 
 pub mod containerd;
 pub mod image;
+pub mod apiserver;
 pub mod proxy;
 pub mod registry;

@@ -1,0 +1,196 @@
+//! A real `imc server` process on a free loopback port with a temporary data directory, for
+//! tests that talk to it with the real kubectl and with kube-rs. The fixture can kill (SIGKILL),
+//! stop (SIGTERM) and restart the process on the same directory and port.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The kubectl tests use (the Debian package installs it here).
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// A running `imc server`.
+pub struct TestServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    addr: Option<SocketAddr>,
+    watch_window: Option<u64>,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    /// Starts `bin server` (pass `env!("CARGO_BIN_EXE_imc")`) on a free port.
+    pub fn start(bin: impl AsRef<Path>) -> Result<Self> {
+        Self::start_with_window(bin, None)
+    }
+
+    /// Like [`TestServer::start`], keeping only `window` changes for watch resume (so tests
+    /// can force 410 Gone).
+    pub fn start_with_window(bin: impl AsRef<Path>, window: Option<u64>) -> Result<Self> {
+        let mut server = TestServer {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
+            addr: None,
+            watch_window: window,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let listen = self
+            .addr
+            .map_or("127.0.0.1:0".to_owned(), |a| a.to_string());
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--listen")
+            .arg(&listen)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(w) = self.watch_window {
+            cmd.arg("--watch-window").arg(w.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} server", self.bin.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addr = None;
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("listening on https://") {
+                        addr = Some(a.trim().parse::<SocketAddr>()?);
+                    }
+                    if line.starts_with("kubeconfig: ") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait()?;
+                    bail!("imc server did not come up (exit: {status})");
+                }
+            }
+        }
+        self.addr = Some(addr.context("server did not print its address")?);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig.yaml")
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The admin bearer token.
+    pub fn token(&self) -> Result<String> {
+        Ok(
+            std::fs::read_to_string(self.dir.path().join("pki/admin.token"))?
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    /// A kube-rs client from the generated kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs the real kubectl against the server (`KUBECONFIG` set, a private cache dir).
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `stdin` fed to it.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        use std::io::Write;
+        let mut child = Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.dir.path().join("kubectl-cache"))
+            .env("HOME", self.dir.path())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {KUBECTL}"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// SIGKILLs the server (a crash).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERMs the server and waits for it to exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        // The child is not reaped yet, so its pid cannot have been reused.
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !sent.success() {
+            child.kill()?;
+        }
+        Ok(child.wait()?.success())
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
