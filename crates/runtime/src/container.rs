@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use imc_snapshot::{AttachedCache, Attacher, CacheUser};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info_span, warn};
 
 use crate::image::ImageConfig;
 use crate::runc::{ContainerStatus, Runc};
@@ -83,6 +83,8 @@ pub(crate) struct ContainerRecord {
 
 pub(crate) const RECORD_FILE: &str = "container.json";
 pub(crate) const POD_OWNER_FILE: &str = "owner.json";
+/// Prefix of a pod dir being created (renamed into place once its owner is recorded).
+pub(crate) const NEW_POD_PREFIX: &str = ".new-";
 
 /// Runs containers for one data directory: `DIR/pods/` for rootfs, logs and bundles,
 /// `DIR/run/runc` for runc's state, `DIR/run/caches` for attached disks.
@@ -118,12 +120,24 @@ impl Runtime {
 
     /// Creates (or reuses) the sandbox of pod `uid`, owned by process `owner_pid`.
     pub fn create_sandbox(&self, uid: &str, owner_pid: u32) -> Result<PodSandbox, RuntimeError> {
-        let sandbox = PodSandbox::create(&self.pods_dir, uid)?;
-        write_json(
-            &sandbox.dir.join(POD_OWNER_FILE),
-            &CacheUser::for_process(format!("pod/{uid}"), owner_pid),
-        )?;
-        Ok(sandbox)
+        let owner = CacheUser::for_process(format!("pod/{uid}"), owner_pid);
+        let dir = self.pods_dir.join(uid);
+        if dir.exists() {
+            write_json(&dir.join(POD_OWNER_FILE), &owner)?;
+        } else {
+            // The pod dir appears with its owner already recorded, so a concurrent recovery in
+            // another imc process never mistakes it for an abandoned pod.
+            let tmp = self.pods_dir.join(format!("{NEW_POD_PREFIX}{uid}"));
+            fs::create_dir_all(&tmp).map_err(RuntimeError::io("creating", &tmp))?;
+            write_json(&tmp.join(POD_OWNER_FILE), &owner)?;
+            if let Err(e) = fs::rename(&tmp, &dir) {
+                let _ = fs::remove_dir_all(&tmp);
+                if !dir.exists() {
+                    return Err(RuntimeError::io("creating", &dir)(e));
+                }
+            }
+        }
+        PodSandbox::create(&self.pods_dir, uid)
     }
 
     /// Attaches `disk` for container `name` of pod `uid`, owned by `owner_pid`.
@@ -187,7 +201,7 @@ impl Runtime {
         {
             Ok(()) => {
                 timings.total = req.started.elapsed();
-                info!(
+                debug!(
                     pid = c.pid,
                     total_ms = timings.total.as_millis() as u64,
                     "container started"
@@ -316,7 +330,7 @@ impl Container {
                 finished_at,
             }
         };
-        info!(container = %self.id, code = info.code, "container exited");
+        debug!(container = %self.id, code = info.code, "container exited");
         Ok(info)
     }
 

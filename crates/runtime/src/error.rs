@@ -8,12 +8,11 @@ use imc_api::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// A file system operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Attaching or releasing the cache disk failed.
     #[error(transparent)]
@@ -33,20 +32,15 @@ pub enum RuntimeError {
     )]
     UnknownUser { container: String, user: String },
     /// Mounting the overlay rootfs failed.
-    #[error("mounting the rootfs of container {container} at {}: {source}", target.display())]
+    #[error("mounting the rootfs of container {container} at {}: {cause}", target.display())]
     Overlay {
         container: String,
         target: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Creating the pod's network namespace failed.
-    #[error("creating the network namespace of pod {pod}: {source}")]
-    Network {
-        pod: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("creating the network namespace of pod {pod}: {cause}")]
+    Network { pod: String, cause: std::io::Error },
     /// runc could not be run or reported an error.
     #[error("runc {action} of container {container} failed: {message}")]
     Runc {
@@ -69,7 +63,7 @@ impl RuntimeError {
         move |source| RuntimeError::Io {
             action,
             path,
-            source,
+            cause: source,
         }
     }
 }

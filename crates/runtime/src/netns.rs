@@ -51,7 +51,7 @@ impl PodSandbox {
         .unwrap_or_else(|_| Err(std::io::Error::other("network namespace thread panicked")));
         result.map_err(|source| RuntimeError::Network {
             pod: uid.to_string(),
-            source,
+            cause: source,
         })?;
         debug!(pod = %uid, "pod network namespace created");
         Ok(sandbox)

@@ -7,7 +7,9 @@ use imc_snapshot::{CacheUser, RecoveryReport};
 use serde::Serialize;
 use tracing::warn;
 
-use crate::container::{ContainerRecord, POD_OWNER_FILE, RECORD_FILE, remove_container};
+use crate::container::{
+    ContainerRecord, NEW_POD_PREFIX, POD_OWNER_FILE, RECORD_FILE, remove_container,
+};
 use crate::{PodSandbox, Runtime, RuntimeError};
 
 /// What [`Runtime::recover`] cleaned.
@@ -36,6 +38,17 @@ impl Runtime {
             let pod_dir = pod.path();
             let owner: Option<CacheUser> = read_json(&pod_dir.join(POD_OWNER_FILE));
             let pod_alive = owner.as_ref().is_some_and(|o| o.is_alive());
+            if pod
+                .file_name()
+                .to_string_lossy()
+                .starts_with(NEW_POD_PREFIX)
+            {
+                // A pod being created; abandoned only when its recorded owner is dead.
+                if owner.is_some() && !pod_alive {
+                    let _ = fs::remove_dir_all(&pod_dir);
+                }
+                continue;
+            }
             let mut containers_left = 0;
             for c in fs::read_dir(&pod_dir).into_iter().flatten().flatten() {
                 let dir = c.path();

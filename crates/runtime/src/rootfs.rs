@@ -19,7 +19,7 @@ pub(crate) fn mount_overlay(
     let fail = |source: rustix::io::Errno| RuntimeError::Overlay {
         container: container.to_string(),
         target: target.to_path_buf(),
-        source: source.into(),
+        cause: source.into(),
     };
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(fail)?;
     // overlayfs takes lower dirs top first. A layer repeated in one image (e.g. two empty

@@ -14,7 +14,7 @@ use rustix::fs::FlockOperation;
 use rustix::mount::{MountFlags, UnmountFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tracing::{info, info_span, warn};
+use tracing::{debug, info_span, warn};
 
 use crate::disk::{mount_erofs, read_index};
 use crate::{CacheIndex, CacheUser, DiskKind, SnapshotDisk, SnapshotError, loop_device, mountinfo};
@@ -120,7 +120,7 @@ impl Attacher {
         });
         if !mountinfo::is_mount_point(&mount_point) {
             mount_disk(&disk, &mount_point)?;
-            info!(disk = %disk.display(), mount_point = %mount_point.display(), "cache disk attached");
+            debug!(disk = %disk.display(), mount_point = %mount_point.display(), "cache disk attached");
             refs.disk = disk.clone();
         }
         refs.users.retain(|u| u.name != user.name);
@@ -149,7 +149,7 @@ impl Attacher {
         refs.users.retain(|u| u.name != user);
         if refs.users.is_empty() {
             self.detach(id, &refs.disk)?;
-            info!("cache disk detached");
+            debug!("cache disk detached");
             return Ok(true);
         }
         self.write_refs(id, &refs)?;
@@ -314,7 +314,7 @@ fn mount_disk(disk: &Path, mount_point: &Path) -> Result<(), SnapshotError> {
                     action,
                     disk: disk.to_path_buf(),
                     mount_point: mount_point.to_path_buf(),
-                    source: e.into(),
+                    cause: e.into(),
                 }
             };
             rustix::mount::mount_bind(disk, mount_point).map_err(err("bind-mounting"))?;
@@ -340,7 +340,7 @@ fn unmount(disk: &Path, mount_point: &Path) -> Result<(), SnapshotError> {
                     action: "unmounting",
                     disk: disk.to_path_buf(),
                     mount_point: mount_point.to_path_buf(),
-                    source: e.into(),
+                    cause: e.into(),
                 }
             })
         }
@@ -348,7 +348,7 @@ fn unmount(disk: &Path, mount_point: &Path) -> Result<(), SnapshotError> {
             action: "unmounting",
             disk: disk.to_path_buf(),
             mount_point: mount_point.to_path_buf(),
-            source: e.into(),
+            cause: e.into(),
         }),
     }
 }

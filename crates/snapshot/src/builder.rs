@@ -255,6 +255,14 @@ fn output_parent(output: &Path) -> PathBuf {
     }
 }
 
+impl BackendChoice {
+    /// The backend a build would use on this host; an error when EROFS is asked for explicitly
+    /// and `mkfs.erofs` is missing. Lets callers fail before pulling anything.
+    pub fn resolve(self) -> Result<Backend, SnapshotError> {
+        choose_backend(self)
+    }
+}
+
 /// Picks the backend, saying in the log why EROFS was not used.
 fn choose_backend(choice: BackendChoice) -> Result<Backend, SnapshotError> {
     match choice {

@@ -98,7 +98,7 @@ fn temp_mount_dir() -> PathBuf {
 pub(crate) fn mount_erofs(disk: &Path, mount_point: &Path) -> Result<(), SnapshotError> {
     let device = loop_device::attach_read_only(disk).map_err(|source| SnapshotError::Loop {
         disk: disk.to_path_buf(),
-        source,
+        cause: source,
     })?;
     rustix::mount::mount(
         device.path(),
@@ -111,7 +111,7 @@ pub(crate) fn mount_erofs(disk: &Path, mount_point: &Path) -> Result<(), Snapsho
         action: "mounting",
         disk: disk.to_path_buf(),
         mount_point: mount_point.to_path_buf(),
-        source: e.into(),
+        cause: e.into(),
     })
     // Dropping `device` closes our handle; the mount keeps the device until it is unmounted.
 }

@@ -33,12 +33,11 @@ pub enum SnapshotError {
         stderr: String,
     },
     /// A file system operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The disk's index is missing or not valid JSON.
     #[error("cache disk {} has an invalid index: {reason}", path.display())]
@@ -47,20 +46,18 @@ pub enum SnapshotError {
     #[error("{} is not a cache disk (neither an EROFS image nor a directory with index.json)", path.display())]
     NotACacheDisk { path: PathBuf },
     /// Setting up a loop device failed.
-    #[error("attaching {} to a loop device: {source}", disk.display())]
+    #[error("attaching {} to a loop device: {cause}", disk.display())]
     Loop {
         disk: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Mounting or unmounting failed.
-    #[error("{action} {} at {}: {source}", disk.display(), mount_point.display())]
+    #[error("{action} {} at {}: {cause}", disk.display(), mount_point.display())]
     Mount {
         action: &'static str,
         disk: PathBuf,
         mount_point: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A reference-count file could not be parsed.
     #[error("reference counts of cache {id} at {} are corrupt: {reason}", path.display())]
@@ -83,7 +80,7 @@ impl SnapshotError {
         move |source| SnapshotError::Io {
             action,
             path,
-            source,
+            cause: source,
         }
     }
 }

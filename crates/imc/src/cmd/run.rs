@@ -1,10 +1,231 @@
-//! `imc run`: one container in the foreground.
+//! `imc run`: one container in the foreground, from a cache disk when given.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use imc_api::Reference;
+use imc_runtime::{ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{debug, info};
+
+use super::DataDirArg;
+use super::registry_args::RegistryArgs;
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Cache disk (EROFS file or cache directory) to take layers from; layers it holds are
+    /// never downloaded, and an image it holds needs no registry at all.
+    #[arg(long, value_name = "FILE")]
+    pub cache: Option<PathBuf>,
+    /// Remove the container when it exits. imc run always removes its container, its rootfs
+    /// and runc state on exit, Ctrl-C or SIGTERM; the flag is accepted for familiarity.
+    #[arg(long)]
+    pub rm: bool,
+    /// Environment variable for the container (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Port the container listens on (sets PORT).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Print the start timings (attach, layers, rootfs, runtime) to stderr as JSON.
+    #[arg(long)]
+    pub timings: bool,
+    #[command(flatten)]
+    pub data: DataDirArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments, replacing the image's Entrypoint and Cmd (after `--`).
+    #[arg(allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
 
-pub async fn run(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("imc run is not implemented yet")
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let reference: Reference = args
+        .image
+        .parse()
+        .with_context(|| format!("invalid image reference {:?}", args.image))?;
+    let runtime = Runtime::new(&args.data.data_dir)?;
+    let recovered = runtime
+        .recover()
+        .await
+        .context("cleaning up after an earlier crash")?;
+    if !recovered.containers.is_empty() || !recovered.caches.unmounted.is_empty() {
+        info!(containers = ?recovered.containers, caches = ?recovered.caches.unmounted, "cleaned up after an earlier crash");
+    }
+
+    let me = std::process::id();
+    let uid = format!(
+        "run-{me}-{}",
+        started.elapsed().as_nanos() ^ u128::from(jiff_like_nanos())
+    );
+    let name = "main";
+    let sandbox = runtime.create_sandbox(&uid, me)?;
+    let mut timings = StartTimings::default();
+
+    let result = start_and_wait(
+        &runtime,
+        &args,
+        &reference,
+        &sandbox,
+        name,
+        started,
+        &mut timings,
+    )
+    .await;
+    if let Err(e) = sandbox.remove() {
+        tracing::warn!(error = %e, "removing the pod sandbox");
+    }
+    result
+}
+
+fn jiff_like_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+async fn start_and_wait(
+    runtime: &Runtime,
+    args: &RunArgs,
+    reference: &Reference,
+    sandbox: &imc_runtime::PodSandbox,
+    name: &str,
+    started: Instant,
+    timings: &mut StartTimings,
+) -> anyhow::Result<ExitCode> {
+    let me = std::process::id();
+    let cache = match &args.cache {
+        Some(disk) => {
+            let (cache, attach) = runtime
+                .attach_cache(disk, &sandbox.uid, name, me)
+                .with_context(|| format!("attaching cache disk {}", disk.display()))?;
+            timings.attach = attach;
+            Some(cache)
+        }
+        None => None,
+    };
+    let t = Instant::now();
+    let image = match prepare_image(runtime, args, reference, cache.as_ref()).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Some(c) = &cache {
+                let _ = runtime.attacher().release(&c.id, &c.user);
+            }
+            return Err(e);
+        }
+    };
+    timings.layers_pulled = t.elapsed();
+
+    let env = args
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => match std::env::var(e) {
+                Ok(v) => Ok((e.clone(), v)),
+                Err(_) => bail!("--env {e:?}: expected NAME=VALUE"),
+            },
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = ContainerSpec {
+        name: name.to_string(),
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+        args: None,
+        env,
+        working_dir: args.workdir.clone(),
+        port: args.port,
+    };
+    let container = runtime
+        .start(StartRequest {
+            sandbox,
+            container: spec,
+            image,
+            cache,
+            io: ContainerIo::Inherit,
+            owner_pid: me,
+            started,
+            timings: timings.clone(),
+        })
+        .await?;
+    if args.timings {
+        eprintln!("{}", serde_json::to_string(&container.timings)?);
+    }
+    debug!(timings = ?container.timings, "container started");
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let exit = {
+        let wait = container.wait();
+        tokio::pin!(wait);
+        // Armed by the first Ctrl-C/SIGTERM: a container whose init ignores the forwarded signal
+        // (pid 1 without a handler) is killed after this grace period.
+        let grace = tokio::time::sleep(Duration::from_secs(86400));
+        tokio::pin!(grace);
+        let mut armed = false;
+        loop {
+            tokio::select! {
+                exit = &mut wait => break exit,
+                _ = sigint.recv() => {
+                    let _ = container.kill("INT").await;
+                    grace.as_mut().reset(tokio::time::Instant::now() + GRACE);
+                    armed = true;
+                }
+                _ = sigterm.recv() => {
+                    let _ = container.kill("TERM").await;
+                    grace.as_mut().reset(tokio::time::Instant::now() + GRACE);
+                    armed = true;
+                }
+                _ = &mut grace, if armed => {
+                    debug!(container = %container.id, "grace period over, killing");
+                    let _ = container.kill("KILL").await;
+                    armed = false;
+                }
+            }
+        }
+    };
+    let removed = container.remove().await;
+    let exit = exit?;
+    removed?;
+    Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
+}
+
+/// How long a stopped container gets to exit before it is killed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// The image's config and layers, located on the cache disk or in the layer store.
+async fn prepare_image(
+    runtime: &Runtime,
+    args: &RunArgs,
+    reference: &Reference,
+    cache: Option<&imc_snapshot::AttachedCache>,
+) -> anyhow::Result<PreparedImage> {
+    let _ = runtime;
+    let name = reference.to_string();
+    if let Some(cache) = cache
+        && let Some(image) = cache.index.image(&name)
+    {
+        let store_root = args.data.data_dir.join("layers");
+        return Ok(PreparedImage::locate(
+            &name,
+            image.config.clone(),
+            &image.layers,
+            Some(cache),
+            &|d| store_layer_path(&store_root, d),
+        )?);
+    }
+    bail!("image {name} is not on the cache disk and pulling is not available yet")
+}
+
+fn store_layer_path(root: &Path, d: &imc_api::Digest) -> PathBuf {
+    root.join(d.algorithm()).join(d.hex())
 }
