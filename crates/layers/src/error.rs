@@ -5,21 +5,23 @@ use std::path::PathBuf;
 use imc_api::Digest;
 
 /// Why a layer tar could not be applied. Every variant that concerns an entry names it.
+///
+/// Underlying errors are part of the message (fields named `cause`, not error sources), so a
+/// status field or log line built from `to_string()` carries the whole story and `{:#}` does not
+/// repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The layer root could not be opened.
-    #[error("cannot open layer root {path}: {source}")]
+    #[error("cannot open layer root {path}: {cause}")]
     Root {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The tar stream is malformed or could not be read.
-    #[error("{}: {source}", match entry { Some(e) => format!("reading tar entry {e:?}"), None => "reading tar stream".to_owned() })]
+    #[error("{}: {cause}", match entry { Some(e) => format!("reading tar entry {e:?}"), None => "reading tar stream".to_owned() })]
     Tar {
         entry: Option<String>,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The entry cannot be applied safely (escape attempt, device node, loop, bad header).
     #[error("unsafe layer entry {entry:?}: {reason}")]
@@ -28,12 +30,11 @@ pub enum UnpackError {
     #[error("layer entry {entry:?} takes the layer past its size limit of {limit} bytes")]
     TooLarge { entry: String, limit: u64 },
     /// A filesystem operation on the entry failed.
-    #[error("layer entry {entry:?}: {op}: {source}")]
+    #[error("layer entry {entry:?}: {op}: {cause}")]
     Io {
         entry: String,
         op: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -41,12 +42,11 @@ pub enum UnpackError {
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// A filesystem operation on the store failed.
-    #[error("layer store {path}: {op}: {source}")]
+    #[error("layer store {path}: {op}: {cause}")]
     Store {
         path: PathBuf,
         op: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An image record on disk could not be read.
     #[error("image record {path} is corrupt: {reason}")]
@@ -68,12 +68,11 @@ pub enum LayerError {
         actual: Digest,
     },
     /// A layer's tar could not be applied safely.
-    #[error("image {image}: layer {digest}: {source}")]
+    #[error("image {image}: layer {digest}: {cause}")]
     Unpack {
         image: String,
         digest: Digest,
-        #[source]
-        source: UnpackError,
+        cause: UnpackError,
     },
     /// A layer's decompressed content does not match the diffID in the image config.
     #[error(
@@ -86,13 +85,12 @@ pub enum LayerError {
         actual: Digest,
     },
     /// A layer could not be read, decompressed or stored.
-    #[error("image {image}: layer {digest}: {op}: {source}")]
+    #[error("image {image}: layer {digest}: {op}: {cause}")]
     Layer {
         image: String,
         digest: Digest,
         op: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The image is not in the store.
     #[error("image {0} is not in the layer store")]

@@ -170,7 +170,7 @@ impl Puller {
                 image: name.clone(),
                 reason: e.to_string(),
             })?;
-        tracing::info!(manifest = %resolved.manifest_digest, layers = resolved.layers.len(), "resolved");
+        tracing::debug!(manifest = %resolved.manifest_digest, layers = resolved.layers.len(), "resolved");
 
         let semaphore = Semaphore::new(self.jobs);
         let failed = AtomicBool::new(false);
@@ -316,7 +316,7 @@ impl Puller {
                                 image: name.to_owned(),
                                 digest: digest.clone(),
                                 op: "create temporary file",
-                                source: e,
+                                cause: e,
                             })?;
                     self.client
                         .fetch_blob_to(image, &layer.blob, &mut file, &|n| {

@@ -362,7 +362,7 @@ impl LayerStore {
                 image: image.to_owned(),
                 digest: blob.clone(),
                 op,
-                source: e,
+                cause: e,
             }
         };
         let path = self.blob_path(blob);
@@ -383,7 +383,7 @@ impl LayerStore {
                 LayerError::Unpack {
                     image: image.to_owned(),
                     digest: blob.clone(),
-                    source: e,
+                    cause: e,
                 }
             })?;
             if &stats.diff_id != diff_id {
@@ -457,7 +457,7 @@ fn read_record(path: &Path) -> Result<ImageRecord, LayerError> {
 
 fn store_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> LayerError {
     let path = path.to_owned();
-    move |source| LayerError::Store { path, op, source }
+    move |cause| LayerError::Store { path, op, cause }
 }
 
 fn sync_dir(path: &Path) -> Result<(), LayerError> {

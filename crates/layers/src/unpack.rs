@@ -102,7 +102,7 @@ pub fn unpack_layer_with(
     )
     .map_err(|e| UnpackError::Root {
         path: root.to_owned(),
-        source: e.into(),
+        cause: e.into(),
     })?;
     let mut unpacker = Unpacker {
         root: root_fd,
@@ -116,13 +116,13 @@ pub fn unpack_layer_with(
     {
         let entries = archive.entries().map_err(|e| UnpackError::Tar {
             entry: None,
-            source: e,
+            cause: e,
         })?;
         let mut last: Option<String> = None;
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Tar {
                 entry: last.clone(),
-                source: e,
+                cause: e,
             })?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             unpacker.apply(&mut entry, &name)?;
@@ -135,7 +135,7 @@ pub fn unpack_layer_with(
     let mut reader = archive.into_inner();
     io::copy(&mut reader, &mut io::sink()).map_err(|e| UnpackError::Tar {
         entry: None,
-        source: e,
+        cause: e,
     })?;
     let (diff_id, tar_bytes) = reader.finish();
     Ok(UnpackStats {
@@ -230,7 +230,7 @@ fn io_err<'a>(entry: &'a str, op: &'static str) -> impl FnOnce(Errno) -> UnpackE
     move |e| UnpackError::Io {
         entry: entry.to_owned(),
         op,
-        source: e.into(),
+        cause: e.into(),
     }
 }
 
@@ -332,7 +332,7 @@ impl Unpacker<'_> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.header().entry_size().map_err(|e| UnpackError::Tar {
                     entry: Some(name.to_owned()),
-                    source: e,
+                    cause: e,
                 })?;
                 if self.unpacked_bytes.saturating_add(size) > self.options.max_size {
                     return Err(UnpackError::TooLarge {
@@ -503,7 +503,7 @@ impl Unpacker<'_> {
         let header = entry.header();
         let bad = |e: io::Error| UnpackError::Tar {
             entry: Some(name.to_owned()),
-            source: e,
+            cause: e,
         };
         let old = header.as_old();
         // Go's archive/tar (which wrote most layers) reads an empty numeric field as 0.
@@ -670,7 +670,7 @@ impl Unpacker<'_> {
                 Err(e) => {
                     return Err(UnpackError::Tar {
                         entry: Some(name.to_owned()),
-                        source: e,
+                        cause: e,
                     });
                 }
             };
@@ -678,7 +678,7 @@ impl Unpacker<'_> {
                 .map_err(|e| UnpackError::Io {
                     entry: name.to_owned(),
                     op: "write file",
-                    source: e,
+                    cause: e,
                 })?;
             total += n as u64;
         }
