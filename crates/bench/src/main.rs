@@ -1,1 +1,144 @@
-fn main() {}
+//! `imc-bench`: the benchmark harness of DESIGN §7. It measures imc against containerd 1.6 in the
+//! same run and prints figure, baseline, ratio and target. See docs/benchmarks.md.
+
+mod machine;
+mod measure;
+mod oci_layout;
+mod prng;
+mod pull_bench;
+mod rate;
+mod reference_image;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::reference_image::ReferenceImage;
+
+/// The workspace's target directory (benchmarks run from the source tree).
+const TARGET_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imc-bench",
+    about = "imc benchmarks against containerd 1.6, measured in the same run"
+)]
+struct Cli {
+    /// Where the generated reference image (and the downloaded .deb) are cached.
+    #[arg(long, global = true, default_value_t = format!("{TARGET_DIR}/bench-cache"))]
+    cache_dir: String,
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Generate the reference image (5 layers, ~386 MB compressed) as an OCI layout, cached.
+    Image {
+        /// Also push it to this plain-HTTP registry (HOST:PORT) as bench/ref:v1.
+        #[arg(long, value_name = "HOST:PORT")]
+        push: Option<String>,
+    },
+    /// Cold pulls by imc and `ctr images pull`, from loopback and over a shaped link.
+    Pull {
+        /// Bandwidth of the shaped link (decimal units: 8MB/s = 8,000,000 bytes/s).
+        #[arg(long, default_value = "8MB/s", value_parser = rate::parse_rate)]
+        bandwidth: u64,
+        /// Latency added to each request on the shaped link.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// Runs of each loopback pull (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Runs of each pull over the shaped link (each takes ~50 s at 8 MB/s).
+        #[arg(long, default_value_t = 1)]
+        link_runs: u32,
+        /// The imc binary to measure.
+        #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
+        imc: String,
+        /// Passed to `imc image pull --jobs`.
+        #[arg(long)]
+        jobs: Option<u32>,
+        /// Where per-run containerd roots and imc data dirs are created (default: system temp).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cache_dir = PathBuf::from(&cli.cache_dir);
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("create {}", cache_dir.display()))?;
+    match cli.command {
+        BenchCommand::Image { push } => {
+            let image = ReferenceImage::ensure(&cache_dir)?;
+            print!("{}", image.describe());
+            if let Some(registry) = push {
+                let took = image.push(&registry)?;
+                println!(
+                    "pushed to {registry}/{}:{} in {:.1} s",
+                    reference_image::REPOSITORY,
+                    reference_image::TAG,
+                    took.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Pull {
+            bandwidth,
+            latency,
+            runs,
+            link_runs,
+            imc,
+            jobs,
+            work_dir,
+            json,
+        } => {
+            let options = pull_bench::PullOptions {
+                cache_dir,
+                work_dir,
+                imc: PathBuf::from(imc),
+                bandwidth,
+                latency,
+                runs,
+                link_runs,
+                jobs,
+            };
+            let report = pull_bench::run(&options)?;
+            println!("\n{}", report.machine.summary());
+            println!(
+                "image {} ({} MB compressed layers)\n",
+                report.image,
+                reference_image::mb(report.compressed_bytes)
+            );
+            print!("{}", report.table());
+            if let Some(path) = json {
+                let bytes = serde_json::to_vec_pretty(&report).context("encode report")?;
+                std::fs::write(&path, bytes)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}
