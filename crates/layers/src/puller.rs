@@ -261,7 +261,7 @@ impl Puller {
             downloaded_bytes: outcomes.iter().map(|o| o.downloaded).sum(),
             seconds: start.elapsed().as_secs_f64(),
         };
-        tracing::info!(
+        tracing::debug!(
             downloaded = report.downloaded_bytes,
             seconds = report.seconds,
             "pulled"
