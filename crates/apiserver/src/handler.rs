@@ -627,6 +627,9 @@ impl ApiServer {
             let mut probe = old.clone();
             self.admission
                 .admit(def, Operation::Delete, None, &mut probe, Some(&old))?;
+            if def.group.is_empty() && def.kind == "Namespace" && finalizers_empty(&current) {
+                self.delete_namespace_contents(name).await;
+            }
             let orphan = options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
                 || options.get("orphanDependents") == Some(&json!(true));
             let result = if finalizers_empty(&current) {
@@ -668,42 +671,49 @@ impl ApiServer {
         }
     }
 
+    /// Deletes every object in namespace `ns` (before the namespace itself goes, as the
+    /// Kubernetes namespace controller does).
+    async fn delete_namespace_contents(&self, ns: &str) {
+        for (key, _) in self.store.all().into_iter().filter(|(k, _)| k.ns == ns) {
+            self.delete_key(&key).await;
+        }
+    }
+
+    async fn delete_key(&self, key: &Key) {
+        let Some(def) = self
+            .resources
+            .all()
+            .iter()
+            .find(|d| d.storage.is_none() && d.storage_res() == key.res)
+            .cloned()
+        else {
+            return;
+        };
+        let ns = (!key.ns.is_empty()).then_some(key.ns.as_str());
+        if let Err(e) = Box::pin(self.delete(&def, ns, &key.name, &json!({}))).await
+            && !matches!(e, ApiError::NotFound { .. })
+        {
+            tracing::warn!(resource = %key.res, namespace = %key.ns, name = %key.name, error = %e, "garbage collection failed");
+        }
+    }
+
     /// Background garbage collection after an object is gone: its dependents (by
-    /// ownerReference uid) and, for a namespace, everything in it.
+    /// ownerReference uid).
     fn after_removal(&self, removed: &Value) {
         let Some(uid) = meta_str(removed, "uid").map(str::to_owned) else {
             return;
         };
-        let namespace = (removed.get("kind").and_then(Value::as_str) == Some("Namespace")
-            && removed.get("apiVersion").and_then(Value::as_str) == Some("v1"))
-        .then(|| meta_str(removed, "name").map(str::to_owned))
-        .flatten();
-        let this = self.weak_self();
+        let Some(this) = self.weak_self() else {
+            return;
+        };
         tokio::spawn(async move {
-            let Some(this) = this else { return };
             for (key, obj) in this.store.all() {
                 let owned = obj
                     .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
                     .is_some_and(|refs| refs.iter().any(|r| r["uid"] == json!(uid)));
-                let in_ns = namespace.as_deref().is_some_and(|n| key.ns == n);
-                if !(owned || in_ns) {
-                    continue;
-                }
-                let Some(def) = this
-                    .resources
-                    .all()
-                    .iter()
-                    .find(|d| d.storage.is_none() && d.storage_res() == key.res)
-                    .cloned()
-                else {
-                    continue;
-                };
-                let ns = (!key.ns.is_empty()).then_some(key.ns.as_str());
-                if let Err(e) = Box::pin(this.delete(&def, ns, &key.name, &json!({}))).await
-                    && !matches!(e, ApiError::NotFound { .. })
-                {
-                    tracing::warn!(resource = %key.res, namespace = %key.ns, name = %key.name, error = %e, "garbage collection failed");
+                if owned {
+                    this.delete_key(&key).await;
                 }
             }
         });

@@ -204,13 +204,11 @@ async fn route(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.contains("protobuf") {
-        // client-go falls back to JSON when the server answers 415 to protobuf.
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
-        )));
-    }
+    let protobuf = content_type.contains("protobuf");
     let parse_body = |body: &Bytes| -> Result<Value> {
+        if protobuf {
+            return crate::protobuf::decode_body(body);
+        }
         serde_json::from_slice(body)
             .or_else(|_| serde_yaml::from_slice(body))
             .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))

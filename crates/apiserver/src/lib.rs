@@ -14,6 +14,7 @@ pub mod http;
 pub mod logs;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod server;

@@ -1,0 +1,292 @@
+//! Decoding of the protobuf request bodies kubectl's typed generators send
+//! (`kubectl create namespace|configmap|secret|serviceaccount`) into JSON objects.
+//!
+//! The body is `k8s\0` + `runtime.Unknown{typeMeta, raw}`, where `raw` is the object's own
+//! protobuf message. Only the messages of the kinds listed in [`schema_for`] are known; unknown
+//! fields are skipped (the server sets uid, timestamps and versions itself anyway).
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+
+/// How one protobuf field maps to JSON.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bytes,
+    Bool,
+    Msg(&'static [Field]),
+    RepeatedStr,
+    RepeatedMsg(&'static [Field]),
+    MapStr,
+    MapBytes,
+}
+
+type Field = (u64, &'static str, Kind);
+
+const LOCAL_REF: &[Field] = &[(1, "name", Kind::Str)];
+const OBJECT_REF: &[Field] = &[
+    (1, "kind", Kind::Str),
+    (2, "namespace", Kind::Str),
+    (3, "name", Kind::Str),
+    (4, "uid", Kind::Str),
+    (5, "apiVersion", Kind::Str),
+];
+const OWNER_REF: &[Field] = &[
+    (1, "kind", Kind::Str),
+    (3, "name", Kind::Str),
+    (4, "uid", Kind::Str),
+    (5, "apiVersion", Kind::Str),
+    (6, "controller", Kind::Bool),
+    (7, "blockOwnerDeletion", Kind::Bool),
+];
+const OBJECT_META: &[Field] = &[
+    (1, "name", Kind::Str),
+    (2, "generateName", Kind::Str),
+    (3, "namespace", Kind::Str),
+    (6, "resourceVersion", Kind::Str),
+    (11, "labels", Kind::MapStr),
+    (12, "annotations", Kind::MapStr),
+    (13, "ownerReferences", Kind::RepeatedMsg(OWNER_REF)),
+    (14, "finalizers", Kind::RepeatedStr),
+];
+const NAMESPACE: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[(1, "finalizers", Kind::RepeatedStr)]),
+    ),
+];
+const CONFIG_MAP: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "data", Kind::MapStr),
+    (3, "binaryData", Kind::MapBytes),
+    (4, "immutable", Kind::Bool),
+];
+const SECRET: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "data", Kind::MapBytes),
+    (3, "type", Kind::Str),
+    (4, "stringData", Kind::MapStr),
+    (5, "immutable", Kind::Bool),
+];
+const SERVICE_ACCOUNT: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "secrets", Kind::RepeatedMsg(OBJECT_REF)),
+    (3, "imagePullSecrets", Kind::RepeatedMsg(LOCAL_REF)),
+    (4, "automountServiceAccountToken", Kind::Bool),
+];
+const TYPE_META: &[Field] = &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)];
+const UNKNOWN: &[Field] = &[
+    (1, "typeMeta", Kind::Msg(TYPE_META)),
+    (2, "raw", Kind::Bytes),
+];
+
+fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
+    match (api_version, kind) {
+        ("v1", "Namespace") => Some(NAMESPACE),
+        ("v1", "ConfigMap") => Some(CONFIG_MAP),
+        ("v1", "Secret") => Some(SECRET),
+        ("v1", "ServiceAccount") => Some(SERVICE_ACCOUNT),
+        _ => None,
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn malformed() -> ApiError {
+    ApiError::BadRequest("malformed protobuf body".into())
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, ApiError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or_else(malformed)?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(malformed())
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], ApiError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| malformed())?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(malformed)?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn skip(&mut self, wire: u64) -> Result<(), ApiError> {
+        match wire {
+            0 => self.varint().map(|_| ()),
+            1 => self.advance(8),
+            2 => self.bytes().map(|_| ()),
+            5 => self.advance(4),
+            _ => Err(malformed()),
+        }
+    }
+    fn advance(&mut self, n: usize) -> Result<(), ApiError> {
+        if self.pos + n > self.buf.len() {
+            return Err(malformed());
+        }
+        self.pos += n;
+        Ok(())
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, ApiError> {
+    String::from_utf8(b.to_vec()).map_err(|_| malformed())
+}
+
+fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), ApiError> {
+    let mut r = Reader { buf: b, pos: 0 };
+    let (mut k, mut v) = (String::new(), Value::String(String::new()));
+    while r.pos < b.len() {
+        let tag = r.varint()?;
+        match (tag >> 3, tag & 7) {
+            (1, 2) => k = utf8(r.bytes()?)?,
+            (2, 2) => {
+                let raw = r.bytes()?;
+                v = if bytes_value {
+                    json!(base64::engine::general_purpose::STANDARD.encode(raw))
+                } else {
+                    json!(utf8(raw)?)
+                };
+            }
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Ok((k, v))
+}
+
+fn decode(buf: &[u8], schema: &[Field]) -> Result<Map<String, Value>, ApiError> {
+    let mut r = Reader { buf, pos: 0 };
+    let mut out = Map::new();
+    while r.pos < buf.len() {
+        let tag = r.varint()?;
+        let (no, wire) = (tag >> 3, tag & 7);
+        let Some((_, name, kind)) = schema.iter().find(|(n, _, _)| *n == no) else {
+            r.skip(wire)?;
+            continue;
+        };
+        let name = (*name).to_owned();
+        match (kind, wire) {
+            (Kind::Str, 2) => {
+                out.insert(name, json!(utf8(r.bytes()?)?));
+            }
+            (Kind::Bytes, 2) => {
+                out.insert(
+                    name,
+                    json!(base64::engine::general_purpose::STANDARD.encode(r.bytes()?)),
+                );
+            }
+            (Kind::Bool, 0) => {
+                out.insert(name, json!(r.varint()? != 0));
+            }
+            (Kind::Msg(s), 2) => {
+                out.insert(name, Value::Object(decode(r.bytes()?, s)?));
+            }
+            (Kind::RepeatedStr, 2) => {
+                let v = json!(utf8(r.bytes()?)?);
+                push(&mut out, name, v);
+            }
+            (Kind::RepeatedMsg(s), 2) => {
+                let v = Value::Object(decode(r.bytes()?, s)?);
+                push(&mut out, name, v);
+            }
+            (Kind::MapStr | Kind::MapBytes, 2) => {
+                let (k, v) = map_entry(r.bytes()?, matches!(kind, Kind::MapBytes))?;
+                let m = out.entry(name).or_insert_with(|| json!({}));
+                if let Some(m) = m.as_object_mut() {
+                    m.insert(k, v);
+                }
+            }
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Ok(out)
+}
+
+fn push(out: &mut Map<String, Value>, name: String, v: Value) {
+    let list = out.entry(name).or_insert_with(|| json!([]));
+    if let Some(l) = list.as_array_mut() {
+        l.push(v);
+    }
+}
+
+/// Decodes a `application/vnd.kubernetes.protobuf` body into the JSON object it encodes.
+pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
+    let inner = body.strip_prefix(b"k8s\0").ok_or_else(malformed)?;
+    let unknown = decode(inner, UNKNOWN)?;
+    let api_version = unknown
+        .get("typeMeta")
+        .and_then(|t| t.get("apiVersion"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = unknown
+        .get("typeMeta")
+        .and_then(|t| t.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let schema = schema_for(api_version, kind).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret and ServiceAccount only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
+        ))
+    })?;
+    let raw = unknown
+        .get("raw")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .ok_or_else(malformed)?;
+    let mut obj = decode(&raw, schema)?;
+    obj.insert("apiVersion".into(), json!(api_version));
+    obj.insert("kind".into(), json!(kind));
+    Ok(Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(no: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![(no << 3 | 2) as u8, payload.len() as u8];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_a_secret_like_kubectl_sends_it() {
+        let entry = [field(1, b".dockerconfigjson"), field(2, b"{}")].concat();
+        let meta = [
+            field(1, b"regcred"),
+            field(3, b"default"),
+            field(11, &[field(1, b"a"), field(2, b"b")].concat()),
+        ]
+        .concat();
+        let secret = [
+            field(1, &meta),
+            field(2, &entry),
+            field(3, b"kubernetes.io/dockerconfigjson"),
+        ]
+        .concat();
+        let tm = [field(1, b"v1"), field(2, b"Secret")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &tm), field(2, &secret)].concat();
+        let v = decode_body(&body).unwrap();
+        assert_eq!(v["kind"], "Secret");
+        assert_eq!(v["metadata"]["name"], "regcred");
+        assert_eq!(v["metadata"]["labels"]["a"], "b");
+        assert_eq!(v["type"], "kubernetes.io/dockerconfigjson");
+        assert_eq!(v["data"][".dockerconfigjson"], "e30=");
+    }
+}
