@@ -41,6 +41,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use imc_api::Digest;
 use imc_api::digest::Hasher;
@@ -54,7 +56,8 @@ use crate::error::UnpackError;
 /// Limits and permissions for [`unpack_layer_with`].
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
-    /// Refuse a layer whose regular files add up to more than this many bytes.
+    /// Refuse a layer whose decompressed tar stream, or whose regular files, exceed this many
+    /// bytes.
     pub max_size: u64,
     /// Create character and block devices other than whiteouts (off: a layer that ships one is
     /// refused).
@@ -112,31 +115,52 @@ pub fn unpack_layer_with(
         dir_times: Vec::new(),
         buf: vec![0u8; 256 * 1024],
     };
-    let mut archive = tar::Archive::new(HashingReader::new(tar));
-    {
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut archive = tar::Archive::new(HashingReader {
+        inner: tar,
+        hasher: Hasher::new(),
+        count: 0,
+        limit: options.max_size,
+        exceeded: exceeded.clone(),
+    });
+    // The entry being read, for errors that surface while reading the stream.
+    let mut current: Option<String> = None;
+    let result = (|| {
         let entries = archive.entries().map_err(|e| UnpackError::Tar {
             entry: None,
             cause: e,
         })?;
-        let mut last: Option<String> = None;
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Tar {
-                entry: last.clone(),
+                entry: current.clone(),
                 cause: e,
             })?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            current = Some(name.clone());
             unpacker.apply(&mut entry, &name)?;
-            last = Some(name);
         }
-    }
-    unpacker.finish_dirs()?;
+        unpacker.finish_dirs()
+    })();
+    let mut reader = archive.into_inner();
     // The tar reader stops at the end-of-archive blocks; the diffID covers the whole stream,
     // padding included, so read what is left.
-    let mut reader = archive.into_inner();
-    io::copy(&mut reader, &mut io::sink()).map_err(|e| UnpackError::Tar {
-        entry: None,
-        cause: e,
-    })?;
+    let result = result.and_then(|()| {
+        io::copy(&mut reader, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| UnpackError::Tar {
+                entry: None,
+                cause: e,
+            })
+    });
+    if let Err(e) = result {
+        if exceeded.load(Ordering::Relaxed) {
+            return Err(UnpackError::TooLarge {
+                entry: current.unwrap_or_else(|| "(before the first entry)".to_owned()),
+                limit: options.max_size,
+            });
+        }
+        return Err(e);
+    }
     let (diff_id, tar_bytes) = reader.finish();
     Ok(UnpackStats {
         diff_id,
@@ -146,21 +170,18 @@ pub fn unpack_layer_with(
     })
 }
 
-/// Hashes and counts everything read through it.
+/// Hashes and counts everything read through it, and fails past `limit` bytes: a small gzip
+/// or zstd blob can expand to any number of tar headers, so the bound is on the decompressed
+/// stream, not only on file contents.
 struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
     count: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
 }
 
 impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Hasher::new(),
-            count: 0,
-        }
-    }
     fn finish(self) -> (Digest, u64) {
         (self.hasher.finish(), self.count)
     }
@@ -171,6 +192,10 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        if self.count > self.limit {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("layer exceeds its size limit"));
+        }
         Ok(n)
     }
 }

@@ -324,22 +324,23 @@ fn size_limit_names_the_entry() {
     let s = scratch();
     let tar = Layer::new()
         .file("small", &[1; 10])
-        .file("big", &[2; 100])
+        .file("big", &[2; 100_000])
         .finish();
     let err = unpack_layer_with(
         &tar[..],
         &s.root,
         &UnpackOptions {
-            max_size: 50,
+            max_size: 50_000,
             allow_devices: false,
         },
     )
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("\"big\"") && err.contains("size limit of 50 bytes"),
+        err.contains("\"big\"") && err.contains("size limit of 50000 bytes"),
         "{err}"
     );
+    assert!(!s.root.join("big").exists());
 }
 
 #[test]
@@ -470,4 +471,30 @@ fn diff_id_covers_trailing_padding() {
     tar.extend_from_slice(&[0u8; 4096]);
     let stats = unpack_layer(&tar[..], &s.root).unwrap();
     assert_eq!(stats.diff_id, Digest::of(&tar));
+}
+
+#[test]
+fn size_limit_bounds_the_decompressed_stream_not_only_file_bytes() {
+    // Empty files cost nothing in file bytes but 512 bytes of tar each: a compressed blob of
+    // such headers is a decompression bomb the file-byte count alone would not stop.
+    let s = scratch();
+    let mut layer = Layer::new();
+    for i in 0..100 {
+        layer.file(&format!("empty-{i}"), b"");
+    }
+    let tar = layer.finish();
+    let err = unpack_layer_with(
+        &tar[..],
+        &s.root,
+        &UnpackOptions {
+            max_size: 10_000,
+            allow_devices: false,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"empty-") && err.contains("size limit of 10000 bytes"),
+        "{err}"
+    );
 }
