@@ -153,7 +153,8 @@ impl Puller {
         // Shared: GC (exclusive) must not delete what this pull is about to record.
         let store_lock = blocking(&name, move || store.lock_store(false)).await?;
         let resolved = self.client.resolve(image, platform).await?;
-        self.store
+        let config_created = self
+            .store
             .put_blob_bytes(&resolved.config.digest, &resolved.config_bytes)
             .map_err(|e| match e {
                 LayerError::BlobDigestMismatch { digest, actual, .. } => {
@@ -175,6 +176,9 @@ impl Puller {
         let semaphore = Semaphore::new(self.jobs);
         let failed = AtomicBool::new(false);
         let created = Mutex::new(Created::default());
+        if config_created {
+            lock(&created).blobs.insert(resolved.config.digest.clone());
+        }
         let results = futures::future::join_all(resolved.layers.iter().map(|layer| async {
             let span =
                 tracing::info_span!("layer", digest = %layer.blob.digest, diff_id = %layer.diff_id);

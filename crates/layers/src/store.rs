@@ -326,8 +326,9 @@ impl LayerStore {
         Ok(dest)
     }
 
-    /// Stores a small blob held in memory (a config), verifying its digest.
-    pub fn put_blob_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), LayerError> {
+    /// Stores a small blob held in memory (a config), verifying its digest. Returns whether it
+    /// was written (false: held already).
+    pub fn put_blob_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<bool, LayerError> {
         let actual = Digest::of(bytes);
         if &actual != digest {
             return Err(LayerError::BlobDigestMismatch {
@@ -337,9 +338,10 @@ impl LayerStore {
             });
         }
         if self.has_blob(digest) {
-            return Ok(());
+            return Ok(false);
         }
-        self.write_atomic(&self.blob_path(digest), bytes)
+        self.write_atomic(&self.blob_path(digest), bytes)?;
+        Ok(true)
     }
 
     /// Decompresses blob `blob` and unpacks it as the tree of `diff_id`, verifying the diffID,
