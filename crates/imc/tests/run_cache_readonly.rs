@@ -2,12 +2,12 @@
 
 mod run_support;
 
-use run_support::{IMAGE, busybox_cache, imc, sha256};
+use run_support::{busybox_cache, imc, sha256};
 
 #[test]
 fn container_writing_everywhere_leaves_the_disk_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
-    let disk = busybox_cache(tmp.path());
+    let (reg, disk) = busybox_cache(tmp.path());
     let before = sha256(&disk);
     let script = "for d in / /bin /etc /tmp /root /var; do mkdir -p $d; echo scribble > $d/scribble || exit 1; done; \
                   echo overwritten > /bin/busybox.copy; rm -f /etc/passwd; rm -f /bin/ls; chmod 777 /bin; \
@@ -19,7 +19,7 @@ fn container_writing_everywhere_leaves_the_disk_unchanged() {
         .arg(tmp.path())
         .arg("--cache")
         .arg(&disk)
-        .arg(IMAGE)
+        .arg(&reg.busybox)
         .args(["--", "sh", "-c", script])
         .output()
         .unwrap();
@@ -39,7 +39,7 @@ fn container_writing_everywhere_leaves_the_disk_unchanged() {
         .arg(tmp.path())
         .arg("--cache")
         .arg(&disk)
-        .arg(IMAGE)
+        .arg(&reg.busybox)
         .args([
             "--",
             "sh",
@@ -55,7 +55,7 @@ fn container_writing_everywhere_leaves_the_disk_unchanged() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "root:x:0:0:root:/root:/bin/sh\nls-present\n"
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nls-present\n"
     );
     assert_eq!(sha256(&disk), before);
 }

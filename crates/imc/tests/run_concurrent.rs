@@ -5,12 +5,12 @@ mod run_support;
 
 use std::process::Stdio;
 
-use run_support::{IMAGE, busybox_cache, imc, loops_backed_by, mounts_at};
+use run_support::{busybox_cache, imc, loops_backed_by, mounts_at};
 
 #[test]
 fn twenty_containers_from_one_cache_share_one_attachment() {
     let tmp = tempfile::tempdir().unwrap();
-    let disk = busybox_cache(tmp.path());
+    let (reg, disk) = busybox_cache(tmp.path());
     let id_dir = tmp.path().join("run/caches");
 
     let mut children: Vec<_> = (0..20)
@@ -21,7 +21,7 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
                 .arg(tmp.path())
                 .arg("--cache")
                 .arg(&disk)
-                .arg(IMAGE)
+                .arg(&reg.busybox)
                 .args(["--", "sh", "-c", &format!("echo container-{i}; sleep 2")])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

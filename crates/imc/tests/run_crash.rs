@@ -6,19 +6,19 @@ mod run_support;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use run_support::{IMAGE, busybox_cache, imc, loops_backed_by, mounts_under};
+use run_support::{busybox_cache, imc, loops_backed_by, mounts_under};
 
 #[test]
 fn next_start_after_kill_9_leaves_nothing_stale() {
     let tmp = tempfile::tempdir().unwrap();
-    let disk = busybox_cache(tmp.path());
+    let (reg, disk) = busybox_cache(tmp.path());
     let mut victim = imc()
         .arg("run")
         .arg("--data-dir")
         .arg(tmp.path())
         .arg("--cache")
         .arg(&disk)
-        .arg(IMAGE)
+        .arg(&reg.busybox)
         .args(["--", "sh", "-c", "echo ready; sleep 600"])
         .stdout(Stdio::piped())
         .spawn()
@@ -44,7 +44,7 @@ fn next_start_after_kill_9_leaves_nothing_stale() {
         .arg(tmp.path())
         .arg("--cache")
         .arg(&disk)
-        .arg(IMAGE)
+        .arg(&reg.busybox)
         .args(["--", "echo", "after-crash"])
         .output()
         .unwrap();

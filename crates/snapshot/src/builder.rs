@@ -16,7 +16,8 @@ use crate::SnapshotError;
 use crate::index::{
     CacheIndex, INDEX_FILE, INDEX_SCHEMA_VERSION, IndexImage, IndexLayer, layer_location,
 };
-use crate::staging::{fix_builder_entry, stage_tree};
+use crate::staging::{BUILDER_MTIME, fix_builder_entry, set_mtime, stage_tree};
+use rustix::fs::Timespec;
 
 /// `SOURCE_DATE_EPOCH` given to mkfs.erofs. erofs-utils 1.5 then stamps the superblock with it
 /// (instead of the build time) and only clamps file mtimes newer than it, so layer content keeps
@@ -169,7 +170,17 @@ impl SnapshotBuilder {
         let mut unpacked_size = 0u64;
         for (diff_id, dir) in &layers {
             let location = layer_location(diff_id);
-            let size = stage_tree(dir, &staging.join(&location))?;
+            let layer_root = staging.join(&location);
+            let size = stage_tree(dir, &layer_root)?;
+            // The root of an unpacked tree carries its unpack time (tars rarely have a "./"
+            // entry): a builder-owned slot, so it gets the fixed time for reproducible disks.
+            set_mtime(
+                &layer_root,
+                Timespec {
+                    tv_sec: BUILDER_MTIME,
+                    tv_nsec: 0,
+                },
+            )?;
             unpacked_size += size;
             index_layers.push(IndexLayer {
                 diff_id: diff_id.clone(),

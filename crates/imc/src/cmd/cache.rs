@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use imc_snapshot::SnapshotDisk;
+use imc_api::Reference;
+use imc_layers::{LayerStore, NoProgress, Puller};
+use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder, SnapshotDisk};
 
 use super::DataDirArg;
 use super::registry_args::RegistryArgs;
@@ -77,8 +79,84 @@ pub async fn run(cmd: CacheCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        CacheCommand::Build(_) => {
-            anyhow::bail!("imc cache build needs the layer store's puller, not available yet")
-        }
+        CacheCommand::Build(args) => build(*args).await,
     }
+}
+
+async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let backend = match args.backend.as_str() {
+        "auto" => BackendChoice::Auto,
+        "erofs" => BackendChoice::Erofs,
+        "dir" | "directory" => BackendChoice::Directory,
+        other => anyhow::bail!("--backend {other:?}: expected auto, erofs or dir"),
+    };
+    // Fail before downloading anything when the disk cannot be written here.
+    backend.resolve()?;
+    let references = args
+        .images
+        .iter()
+        .map(|r| {
+            r.parse::<Reference>()
+                .with_context(|| format!("invalid image reference {r:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = LayerStore::open(&args.data.data_dir)?;
+    let client = imc_registry::Client::new(args.registry.options()?)?;
+    let platform = args.registry.platform()?;
+    let puller = Puller::new(store.clone(), client, args.registry.jobs);
+    let json = args.format.as_deref() == Some("json");
+
+    let mut pulls = Vec::new();
+    let mut images = Vec::new();
+    for reference in &references {
+        let report = puller
+            .pull(reference, &platform, &NoProgress)
+            .await
+            .with_context(|| format!("pulling {reference}"))?;
+        if !json {
+            eprintln!(
+                "pulled {reference} ({} bytes downloaded)",
+                report.downloaded_bytes
+            );
+        }
+        let record = store.image(reference)?.with_context(|| {
+            format!("image {reference} missing from the layer store after its pull")
+        })?;
+        images.push(BuildImage {
+            reference: record.reference.clone(),
+            manifest_digest: record.manifest_digest.clone(),
+            config: record.config.clone(),
+            layers: record.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        });
+        pulls.push(report);
+    }
+
+    let layer_store = store.clone();
+    let builder = SnapshotBuilder::new(move |d| layer_store.layer_path(d));
+    let options = BuildOptions {
+        output: args.output.clone(),
+        size_limit: args.size_gib.saturating_mul(1 << 30),
+        backend,
+        // Staging hard-links from the layer store, so it must be on the same filesystem.
+        work_dir: args.data.data_dir.join("tmp"),
+    };
+    let report = tokio::task::spawn_blocking(move || builder.build(&images, &options))
+        .await?
+        .with_context(|| format!("building cache disk {}", args.output.display()))?;
+    if json {
+        let out = serde_json::json!({"build": report, "pulls": pulls});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "wrote {} ({:?}, {} images, {} layers, {} bytes unpacked, disk id {}) in {:.1}s",
+            report.output.display(),
+            report.backend,
+            report.images,
+            report.layers,
+            report.unpacked_size,
+            report.disk_id,
+            report.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

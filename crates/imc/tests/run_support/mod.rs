@@ -1,18 +1,11 @@
-//! Shared by the `run_*` tests: a busybox image on a real EROFS cache disk, the imc binary, and
-//! what the host shows of mounts and loop devices.
+//! Shared by the `run_*` and `cache_*` tests: a real docker-registry with busybox-based test
+//! images, `imc cache build`, the imc binary, and what the host shows of mounts and loop devices.
 
 #![allow(dead_code)]
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use imc_api::Digest;
-use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
-
-/// The reference of the busybox image on the disk made by [`busybox_cache`].
-pub const IMAGE: &str = "registry.test/imc/busybox:1";
 
 /// Applets linked in the base layer.
 pub const APPLETS: &[&str] = &[
@@ -20,46 +13,7 @@ pub const APPLETS: &[&str] = &[
     "sync", "find", "chmod", "ln", "mount", "true", "head", "wc", "dd",
 ];
 
-/// Writes the base layer tree (Debian's busybox-static as /bin/busybox plus applet symlinks) into
-/// `dir`.
-pub fn busybox_tree(dir: &Path) {
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::create_dir_all(dir.join("etc")).unwrap();
-    fs::create_dir_all(dir.join("tmp")).unwrap();
-    fs::copy("/bin/busybox", dir.join("bin/busybox"))
-        .expect("busybox-static must be installed (/bin/busybox)");
-    for applet in APPLETS {
-        symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
-    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-}
-
-/// Builds a data dir whose layer store holds the busybox layer, and an EROFS cache disk holding
-/// the image [`IMAGE`]. Returns the disk.
-pub fn busybox_cache(data_dir: &Path) -> PathBuf {
-    let layer = Digest::of(b"imc-test-busybox-layer");
-    let layers = data_dir.join("layers/sha256");
-    busybox_tree(&layers.join(layer.hex()));
-    let builder = SnapshotBuilder::new(move |d: &Digest| layers.join(d.hex()));
-    let disk = data_dir.join("caches/busybox.erofs");
-    fs::create_dir_all(disk.parent().unwrap()).unwrap();
-    let image = BuildImage {
-        reference: IMAGE.to_string(),
-        manifest_digest: Digest::of(b"imc-test-busybox-manifest"),
-        config: serde_json::json!({"config": {"Cmd": ["sh"]}}),
-        layers: vec![layer],
-    };
-    let options = BuildOptions {
-        output: disk.clone(),
-        size_limit: 1 << 30,
-        backend: BackendChoice::Erofs,
-        work_dir: data_dir.join("tmp"),
-    };
-    builder.build(&[image], &options).unwrap();
-    disk
-}
-
-/// `imc` with `--data-dir`-independent setup (RUST_LOG quiet).
+/// The imc binary under test, logging warnings only.
 pub fn imc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_imc"));
     c.env("RUST_LOG", "warn");
@@ -101,4 +55,145 @@ pub fn loops_backed_by(disk: &Path) -> usize {
 pub fn sha256(path: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(fs::read(path).unwrap()))
+}
+
+use imc_testkit::image::{
+    BuiltImage, BuiltLayer, Format, ImageBuilder, ImageConfig, LayerBuilder, Meta,
+};
+use imc_testkit::registry::{Auth, TestRegistry};
+
+/// A real docker-registry holding the test images.
+pub struct Registry {
+    pub registry: TestRegistry,
+    /// `HOST:PORT/imc/busybox:1`: the base layer only.
+    pub busybox: String,
+    /// `HOST:PORT/imc/layered:1`: base + a lower and an upper layer exercising overlay semantics.
+    pub layered: String,
+    /// `HOST:PORT/imc/partial:1`: base + a top layer no cache holds.
+    pub partial: String,
+    pub base: BuiltLayer,
+    pub partial_top: BuiltLayer,
+}
+
+impl Registry {
+    /// `--plain-http HOST:PORT`, for every imc command talking to it.
+    pub fn flags(&self) -> [String; 2] {
+        ["--plain-http".to_string(), self.registry.host()]
+    }
+}
+
+/// The base layer: Debian's busybox-static as /bin/busybox plus applet symlinks.
+pub fn busybox_layer() -> BuiltLayer {
+    let busybox =
+        fs::read("/bin/busybox").expect("busybox-static must be installed (/bin/busybox)");
+    let mut l = LayerBuilder::new()
+        .dir("bin")
+        .dir("etc")
+        .dir_with("tmp", Meta::mode(0o1777))
+        .file_with("bin/busybox", busybox, Meta::mode(0o755))
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .file("etc/group", "root:x:0:\napp:x:1000:\n");
+    for applet in APPLETS {
+        l = l.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    l.build()
+}
+
+fn image(layers: &[&BuiltLayer], cmd: &[&str]) -> BuiltImage {
+    let mut b = ImageBuilder::new(Format::Oci).config(ImageConfig {
+        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    });
+    for l in layers {
+        b = b.layer((*l).clone());
+    }
+    b.build()
+}
+
+/// Starts a registry and pushes the test images.
+pub fn registry_with_images() -> Registry {
+    let registry = TestRegistry::start(Auth::None);
+    let host = registry.host();
+    let base = busybox_layer();
+    let lower = LayerBuilder::new()
+        .dir("data")
+        .dir("data/opaque")
+        .file("data/doomed", "doomed")
+        .file("data/replaced", "old")
+        .hardlink("data/hardlink", "data/replaced")
+        .file("data/opaque/old-entry", "x")
+        .file_with("data/owned", "o", Meta::mode(0o640).owner(1000, 1000))
+        .file_with("data/setuid", "s", Meta::mode(0o4755))
+        .symlink("data/abs-link", "/data/replaced")
+        .symlink("data/rel-link", "replaced")
+        .symlink("data/escape-link", "../../../../etc/passwd")
+        .build();
+    let upper = LayerBuilder::new()
+        .dir("data")
+        .dir("data/opaque")
+        .whiteout("data/doomed")
+        .opaque("data/opaque")
+        .file("data/opaque/new-entry", "y")
+        .file("data/replaced", "new")
+        .build();
+    let partial_top = LayerBuilder::new()
+        .dir("app")
+        .file("app/marker", "partial-top")
+        .build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let push = |repo: &str, img: &BuiltImage| {
+        rt.block_on(imc_testkit::image::push(&host, repo, "1", img, None))
+            .unwrap_or_else(|e| panic!("push {repo}: {e:#}"));
+        format!("{host}/{repo}:1")
+    };
+    let busybox = push("imc/busybox", &image(&[&base], &["sh"]));
+    let layered = push("imc/layered", &image(&[&base, &lower, &upper], &["sh"]));
+    let partial = push(
+        "imc/partial",
+        &image(&[&base, &partial_top], &["cat", "/app/marker"]),
+    );
+    Registry {
+        registry,
+        busybox,
+        layered,
+        partial,
+        base,
+        partial_top,
+    }
+}
+
+/// `imc cache build` of `images` into `output` with data dir `data`; panics with imc's stderr
+/// when it fails.
+pub fn cache_build(reg: &Registry, data: &Path, images: &[&str], output: &Path) {
+    let mut c = imc();
+    c.args(["cache", "build", "--data-dir"])
+        .arg(data)
+        .args(reg.flags())
+        .arg("--output")
+        .arg(output);
+    for i in images {
+        c.args(["--image", i]);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "imc cache build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry with the test images and an EROFS cache disk holding the busybox image, built by
+/// `imc cache build` into `data`. Returns (registry, disk).
+pub fn busybox_cache(data: &Path) -> (Registry, PathBuf) {
+    let reg = registry_with_images();
+    let disk = data.join("caches/busybox.erofs");
+    fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    cache_build(&reg, data, &[&reg.busybox], &disk);
+    (reg, disk)
 }
