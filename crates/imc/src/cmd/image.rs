@@ -76,7 +76,8 @@ async fn pull(
     let report = if !json && std::io::stderr().is_terminal() {
         let bars = Bars::default();
         let report = puller.pull(&image, &platform, &bars).await;
-        bars.multi.clear().ok();
+        // The bars stay on screen; end their last line before the summary.
+        eprintln!();
         report?
     } else {
         puller.pull(&image, &platform, &NoProgress).await?
@@ -203,9 +204,11 @@ impl PullProgress for Bars {
     fn layer_started(&self, digest: &Digest, size: u64) {
         let bar = self.multi.add(ProgressBar::new(size));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {decimal_bytes:>10}/{decimal_total_bytes:<10} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(digest.short());
         self.bars
