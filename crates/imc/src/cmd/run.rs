@@ -65,10 +65,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let me = std::process::id();
-    let uid = format!(
-        "run-{me}-{}",
-        started.elapsed().as_nanos() ^ u128::from(jiff_like_nanos())
-    );
+    // The pid is unique among live processes, and recovery only touches dead owners' pods.
+    let uid = format!("run-{me}");
     let name = "main";
     let sandbox = runtime.create_sandbox(&uid, me)?;
     let mut timings = StartTimings::default();
@@ -87,13 +85,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(error = %e, "removing the pod sandbox");
     }
     result
-}
-
-fn jiff_like_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
 }
 
 async fn start_and_wait(
