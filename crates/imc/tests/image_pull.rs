@@ -413,3 +413,193 @@ fn hostile_layer_fails_the_pull_naming_image_layer_and_entry() {
     assert!(names(&data.path().join("tmp")).is_empty());
     let _ = Digest::of(b"");
 }
+
+#[test]
+fn platform_flag_picks_the_image_from_an_index() {
+    let registry = TestRegistry::start(Auth::None);
+    let amd64 = ImageBuilder::new(Format::Docker)
+        .platform("linux", "amd64", None)
+        .layer(layer(41, Compression::Gzip))
+        .build();
+    let arm64 = ImageBuilder::new(Format::Docker)
+        .platform("linux", "arm64", Some("v8"))
+        .layer(layer(42, Compression::Gzip))
+        .build();
+    let index = imc_testkit::image::IndexBuilder::new(Format::Docker)
+        .image(amd64.clone())
+        .image(arm64.clone())
+        .build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(imc_testkit::image::push_index(
+        &registry.host(),
+        "multi/app",
+        "1",
+        &index,
+        None,
+    ))
+    .unwrap();
+    let reference = format!("{}/multi/app:1", registry.host());
+    let data = tempfile::tempdir().unwrap();
+    let out = imc(&[
+        "image",
+        "pull",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--plain-http",
+        &registry.host(),
+        "--platform",
+        "linux/arm64/v8",
+        "-o",
+        "json",
+        &reference,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_pulled(&report, &arm64, &reference, data.path(), &[false]);
+    let report = pull_json(&registry, data.path(), &reference);
+    assert_pulled(&report, &amd64, &reference, data.path(), &[false]);
+}
+
+#[test]
+fn registry_mirror_flag_fetches_from_the_mirror_and_keeps_the_name() {
+    let registry = TestRegistry::start(Auth::None);
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(layer(51, Compression::Zstd))
+        .build();
+    push(&registry, "library/app", "1", &image);
+    let data = tempfile::tempdir().unwrap();
+    let mirror = format!("docker.io=http://{}", registry.host());
+    let out = imc(&[
+        "image",
+        "pull",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--registry-mirror",
+        &mirror,
+        "-o",
+        "json",
+        "app:1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_pulled(
+        &report,
+        &image,
+        "docker.io/library/app:1",
+        data.path(),
+        &[false],
+    );
+
+    let out = imc(&[
+        "image",
+        "pull",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--registry-mirror",
+        "nonsense",
+        "app:1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("HOST=URL"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn docker_config_flag_supplies_credentials_and_secrets_stay_out_of_output() {
+    let password = "s3cret-pa55word";
+    let registry = TestRegistry::start(Auth::basic("alice", password));
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(layer(61, Compression::Gzip))
+        .build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(imc_testkit::image::push(
+        &registry.host(),
+        "private/app",
+        "1",
+        &image,
+        Some(("alice", password)),
+    ))
+    .unwrap();
+    let reference = format!("{}/private/app:1", registry.host());
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+
+    // No credentials (HOME points nowhere, so no default config): refused, and said so.
+    let out = imc(&[
+        "image",
+        "pull",
+        "--data-dir",
+        d,
+        "--plain-http",
+        &registry.host(),
+        &reference,
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&reference) && err.contains("401"), "{err}");
+
+    let config = data.path().join("config.json");
+    let auth = base64_encode(format!("alice:{password}").as_bytes());
+    fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let out = imc(&[
+        "image",
+        "pull",
+        "--data-dir",
+        d,
+        "--plain-http",
+        &registry.host(),
+        "--docker-config",
+        config.to_str().unwrap(),
+        "-v",
+        &reference,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !all.contains(password) && !all.contains(&auth),
+        "secret in output"
+    );
+    assert!(
+        data.path()
+            .join("layers/sha256")
+            .join(image.layers[0].diff_id.hex())
+            .is_dir()
+    );
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
