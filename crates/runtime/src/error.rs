@@ -20,6 +20,15 @@ pub enum RuntimeError {
     /// A layer of the image is neither on the cache disk nor unpacked in the layer store.
     #[error("layer {diff_id} of image {image} is neither on the cache disk nor in the layer store")]
     LayerUnavailable { image: String, diff_id: Digest },
+    /// Pulling the image (or reading it from the layer store) failed.
+    #[error("pulling image {image}: {cause}")]
+    Pull {
+        image: String,
+        cause: Box<imc_layers::LayerError>,
+    },
+    /// The image is neither on the cache disk nor in the layer store, and no registry was given.
+    #[error("image {image} is neither on the cache disk nor in the layer store")]
+    ImageNotPresent { image: String },
     /// The image config is not a valid OCI image config.
     #[error("image {image} has an invalid config: {reason}")]
     InvalidConfig { image: String, reason: String },

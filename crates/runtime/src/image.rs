@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 
-use imc_api::Digest;
+use imc_api::{Digest, Reference};
+use imc_layers::{LayerStore, NoProgress, Puller};
+use imc_registry::Platform;
 use imc_snapshot::AttachedCache;
 use serde::Serialize;
+use tracing::debug;
 
 use crate::RuntimeError;
 
@@ -133,6 +136,64 @@ impl PreparedImage {
             layers,
         })
     }
+}
+
+/// Finds the image's config and layers for a container start: an image the cache disk holds
+/// needs no registry; an image the layer store holds with every layer present (on the disk or
+/// in the store) needs none either; otherwise it is pulled with `puller`, skipping every layer
+/// the disk holds, so only the layers neither has are downloaded.
+pub async fn prepare_image(
+    store: &LayerStore,
+    puller: Option<&Puller>,
+    reference: &Reference,
+    platform: &Platform,
+    cache: Option<&AttachedCache>,
+) -> Result<PreparedImage, RuntimeError> {
+    let name = reference.to_string();
+    let store_dir = |d: &Digest| store.layer_path(d);
+    if let Some(cache) = cache
+        && let Some(image) = cache.index.image(&name)
+    {
+        debug!(image = %name, cache = %cache.id, "image found on the cache disk");
+        return PreparedImage::locate(
+            &name,
+            image.config.clone(),
+            &image.layers,
+            Some(cache),
+            &store_dir,
+        );
+    }
+    let in_cache = |d: &Digest| cache.is_some_and(|c| c.index.has_layer(d));
+    let pull_error = |cause| RuntimeError::Pull {
+        image: name.clone(),
+        cause: Box::new(cause),
+    };
+    let record = match store.image(reference).map_err(pull_error)? {
+        Some(r)
+            if r.layers
+                .iter()
+                .all(|l| in_cache(&l.diff_id) || store.has_layer(&l.diff_id)) =>
+        {
+            r
+        }
+        _ => {
+            let Some(puller) = puller else {
+                return Err(RuntimeError::ImageNotPresent { image: name });
+            };
+            let report = puller
+                .pull_with(reference, platform, &in_cache, &NoProgress)
+                .await
+                .map_err(pull_error)?;
+            debug!(image = %name, downloaded = report.downloaded_bytes, "pulled the layers the cache lacks");
+            store.image(reference).map_err(pull_error)?.ok_or_else(|| {
+                RuntimeError::ImageNotPresent {
+                    image: name.clone(),
+                }
+            })?
+        }
+    };
+    let diff_ids: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
+    PreparedImage::locate(&name, record.config, &diff_ids, cache, &store_dir)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ mod user;
 
 pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};
 pub use error::RuntimeError;
-pub use image::{ImageConfig, LayerSource, PreparedImage};
+pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use netns::PodSandbox;
 pub use recover::RuntimeRecovery;
 pub use runc::{ContainerStatus, Runc};

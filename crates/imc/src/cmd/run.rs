@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use imc_api::{Digest, Reference};
-use imc_layers::{LayerStore, NoProgress, Puller};
-use imc_runtime::{ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings};
+use imc_api::Reference;
+use imc_layers::{LayerStore, Puller};
+use imc_runtime::{
+    ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings, prepare_image,
+};
 use imc_snapshot::AttachedCache;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info};
@@ -108,7 +110,7 @@ async fn start_and_wait(
         None => None,
     };
     let t = Instant::now();
-    let image = match prepare_image(args, reference, cache.as_ref()).await {
+    let image = match prepare(args, reference, cache.as_ref()).await {
         Ok(i) => i,
         Err(e) => {
             if let Some(c) = &cache {
@@ -195,60 +197,27 @@ async fn start_and_wait(
 /// How long a stopped container gets to exit before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
 
-/// The image's config and layers, located on the cache disk or in the layer store. An image the
-/// cache holds needs no registry; otherwise only the layers neither the cache nor the store hold
-/// are pulled.
-async fn prepare_image(
+/// The image's config and layers, from the cache disk or the layer store, pulling only what
+/// neither holds.
+async fn prepare(
     args: &RunArgs,
     reference: &Reference,
     cache: Option<&AttachedCache>,
 ) -> anyhow::Result<PreparedImage> {
-    let name = reference.to_string();
     let store = LayerStore::open(&args.data.data_dir)?;
-    let store_dir = |d: &Digest| store.layer_path(d);
-    if let Some(cache) = cache
-        && let Some(image) = cache.index.image(&name)
-    {
-        debug!(image = %name, "image found on the cache disk");
-        return Ok(PreparedImage::locate(
-            &name,
-            image.config.clone(),
-            &image.layers,
-            Some(cache),
-            &store_dir,
-        )?);
+    let platform = args.registry.platform()?;
+    if cache.is_some_and(|c| c.index.image(&reference.to_string()).is_some()) {
+        // On the disk: no registry client needed (and none built, to keep the start short).
+        return Ok(prepare_image(&store, None, reference, &platform, cache).await?);
     }
-    let available = |d: &Digest| cache.is_some_and(|c| c.index.has_layer(d)) || store.has_layer(d);
-    let record = match store.image(reference)? {
-        Some(r) if r.layers.iter().all(|l| available(&l.diff_id)) => r,
-        _ => {
-            let client = imc_registry::Client::new(args.registry.options()?)?;
-            let puller = Puller::new(store.clone(), client, args.registry.jobs);
-            let in_cache = |d: &Digest| cache.is_some_and(|c| c.index.has_layer(d));
-            let report = puller
-                .pull_with(
-                    reference,
-                    &args.registry.platform()?,
-                    &in_cache,
-                    &NoProgress,
-                )
-                .await
-                .with_context(|| format!("pulling {name}"))?;
-            debug!(
-                downloaded = report.downloaded_bytes,
-                "pulled the layers the cache lacks"
-            );
-            store.image(reference)?.with_context(|| {
-                format!("image {name} missing from the layer store after its pull")
-            })?
-        }
-    };
-    let diff_ids: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
-    Ok(PreparedImage::locate(
-        &name,
-        record.config,
-        &diff_ids,
+    let client = imc_registry::Client::new(args.registry.options()?)?;
+    let puller = Puller::new(store.clone(), client, args.registry.jobs);
+    Ok(prepare_image(
+        &store,
+        Some(&puller),
+        reference,
+        &args.registry.platform()?,
         cache,
-        &store_dir,
-    )?)
+    )
+    .await?)
 }
