@@ -157,9 +157,11 @@ impl Authenticator {
                     self.credential(host, fallback_host),
                     Some(Credential::Basic { .. })
                 );
+                // The caller answers one challenge per request, so a wrong password comes back
+                // to it as a second 401 rather than looping here.
                 if has_basic && let Ok(mut b) = self.basic_hosts.lock() {
-                    // A second 401 with Basic already sent means the password is wrong.
-                    return Ok(b.insert(host.to_owned()));
+                    b.insert(host.to_owned());
+                    return Ok(true);
                 }
                 Ok(false)
             }

@@ -66,6 +66,16 @@ pub struct ResolvedImage {
     pub layers: Vec<LayerDescriptor>,
 }
 
+/// The host whose credentials apply besides the endpoint's own: the reference's registry, except
+/// for a mirror, which gets only its own credentials, never those of the registry it stands in for.
+fn fallback_host<'a>(image: &'a Reference, ep: &'a Endpoint) -> &'a str {
+    if ep.mirrored {
+        &ep.host
+    } else {
+        image.registry()
+    }
+}
+
 /// Renders a reqwest error with its causes (e.g. "error sending request: connection refused"),
 /// which carry no credentials: URLs never hold them and headers are not part of errors.
 pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
@@ -164,6 +174,7 @@ impl Client {
         let image_name = image.to_string();
         let http = self.http_for(ep);
         let auth = &self.inner.auth;
+        let fallback_host = fallback_host(image, ep);
         let connection_err = |e: reqwest::Error| RegistryError::Connection {
             image: image_name.clone(),
             what: what.to_owned(),
@@ -173,7 +184,7 @@ impl Client {
         let mut answered = false;
         loop {
             let mut rb = http.get(url).headers(headers.clone());
-            if let Some(value) = auth.authorization(&ep.host, image.registry(), &scope) {
+            if let Some(value) = auth.authorization(&ep.host, fallback_host, &scope) {
                 rb = rb.header(AUTHORIZATION, value);
             }
             let resp = rb.send().await.map_err(connection_err)?;
@@ -192,7 +203,7 @@ impl Client {
                             http,
                             &image_name,
                             &ep.host,
-                            image.registry(),
+                            fallback_host,
                             &scope,
                             &challenge,
                         )
@@ -225,7 +236,11 @@ impl Client {
         let image_name = image.to_string();
         match status {
             401 | 403 => {
-                let hint = if self.inner.auth.has_credentials(&ep.host, image.registry()) {
+                let hint = if self
+                    .inner
+                    .auth
+                    .has_credentials(&ep.host, fallback_host(image, ep))
+                {
                     format!("; check the credentials configured for {}", ep.host)
                 } else {
                     format!("; no credentials are configured for {}", ep.host)
