@@ -164,3 +164,79 @@ async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
         "the cache is detached after the last container"
     );
 }
+
+/// Starts `script` as container `name` of `sandbox` from the layer store (no cache) and returns
+/// its exit code and log.
+async fn run_in(
+    runtime: &Runtime,
+    sandbox: &imc_runtime::PodSandbox,
+    root: &Path,
+    layers: &[Digest],
+    name: &str,
+    script: &str,
+) -> (i32, String) {
+    let store = root.to_path_buf();
+    let config = serde_json::json!({"config": {"Cmd": ["sh"]}});
+    let prepared = PreparedImage::locate("r.example/net:1", config, layers, None, &|d: &Digest| {
+        layer_dir(&store, d)
+    })
+    .unwrap();
+    let container = runtime
+        .start(StartRequest {
+            sandbox,
+            container: ContainerSpec {
+                name: name.into(),
+                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+                ..Default::default()
+            },
+            image: prepared,
+            cache: None,
+            io: ContainerIo::Log,
+            owner_pid: std::process::id(),
+            started: Instant::now(),
+            timings: StartTimings::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(container.timings.layers_from_store, layers.len());
+    let exit = container.wait().await.unwrap();
+    let log = fs::read_to_string(&container.log_path).unwrap();
+    container.remove().await.unwrap();
+    (exit.code, log)
+}
+
+#[tokio::test]
+async fn containers_of_one_pod_share_a_private_network_namespace_with_loopback_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod_a = runtime.create_sandbox("pod-a", std::process::id()).unwrap();
+    let pod_b = runtime.create_sandbox("pod-b", std::process::id()).unwrap();
+    let script = "readlink /proc/self/ns/net; cat /sys/class/net/lo/operstate; ls /sys/class/net";
+
+    let (code_a1, a1) = run_in(&runtime, &pod_a, root, &layers, "one", script).await;
+    let (code_a2, a2) = run_in(&runtime, &pod_a, root, &layers, "two", script).await;
+    let (code_b, b) = run_in(&runtime, &pod_b, root, &layers, "one", script).await;
+    pod_a.remove().unwrap();
+    pod_b.remove().unwrap();
+
+    assert_eq!((code_a1, code_a2, code_b), (0, 0, 0), "{a1} {a2} {b}");
+    let host_ns = fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let ns = |log: &str| log.lines().next().unwrap().to_string();
+    assert_eq!(
+        ns(&a1),
+        ns(&a2),
+        "containers of one pod share the namespace"
+    );
+    assert_ne!(ns(&a1), ns(&b), "pods do not share");
+    assert_ne!(ns(&a1), host_ns);
+    // Loopback is the only interface, and it is up.
+    assert_eq!(
+        a1.lines().skip(1).collect::<Vec<_>>(),
+        vec!["unknown", "lo"]
+    );
+}
