@@ -22,7 +22,7 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
                 .arg("--cache")
                 .arg(&disk)
                 .arg(&reg.busybox)
-                .args(["--", "sh", "-c", &format!("echo container-{i}; sleep 2")])
+                .args(["--", "sh", "-c", &format!("echo container-{i}; sleep 5")])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
