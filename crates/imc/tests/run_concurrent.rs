@@ -33,6 +33,7 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
     // Sample the host while they run: at most one mount and one loop device, ever.
     let mut max_mounts = 0;
     let mut max_loops = 0;
+    let mut max_users = 0;
     while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
         let mounts: usize = std::fs::read_dir(&id_dir)
             .map(|d| {
@@ -44,6 +45,7 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
             .unwrap_or(0);
         max_mounts = max_mounts.max(mounts);
         max_loops = max_loops.max(loops_backed_by(&disk));
+        max_users = max_users.max(recorded_users(&id_dir));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     for (i, child) in children.into_iter().enumerate() {
@@ -65,6 +67,10 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
     );
     assert_eq!(max_loops, 1, "the disk must be on exactly one loop device");
     assert_eq!(
+        max_users, 20,
+        "all twenty containers used the one attachment at once"
+    );
+    assert_eq!(
         loops_backed_by(&disk),
         0,
         "detached after the last container"
@@ -75,4 +81,18 @@ fn twenty_containers_from_one_cache_share_one_attachment() {
         .filter(|e| e.path().is_dir())
         .collect();
     assert!(left.is_empty(), "mount points left: {left:?}");
+}
+
+/// Users recorded in the attachments' refs files.
+fn recorded_users(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".refs"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map(|v| v["users"].as_array().map_or(0, |u| u.len()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
