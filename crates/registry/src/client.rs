@@ -92,6 +92,29 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     text
 }
 
+/// Whether a request failed in the TLS handshake (untrusted or invalid certificate, protocol
+/// mismatch): retrying cannot help, so these are not connection faults.
+fn is_tls_error(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    // The TLS error may sit behind a boxed connector error that hides its type; its text is
+    // rustls's own wording.
+    let text = describe_reqwest(e);
+    text.contains("peer certificate") || text.contains("received corrupt message")
+}
+
 /// A Retry-After header in seconds (HTTP dates are ignored: registries send seconds).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
@@ -175,11 +198,21 @@ impl Client {
         let http = self.http_for(ep);
         let auth = &self.inner.auth;
         let fallback_host = fallback_host(image, ep);
-        let connection_err = |e: reqwest::Error| RegistryError::Connection {
-            image: image_name.clone(),
-            what: what.to_owned(),
-            host: ep.host.clone(),
-            reason: describe_reqwest(&e),
+        let connection_err = |e: reqwest::Error| {
+            if is_tls_error(&e) {
+                RegistryError::Tls {
+                    image: image_name.clone(),
+                    host: ep.host.clone(),
+                    reason: describe_reqwest(&e),
+                }
+            } else {
+                RegistryError::Connection {
+                    image: image_name.clone(),
+                    what: what.to_owned(),
+                    host: ep.host.clone(),
+                    reason: describe_reqwest(&e),
+                }
+            }
         };
         let mut answered = false;
         loop {

@@ -111,6 +111,15 @@ pub enum RegistryError {
         host: String,
         reason: String,
     },
+    /// The TLS handshake failed, e.g. the certificate is not trusted.
+    #[error(
+        "pulling {image}: TLS connection to {host} failed: {reason} (if this registry is trusted anyway, list {host} as an insecure registry)"
+    )]
+    Tls {
+        image: String,
+        host: String,
+        reason: String,
+    },
     /// The body ended before the announced size.
     #[error("pulling {image}: blob {digest} was cut short at {received} of {expected} bytes")]
     Truncated {

@@ -849,8 +849,9 @@ pub struct BuiltIndex {
 /// Basic credentials for pushing to a registry that requires them.
 pub type PushCredentials<'a> = Option<(&'a str, &'a str)>;
 
-/// Pushes `image` as `registry_host/repo:tag` over plain HTTP (blobs, then the manifest).
-/// Handles anonymous, Basic and Bearer-token registries.
+/// Pushes `image` as `registry_host/repo:tag` (blobs, then the manifest). `registry_host` is
+/// `host:port` for plain HTTP, or a base URL (`TestRegistry::url()`, possibly `https://`, whose
+/// certificate is not checked). Handles anonymous, Basic and Bearer-token registries.
 pub async fn push(
     registry_host: &str,
     repo: &str,
@@ -934,8 +935,16 @@ impl Pusher {
     fn new(host: &str, repo: &str, credentials: PushCredentials<'_>) -> Self {
         install_crypto_provider();
         Pusher {
-            http: reqwest::Client::new(),
-            base: format!("http://{host}"),
+            // Test registries use self-signed certificates when they speak TLS.
+            http: reqwest::Client::builder()
+                .tls_danger_accept_invalid_certs(true)
+                .build()
+                .expect("build push HTTP client"),
+            base: if host.starts_with("http://") || host.starts_with("https://") {
+                host.trim_end_matches('/').to_owned()
+            } else {
+                format!("http://{host}")
+            },
             repo: repo.to_owned(),
             credentials: credentials.map(|(u, p)| (u.to_owned(), p.to_owned())),
             bearer: tokio::sync::Mutex::new(None),

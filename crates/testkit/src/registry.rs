@@ -85,12 +85,24 @@ pub struct TestRegistry {
     auth: Auth,
     child: Option<Child>,
     token_server: Option<TokenServer>,
+    /// PEM of the self-signed serving certificate when started with TLS.
+    tls_cert_pem: Option<String>,
 }
 
 impl TestRegistry {
     /// Starts a registry with `auth`, waiting until it answers `/v2/`. Panics with a clear message
     /// when `/usr/bin/docker-registry` is missing or does not come up.
     pub fn start(auth: Auth) -> TestRegistry {
+        Self::start_inner(auth, false)
+    }
+
+    /// Like [`start`](Self::start), but serving HTTPS with a fresh self-signed certificate for
+    /// `127.0.0.1` (see [`tls_cert_pem`](Self::tls_cert_pem)), for insecure-registry tests.
+    pub fn start_tls(auth: Auth) -> TestRegistry {
+        Self::start_inner(auth, true)
+    }
+
+    fn start_inner(auth: Auth, tls: bool) -> TestRegistry {
         assert!(
             Path::new(DOCKER_REGISTRY).exists(),
             "{DOCKER_REGISTRY} is missing: install Debian's docker-registry package (apt-get install docker-registry)"
@@ -133,14 +145,33 @@ impl TestRegistry {
                 (yaml, Some(server))
             }
         };
+        let (tls_yaml, tls_cert_pem) = if tls {
+            let cert = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .expect("generate registry TLS cert");
+            let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            fs::write(&cert_path, cert.cert.pem()).expect("write TLS cert");
+            fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write TLS key");
+            let yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert_path.display(),
+                key_path.display()
+            );
+            (yaml, Some(cert.cert.pem()))
+        } else {
+            (String::new(), None)
+        };
         let mut reg = TestRegistry {
             dir,
             port,
             auth,
             child: None,
             token_server,
+            tls_cert_pem,
         };
-        reg.write_config(&auth_yaml);
+        reg.write_config(&tls_yaml, &auth_yaml);
         reg.spawn();
         reg
     }
@@ -153,9 +184,9 @@ impl TestRegistry {
         self.dir.path().join("registry.log")
     }
 
-    fn write_config(&self, auth_yaml: &str) {
+    fn write_config(&self, tls_yaml: &str, auth_yaml: &str) {
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: imc-testkit-secret\ncompatibility:\n  schema1:\n    enabled: true\nvalidation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: imc-testkit-secret\n{tls_yaml}compatibility:\n  schema1:\n    enabled: true\nvalidation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n{auth_yaml}",
             self.dir.path().join("storage").display(),
             self.port
         );
@@ -193,7 +224,8 @@ impl TestRegistry {
                 );
             }
             if let Some(status) = http_status(self.port, "/v2/")
-                && (status == 200 || status == 401)
+                // A TLS registry answers a plain-HTTP probe with 400 once it is serving.
+                && (status == 200 || status == 401 || (status == 400 && self.tls_cert_pem.is_some()))
             {
                 return;
             }
@@ -225,9 +257,19 @@ impl TestRegistry {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_cert_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The serving certificate (PEM) when started with [`start_tls`](Self::start_tls).
+    pub fn tls_cert_pem(&self) -> Option<&str> {
+        self.tls_cert_pem.as_deref()
     }
 
     /// How clients authenticate.
