@@ -349,3 +349,46 @@ async fn connection_refused_is_transient_and_names_the_image() {
     assert!(err.is_transient());
     assert!(err.to_string().contains(&r.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_mirror_gets_only_its_own_credentials() {
+    let reg = TestRegistry::start(Auth::basic("mallory", "mirror-pass"));
+    let built = three_layer_image(Format::Oci);
+    image::push(&reg.host(), "app", "1", &built, reg.auth().credentials())
+        .await
+        .expect("push");
+    let r = reference("example.invalid/app:1");
+    let client_with = |credentials: Credentials| {
+        imc_registry::Client::new(RegistryOptions {
+            mirrors: vec![("example.invalid".into(), reg.url())],
+            credentials,
+            retry: fast_retry(),
+            ..Default::default()
+        })
+        .expect("client")
+    };
+    // Credentials for the mirrored registry are not sent to the mirror.
+    let upstream_only = client_with(Credentials::basic(
+        "example.invalid",
+        "mallory",
+        "mirror-pass",
+    ));
+    let err = upstream_only
+        .resolve(&r, &amd64())
+        .await
+        .expect_err("mirror has no credentials");
+    assert!(matches!(err, RegistryError::AccessDenied { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("no credentials are configured for {}", reg.host())),
+        "{err}"
+    );
+    // The mirror's own credentials are.
+    let mirror_creds = client_with(Credentials::basic(&reg.host(), "mallory", "mirror-pass"));
+    let resolved = mirror_creds
+        .resolve(&r, &amd64())
+        .await
+        .expect("resolve via mirror");
+    assert_eq!(resolved.reference.to_string(), "example.invalid/app:1");
+    assert_eq!(resolved.manifest_digest, built.manifest_digest);
+}
