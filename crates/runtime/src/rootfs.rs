@@ -32,6 +32,10 @@ pub(crate) fn mount_overlay(
     }
     rustix::mount::fsconfig_set_string(&fs, "upperdir", upper).map_err(fail)?;
     rustix::mount::fsconfig_set_string(&fs, "workdir", work).map_err(fail)?;
+    // Container upper dirs are ephemeral (removed with the container, and recovery deletes
+    // those a crash leaves), so skip overlayfs's syncs of the upper filesystem: without this,
+    // every unmount waits for a sync of the whole host filesystem.
+    rustix::mount::fsconfig_set_flag(&fs, "volatile").map_err(fail)?;
     rustix::mount::fsconfig_create(&fs).map_err(fail)?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(fail)?;
