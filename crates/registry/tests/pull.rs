@@ -392,3 +392,37 @@ async fn a_mirror_gets_only_its_own_credentials() {
     assert_eq!(resolved.reference.to_string(), "example.invalid/app:1");
     assert_eq!(resolved.manifest_digest, built.manifest_digest);
 }
+
+#[tokio::test]
+async fn token_auth_with_an_identity_token_and_without_credentials() {
+    let reg = TestRegistry::start(Auth::token("frank", "identity-token-value"));
+    let built = three_layer_image(Format::Oci);
+    image::push(&reg.host(), "app", "v1", &built, reg.auth().credentials())
+        .await
+        .expect("push");
+    let r = reference(&format!("{}/app:v1", reg.host()));
+
+    // A Docker config holding an identitytoken: exchanged with the OAuth2 refresh-token grant.
+    let config = format!(
+        r#"{{"auths":{{"{}":{{"identitytoken":"identity-token-value"}}}}}}"#,
+        reg.host()
+    );
+    let creds = Credentials::from_dockerconfigjson(config.as_bytes()).expect("parse");
+    let client = client_for(&[&reg.host()], creds);
+    let resolved = client
+        .resolve(&r, &amd64())
+        .await
+        .expect("resolve with identity token");
+    assert_eq!(resolved.manifest_digest, built.manifest_digest);
+
+    let anonymous = client_for(&[&reg.host()], Credentials::none());
+    let err = anonymous
+        .resolve(&r, &amd64())
+        .await
+        .expect_err("anonymous");
+    assert!(matches!(err, RegistryError::AccessDenied { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("no credentials are configured"),
+        "{err}"
+    );
+}

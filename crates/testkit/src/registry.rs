@@ -443,20 +443,31 @@ fn serve_token(conn: TcpStream, signer: &Signer, issued: &AtomicUsize, refused: 
             }
         }
     }
-    if content_length > 0 {
-        let mut body = vec![0; content_length.min(1 << 20)];
-        let _ = reader.read_exact(&mut body);
+    let mut form = vec![0; content_length.min(1 << 20)];
+    if reader.read_exact(&mut form).is_err() {
+        form.clear();
     }
+    let form = String::from_utf8_lossy(&form).into_owned();
     let target = request_line
         .split_whitespace()
         .nth(1)
         .unwrap_or("/")
         .to_owned();
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let (status, body) = match check_basic(authorization.as_deref(), signer) {
+    // GET: Basic credentials, scope in the query. POST: the OAuth2 refresh-token grant Docker
+    // uses with an identity token; the test user's password serves as its identity token.
+    let (authorized, params) = if request_line.starts_with("POST ") {
+        (check_refresh_token(&form, signer), form.clone())
+    } else {
+        let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        (
+            check_basic(authorization.as_deref(), signer),
+            query.to_owned(),
+        )
+    };
+    let (status, body) = match authorized {
         true => {
             issued.fetch_add(1, Ordering::SeqCst);
-            let token = sign_token(signer, query);
+            let token = sign_token(signer, &params);
             (
                 "200 OK",
                 serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
@@ -479,6 +490,18 @@ fn serve_token(conn: TcpStream, signer: &Signer, issued: &AtomicUsize, refused: 
     );
     let _ = conn.flush();
     let _ = conn.shutdown(Shutdown::Both);
+}
+
+fn check_refresh_token(form: &str, signer: &Signer) -> bool {
+    let field = |name: &str| {
+        form.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| percent_decode(v))
+        })
+    };
+    field("grant_type").as_deref() == Some("refresh_token")
+        && field("refresh_token").as_deref() == Some(signer.password.as_str())
 }
 
 fn check_basic(authorization: Option<&str>, signer: &Signer) -> bool {
