@@ -155,7 +155,9 @@ impl SnapshotBuilder {
                     .map_err(SnapshotError::io("creating", &options.work_dir))?;
                 options
                     .work_dir
-                    .join(format!(".staging-{name}-{}", std::process::id()))
+                    // "<pid>-..." is the layer store's convention for its tmp dir: kept while
+                    // this process lives, cleaned by the store once it is gone.
+                    .join(format!("{}-staging-{name}", std::process::id()))
             }
             Backend::Directory => tmp_output.clone(),
         };
