@@ -342,3 +342,30 @@ async fn controller_with_finalizer_applies_and_cleans_up_and_events_show_in_desc
     assert_eq!(*ctx.cleaned.lock().unwrap(), ["ctl"]);
     controller.abort();
 }
+
+#[tokio::test]
+async fn owned_objects_are_collected_with_their_owner() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let (_s, client) = start(None).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let owner: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap();
+    let owner = cms.create(&PostParams::default(), &owner).await.unwrap();
+    let child: ConfigMap = serde_json::from_value(json!({"metadata": {
+        "generateName": "child-",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().unwrap()}],
+    }}))
+    .unwrap();
+    let child = cms.create(&PostParams::default(), &child).await.unwrap();
+    let child_name = child.name_any();
+    assert!(child_name.starts_with("child-") && child_name.len() == "child-".len() + 5);
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    tokio::time::timeout(GUARD, async {
+        while cms.get_opt(&child_name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the dependent was never collected");
+}

@@ -452,22 +452,79 @@ fn watch_wide_pods_logs_and_unauthorized() {
         ok(&s, &["get", "sa", "-n", "kube-system", "-o", "name"]).trim(),
         "serviceaccount/default"
     );
-    ok_stdin(
-        &s,
-        &["create", "-f", "-"],
-        Some(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}"#),
-    );
+    // kubectl's typed generators send protobuf bodies.
+    ok(&s, &["create", "namespace", "team-a"]);
     assert_eq!(
         ok(&s, &["get", "sa", "-n", "team-a", "-o", "name"]).trim(),
         "serviceaccount/default"
     );
-    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cfg","namespace":"team-a"},"data":{"a":"b"}}"#;
-    ok_stdin(&s, &["create", "-f", "-"], Some(cm));
-    let err = fails(&s, &["create", "-f", "-"], Some(cm));
-    assert!(
-        err.contains("AlreadyExists") || err.contains("already exists"),
-        "{err}"
+    ok(
+        &s,
+        &[
+            "create",
+            "configmap",
+            "cfg",
+            "-n",
+            "team-a",
+            "--from-literal=a=b",
+        ],
     );
+    let err = fails(
+        &s,
+        &[
+            "create",
+            "configmap",
+            "cfg",
+            "-n",
+            "team-a",
+            "--from-literal=a=b",
+        ],
+        None,
+    );
+    assert!(err.contains("configmaps \"cfg\" already exists"), "{err}");
+    let out = ok(
+        &s,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "-n",
+            "team-a",
+            "--docker-server=registry.example:5000",
+            "--docker-username=u",
+            "--docker-password=p",
+        ],
+    );
+    assert_eq!(out.trim(), "secret/regcred created");
+    let secret = ok(
+        &s,
+        &[
+            "get",
+            "secret",
+            "regcred",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.type}",
+        ],
+    );
+    assert_eq!(secret, "kubernetes.io/dockerconfigjson");
+    ok(&s, &["create", "serviceaccount", "robot", "-n", "team-a"]);
+    // Deleting the namespace removes what it holds.
+    ok(&s, &["delete", "namespace", "team-a"]);
+    let left = ok(
+        &s,
+        &[
+            "get",
+            "configmaps,secrets,serviceaccounts",
+            "-n",
+            "team-a",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(left.trim(), "", "namespace contents survived its deletion");
 
     let err = fails(&s, &["--token=not-the-token", "get", "imc"], None);
     assert!(
