@@ -2,8 +2,8 @@
 //! real component (Debian `docker-registry`, containerd) or sits in front of one (proxies); none
 //! fakes a result.
 
+pub mod apiserver;
 pub mod containerd;
 pub mod image;
-pub mod apiserver;
 pub mod proxy;
 pub mod registry;
