@@ -3,5 +3,7 @@
 
 pub mod admission;
 pub mod cache_status;
+pub mod manager;
+pub mod metrics;
 pub mod quantity;
 pub mod retention;
