@@ -7,6 +7,14 @@ pub fn now_time() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// `metav1.Time` `secs` seconds from now.
+pub fn time_after(secs: i64) -> String {
+    let t = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or_else(|_| Timestamp::now());
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// How long ago `ts` (an RFC 3339 string) was, as kubectl prints it ("5s", "3m12s", "2d").
 pub fn age(ts: Option<&str>) -> String {
     let Some(t) = ts.and_then(|s| s.parse::<Timestamp>().ok()) else {

@@ -79,6 +79,30 @@ fn finalizers_empty(obj: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
+/// The grace period of deleting `obj` when it is a pod bound to a node: the request's
+/// `gracePeriodSeconds`, else the pod's `terminationGracePeriodSeconds`, else 30. None for
+/// anything else (deleted at once).
+fn pod_grace_period(def: &ResourceDef, obj: &Value, options: &Value) -> Option<i64> {
+    let bound = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !(def.group.is_empty() && def.kind == "Pod" && bound) {
+        return None;
+    }
+    Some(
+        options
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+            .max(0),
+    )
+}
+
 /// Query options of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListOptions {
@@ -154,12 +178,16 @@ impl ApiServer {
         def: &ResourceDef,
         ns: Option<&str>,
         opts: &ListOptions,
-    ) -> (Vec<Value>, u64) {
+    ) -> (Vec<Arc<Value>>, u64) {
         let ns = if def.namespaced { ns } else { None };
         let (items, rv) = self.store.list(&def.storage_res(), ns);
         let items = items
-            .iter()
-            .map(|o| def.from_storage(o))
+            .into_iter()
+            // Shared, not copied, unless the served form differs from the stored one.
+            .map(|o| match def.storage {
+                Some(_) => Arc::new(def.from_storage(&o)),
+                None => o,
+            })
             .filter(|o| opts.matches(o))
             .collect();
         (items, rv)
@@ -632,7 +660,28 @@ impl ApiServer {
             }
             let orphan = options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
                 || options.get("orphanDependents") == Some(&json!(true));
-            let result = if finalizers_empty(&current) {
+            // A pod bound to a node is only marked: its node stops the containers, then deletes
+            // it with grace period 0 (as kubelet and virtual-kubelet do).
+            let grace = pod_grace_period(def, &current, options);
+            let marked_grace = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            let result = if let Some(grace) = grace.filter(|g| *g > 0) {
+                if marked_grace.is_some_and(|m| m <= grace) {
+                    return Ok(old);
+                }
+                let mut marked = (*current).clone();
+                marked["metadata"]["deletionTimestamp"] = json!(clock::time_after(grace));
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                self.store
+                    .write(
+                        key.clone(),
+                        Some(marked),
+                        Expect::Version(rv_of(&current)),
+                        &def.qualified(),
+                    )
+                    .await
+            } else if finalizers_empty(&current) {
                 let removed = self
                     .store
                     .write(

@@ -229,14 +229,14 @@ async fn route(
             }
             let (items, rv) = api.list(&def, ns, &opts);
             if as_table {
-                return Ok(ok(table::table(&def, &items, Some(rv), include)));
+                return Ok(ok(table::table(
+                    &def,
+                    items.iter().map(|o| &**o),
+                    Some(rv),
+                    include,
+                )));
             }
-            Ok(ok(json!({
-                "kind": format!("{}List", def.kind),
-                "apiVersion": def.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()},
-                "items": items,
-            })))
+            Ok(list_response(&def, &items, rv))
         }
         (&Method::POST, None) => {
             let obj = parse_body(&body)?;
@@ -286,7 +286,7 @@ async fn route(
         (&Method::GET, Some(name)) => {
             let obj = api.get(&def, ns, name)?;
             if as_table {
-                return Ok(ok(table::table(&def, &[obj], None, include)));
+                return Ok(ok(table::table(&def, [&obj], None, include)));
             }
             Ok(ok(obj))
         }
@@ -316,6 +316,29 @@ async fn route(
             "the server does not allow this method on the requested resource: {m}"
         ))),
     }
+}
+
+/// A List answer, written item by item so that a large list is never copied as a whole tree.
+fn list_response(def: &ResourceDef, items: &[Arc<Value>], rv: u64) -> Response {
+    let mut out = String::with_capacity(64 + items.len() * 512);
+    out.push_str(&format!(
+        r#"{{"kind":"{}List","apiVersion":"{}","metadata":{{"resourceVersion":"{rv}"}},"items":["#,
+        def.kind,
+        def.api_version()
+    ));
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item.to_string());
+    }
+    out.push_str("]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response()
 }
 
 fn list_options(query: &HashMap<String, String>) -> Result<ListOptions> {
@@ -360,7 +383,7 @@ fn watch(
         let render = |obj: &Value| -> Value {
             let served = def.from_storage(obj);
             match table {
-                Some(include) => table::table(&def, std::slice::from_ref(&served), None, include),
+                Some(include) => table::table(&def, [&served], None, include),
                 None => served,
             }
         };

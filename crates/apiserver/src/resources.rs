@@ -551,7 +551,7 @@ fn image_cache_def() -> ResourceDef {
             props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
             props.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata.", "x-kubernetes-preserve-unknown-fields": true}));
         }
-        if schema.get("description").is_none() {
+        {
             schema["description"] = json!(
                 "An image cache: a read-only disk holding the unpacked layers of a list of images, from which pods start without pulling."
             );

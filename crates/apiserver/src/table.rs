@@ -32,7 +32,12 @@ pub fn wants_table(accept: &str) -> bool {
 }
 
 /// The Table of `items`.
-pub fn table(def: &ResourceDef, items: &[Value], rv: Option<u64>, include: Include) -> Value {
+pub fn table<'a>(
+    def: &ResourceDef,
+    items: impl IntoIterator<Item = &'a Value>,
+    rv: Option<u64>,
+    include: Include,
+) -> Value {
     let mut columns = vec![json!({
         "name": "Name", "type": "string", "format": "name", "priority": 0,
         "description": "Name must be unique within a namespace.",
@@ -41,7 +46,7 @@ pub fn table(def: &ResourceDef, items: &[Value], rv: Option<u64>, include: Inclu
         json!({"name": c.name, "type": c.type_, "format": "", "priority": c.priority, "description": c.description})
     }));
     let rows: Vec<Value> = items
-        .iter()
+        .into_iter()
         .map(|o| {
             let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
             cells.extend(def.columns.iter().map(|c| c.value(o)));
@@ -77,7 +82,7 @@ mod tests {
         let d = r.find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
         let o = json!({"metadata": {"name": "c", "creationTimestamp": "2020-01-01T00:00:00Z"},
             "status": {"imageCacheId": "imc-x", "phase": "Ready", "progress": "100%"}});
-        let t = table(&d, &[o], Some(3), Include::Metadata);
+        let t = table(&d, [&o], Some(3), Include::Metadata);
         let names: Vec<_> = t["columnDefinitions"]
             .as_array()
             .unwrap()
