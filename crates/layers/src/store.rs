@@ -203,8 +203,9 @@ impl LayerStore {
         self.write_atomic(&path, &bytes)
     }
 
-    /// Removes the record of `reference`, then deletes blobs and layer trees that no remaining
-    /// image uses. Waits for running pulls (they hold the store lock shared).
+    /// Removes the record of `reference`, then deletes every blob and layer tree that no
+    /// remaining image uses. Waits for running pulls (they hold the store lock shared), so
+    /// nothing a pull is about to record is deleted.
     pub fn remove_image(&self, reference: &Reference) -> Result<GcReport, LayerError> {
         let _lock = self.lock_store(true)?;
         let path = self.record_path(&reference.to_string());
@@ -214,12 +215,30 @@ impl LayerStore {
         let record = read_record(&path)?;
         fs::remove_file(&path).map_err(store_err(&path, "remove image record"))?;
         sync_dir(&self.inner.dir.join("images"))?;
-        let mut blobs: BTreeSet<Digest> = record.layers.iter().map(|l| l.digest.clone()).collect();
-        blobs.insert(record.config_digest.clone());
-        let layers: BTreeSet<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
+        // Sweep everything unreferenced, not only this image's parts: that also collects what a
+        // crash left between committing a blob or tree and writing its image record.
+        let blobs = self.held("blobs/sha256")?;
+        let layers = self.held("layers/sha256")?;
         let mut report = self.delete_unreferenced(&blobs, &layers)?;
         report.images.push(record.reference);
         Ok(report)
+    }
+
+    /// The digests named by the entries of `DIR/<sub>`.
+    fn held(&self, sub: &str) -> Result<BTreeSet<Digest>, LayerError> {
+        let dir = self.inner.dir.join(sub);
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(&dir).map_err(store_err(&dir, "list"))? {
+            let entry = entry.map_err(store_err(&dir, "list"))?;
+            if let Some(d) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
+                out.insert(d);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes those of `blobs` and `layers` that no image record references, under the

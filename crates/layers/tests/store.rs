@@ -267,3 +267,41 @@ fn open_removes_leftovers_of_dead_processes_only() {
         vec![live.file_name().unwrap().to_string_lossy().into_owned()]
     );
 }
+
+#[test]
+fn remove_image_also_collects_crash_leftovers() {
+    // A blob and a tree committed by a pull that crashed before writing its record.
+    let d = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(d.path()).unwrap();
+    let orphan_tar = layer_tar(&[("orphan", b"o")]);
+    let orphan_blob = put_blob(&store, &orphan_tar);
+    store
+        .unpack_blob(
+            "img",
+            &orphan_blob,
+            BlobCompression::None,
+            &Digest::of(&orphan_tar),
+        )
+        .unwrap();
+    let kept_tar = layer_tar(&[("kept", b"k")]);
+    let kept_blob = put_blob(&store, &kept_tar);
+    let kept_diff = Digest::of(&kept_tar);
+    store
+        .unpack_blob("img", &kept_blob, BlobCompression::None, &kept_diff)
+        .unwrap();
+    let cfg = Digest::of(b"{}");
+    store.put_blob_bytes(&cfg, b"{}").unwrap();
+    let a: Reference = "example.com/a:1".parse().unwrap();
+    let b: Reference = "example.com/b:1".parse().unwrap();
+    store
+        .put_image(&record(&a.to_string(), &[(&kept_blob, &kept_diff)], &cfg))
+        .unwrap();
+    store
+        .put_image(&record(&b.to_string(), &[(&kept_blob, &kept_diff)], &cfg))
+        .unwrap();
+
+    let report = store.remove_image(&a).unwrap();
+    assert_eq!(report.blobs, vec![orphan_blob.clone()]);
+    assert_eq!(report.layers, vec![Digest::of(&orphan_tar)]);
+    assert!(store.has_layer(&kept_diff) && store.has_blob(&kept_blob) && store.has_blob(&cfg));
+}
