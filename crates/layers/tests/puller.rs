@@ -194,7 +194,10 @@ async fn registry_failure_mid_pull_leaves_nothing_behind() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(&reference.to_string()), "{err}");
-    assert!(err.contains("not found"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains(&missing.to_string()),
+        "{err}"
+    );
     assert!(names(&data.path().join("layers/sha256")).is_empty());
     assert!(names(&data.path().join("images")).is_empty());
     assert!(names(&data.path().join("tmp")).is_empty());
