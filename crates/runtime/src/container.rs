@@ -371,7 +371,7 @@ pub(crate) async fn remove_container(
         runtime.attacher.release(id, user)?;
     }
     if dir.exists() {
-        fs::remove_dir_all(dir).map_err(RuntimeError::io("removing", dir))?;
+        remove_tree(dir)?;
     }
     Ok(())
 }
@@ -406,4 +406,14 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Run
         .map_err(|e| RuntimeError::io("encoding", path)(std::io::Error::other(e)))?;
     fs::write(&tmp, bytes).map_err(RuntimeError::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(RuntimeError::io("renaming into place", path))
+}
+
+/// Removes a directory tree; one already gone (e.g. removed by a concurrent recovery) is fine.
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io("removing", dir)(e))
+        }
+        _ => Ok(()),
+    }
 }

@@ -61,7 +61,7 @@ impl PodSandbox {
     pub fn remove(&self) -> Result<(), RuntimeError> {
         let _ = rustix::mount::unmount(&self.netns, UnmountFlags::DETACH);
         if self.dir.exists() {
-            fs::remove_dir_all(&self.dir).map_err(RuntimeError::io("removing", &self.dir))?;
+            crate::container::remove_tree(&self.dir)?;
         }
         Ok(())
     }

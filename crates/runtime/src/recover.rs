@@ -66,15 +66,22 @@ impl Runtime {
                     continue;
                 }
                 warn!(container = %record.runc_id, "removing container abandoned by a dead imc process");
-                remove_container(
+                let removed = remove_container(
                     self,
                     &record.runc_id,
                     &dir,
                     &record.rootfs,
                     record.cache.as_ref(),
                 )
-                .await?;
-                report.containers.push(record.runc_id);
+                .await;
+                match removed {
+                    Ok(()) => report.containers.push(record.runc_id),
+                    // One stuck container must not keep the others (or the caches) uncleaned.
+                    Err(e) => {
+                        warn!(container = %record.runc_id, error = %e, "could not remove abandoned container");
+                        containers_left += 1;
+                    }
+                }
             }
             if containers_left == 0 && !pod_alive {
                 let uid = pod.file_name().to_string_lossy().into_owned();

@@ -58,12 +58,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .with_context(|| format!("invalid image reference {:?}", args.image))?;
     let runtime = Runtime::new(&args.data.data_dir)?;
-    let recovered = runtime
-        .recover()
-        .await
-        .context("cleaning up after an earlier crash")?;
-    if !recovered.containers.is_empty() || !recovered.caches.unmounted.is_empty() {
-        info!(containers = ?recovered.containers, caches = ?recovered.caches.unmounted, "cleaned up after an earlier crash");
+    // What a crashed imc left behind must not stop this container from starting.
+    match runtime.recover().await {
+        Ok(r) if !r.containers.is_empty() || !r.caches.unmounted.is_empty() => {
+            info!(containers = ?r.containers, caches = ?r.caches.unmounted, "cleaned up after an earlier crash");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cleaning up after an earlier crash"),
     }
 
     let me = std::process::id();
