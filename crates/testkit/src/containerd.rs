@@ -304,4 +304,59 @@ mod tests {
         drop(containerd);
         assert!(!dir.exists(), "{} removed on drop", dir.display());
     }
+
+    #[tokio::test]
+    async fn pulls_runs_and_removes_an_image_from_a_real_registry() {
+        use crate::image::{self, Format, ImageBuilder, LayerBuilder, Meta};
+        use crate::registry::{Auth, TestRegistry};
+
+        let registry = TestRegistry::start(Auth::None);
+        let busybox =
+            fs::read("/bin/busybox").expect("read /bin/busybox (apt-get install busybox-static)");
+        let layer = LayerBuilder::new()
+            .dir("bin")
+            .file_with("bin/busybox", busybox, Meta::mode(0o755))
+            .symlink("bin/sh", "busybox")
+            .build();
+        let built = ImageBuilder::new(Format::Oci).layer(layer).build();
+        image::install_crypto_provider();
+        image::push(&registry.host(), "test/busybox", "v1", &built, None)
+            .await
+            .expect("push");
+        let reference = format!("{}/test/busybox:v1", registry.host());
+
+        let containerd = Containerd::start(None).expect("containerd starts");
+        containerd.pull(&reference, true).expect("ctr images pull");
+        let listed = containerd
+            .ctr()
+            .args(["images", "ls"])
+            .output()
+            .expect("ctr images ls");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.contains(&built.manifest_digest.to_string()),
+            "{listed}"
+        );
+
+        let (_, output) = containerd
+            .run(
+                &reference,
+                "imc-testkit-run",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo hello from $(/bin/busybox basename $0)",
+                ],
+            )
+            .expect("ctr run");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from sh\n");
+
+        containerd.remove_image(&reference).expect("ctr images rm");
+        let listed = containerd
+            .ctr()
+            .args(["images", "ls", "-q"])
+            .output()
+            .expect("ctr images ls");
+        assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "");
+    }
 }

@@ -1285,6 +1285,114 @@ mod tests {
         );
     }
 
+    fn sha256(bytes: &[u8]) -> String {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn faults_in_front_of_a_real_registry() {
+        use crate::image::{self, Compression, Format, ImageBuilder, LayerBuilder};
+        use crate::registry::{Auth, TestRegistry};
+
+        let registry = TestRegistry::start(Auth::None);
+        let proxy = Proxy::start(&registry.host()).expect("proxy");
+        let layer = LayerBuilder::new()
+            .compression(Compression::None)
+            .file("data.bin", blob())
+            .build();
+        let built = ImageBuilder::new(Format::Oci).layer(layer).build();
+        image::install_crypto_provider();
+        // Pushing through the proxy proves request bodies (POST, PATCH, PUT) pass intact.
+        image::push(&proxy.host_port(), "test/faults", "v1", &built, None)
+            .await
+            .expect("push through the proxy");
+        let layer = &built.layers[0];
+        let blob_url = url(&proxy, &format!("/v2/test/faults/blobs/{}", layer.digest));
+        let client = client();
+
+        proxy.add_fault(
+            "/blobs/",
+            Fault::ResetAfter {
+                bytes: 100_000,
+                times: 1,
+            },
+        );
+        let (head, failed) = read_body(client.get(&blob_url).send().await.expect("get")).await;
+        assert!(failed);
+        assert_eq!(head.len(), 100_000);
+        // The real registry answers a Range request for the rest through the proxy.
+        let rest = client
+            .get(&blob_url)
+            .header("Range", format!("bytes={}-", head.len()))
+            .send()
+            .await
+            .expect("range get");
+        assert_eq!(rest.status(), 206);
+        let whole = [head, rest.bytes().await.expect("rest").to_vec()].concat();
+        assert_eq!(sha256(&whole), layer.digest.to_string());
+
+        proxy.add_fault(
+            "/blobs/",
+            Fault::Status {
+                code: 503,
+                times: 1,
+            },
+        );
+        assert_eq!(
+            client.get(&blob_url).send().await.expect("get").status(),
+            503
+        );
+
+        proxy.add_fault(
+            "/blobs/",
+            Fault::FlipByte {
+                offset: 5,
+                times: 1,
+            },
+        );
+        let corrupted = client
+            .get(&blob_url)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(corrupted.len(), layer.blob.len());
+        assert_ne!(sha256(&corrupted), layer.digest.to_string());
+
+        let clean = client
+            .get(&blob_url)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(sha256(&clean), layer.digest.to_string());
+        let manifest = client
+            .get(url(&proxy, "/v2/test/faults/manifests/v1"))
+            .header("Accept", built.manifest_media_type.as_str())
+            .send()
+            .await
+            .expect("manifest");
+        assert_eq!(
+            manifest.bytes().await.expect("manifest body").as_ref(),
+            built.manifest.as_slice()
+        );
+
+        let stats = proxy.stats();
+        assert_eq!(stats.faults_injected, 3);
+        assert_eq!(stats.range_requests, 1);
+        assert!(
+            proxy
+                .requests()
+                .iter()
+                .any(|r| r.method == "PATCH" || r.method == "PUT")
+        );
+    }
+
     #[test]
     fn dropping_the_proxy_closes_its_port() {
         let proxy = Proxy::start("127.0.0.1:9").expect("proxy");
