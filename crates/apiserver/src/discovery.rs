@@ -64,8 +64,8 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         if !d.short_names.is_empty() {
             r["shortNames"] = json!(d.short_names);
         }
-        if d.custom {
-            r["categories"] = json!(["all"]);
+        if !d.categories.is_empty() {
+            r["categories"] = json!(d.categories);
         }
         list.push(r);
         if d.status_subresource {
@@ -154,12 +154,9 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
         ] {
             patch_types.insert(ct.into(), json!({"schema": {"type": "object"}}));
         }
-        if !d.custom {
-            patch_types.insert(
-                "application/strategic-merge-patch+json".into(),
-                json!({"schema": {"type": "object"}}),
-            );
-        }
+        // Strategic merge patch is accepted for built-in kinds but not advertised here: the
+        // schemas served are permissive, so kubectl must compute its patches from its own
+        // compiled-in types rather than from this document.
         let base = format!("/{}", gv_path(&d.group, &d.version));
         let prefix = if d.namespaced {
             format!("{base}/namespaces/{{namespace}}")

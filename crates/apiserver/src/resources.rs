@@ -106,6 +106,8 @@ pub struct ResourceDef {
     pub singular: String,
     /// Short names (`imc`).
     pub short_names: Vec<String>,
+    /// Categories (`all` makes `kubectl get all` list the kind).
+    pub categories: Vec<String>,
     /// Whether objects live in namespaces.
     pub namespaced: bool,
     /// Has a `status` subresource: main writes keep status, status writes keep the rest.
@@ -138,6 +140,7 @@ impl ResourceDef {
             plural: plural.to_owned(),
             singular: kind.to_lowercase(),
             short_names: Vec::new(),
+            categories: Vec::new(),
             namespaced,
             status_subresource: false,
             log_subresource: false,
@@ -245,6 +248,7 @@ impl Resources {
             .short(&["po"])
             .with_status();
         pod.log_subresource = true;
+        pod.categories = vec!["all".into()];
         pod.columns = vec![
             Column::new("Ready", Cell::Func(pod_ready)),
             Column::new("Status", Cell::Func(pod_status)),
@@ -511,6 +515,7 @@ fn image_cache_def() -> ResourceDef {
         .clone()
         .unwrap_or_else(|| def.kind.to_lowercase());
     def.short_names = crd.spec.names.short_names.clone().unwrap_or_default();
+    def.categories = crd.spec.names.categories.clone().unwrap_or_default();
     def.custom = true;
     def.status_subresource = version
         .and_then(|v| v.subresources.as_ref())
