@@ -106,3 +106,33 @@ fn image_with_base_in_the_cache_pulls_only_its_top_layer() {
         "only the top layer unpacked"
     );
 }
+
+#[test]
+fn without_a_cache_the_whole_image_is_pulled_then_run() {
+    let reg = registry_with_images();
+    let node = tempfile::tempdir().unwrap();
+
+    let out = imc()
+        .arg("run")
+        .arg("--data-dir")
+        .arg(node.path())
+        .args(reg.flags())
+        .arg(&reg.partial)
+        .output()
+        .unwrap();
+
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "partial-top");
+    let mut layers = layers(node.path());
+    layers.sort();
+    let mut want = vec![
+        reg.base.diff_id.hex().to_string(),
+        reg.partial_top.diff_id.hex().to_string(),
+    ];
+    want.sort();
+    assert_eq!(layers, want);
+}
