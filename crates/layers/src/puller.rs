@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use imc_api::{Digest, Reference};
@@ -174,7 +173,7 @@ impl Puller {
         tracing::debug!(manifest = %resolved.manifest_digest, layers = resolved.layers.len(), "resolved");
 
         let semaphore = Semaphore::new(self.jobs);
-        let failed = AtomicBool::new(false);
+        let abort = Abort::default();
         let created = Mutex::new(Created::default());
         if config_created {
             lock(&created).blobs.insert(resolved.config.digest.clone());
@@ -184,12 +183,12 @@ impl Puller {
                 tracing::info_span!("layer", digest = %layer.blob.digest, diff_id = %layer.diff_id);
             let r = self
                 .pull_layer(
-                    image, &name, layer, skip_layer, progress, &semaphore, &failed, &created,
+                    image, &name, layer, skip_layer, progress, &semaphore, &abort, &created,
                 )
                 .instrument(span)
                 .await;
             if r.is_err() {
-                failed.store(true, Ordering::SeqCst);
+                abort.fire();
             }
             r
         }))
@@ -282,7 +281,7 @@ impl Puller {
         skip_layer: &(dyn Fn(&Digest) -> bool + Send + Sync),
         progress: &dyn PullProgress,
         semaphore: &Semaphore,
-        failed: &AtomicBool,
+        abort: &Abort,
         created: &Mutex<Created>,
     ) -> Result<LayerOutcome, LayerError> {
         let digest = &layer.blob.digest;
@@ -300,19 +299,15 @@ impl Puller {
                 return Ok(self.reused(name, layer, progress).await);
             }
             if !self.store.has_blob(digest) {
-                let _permit = semaphore
-                    .acquire()
-                    .await
-                    .map_err(|_| LayerError::Cancelled {
-                        image: name.to_owned(),
-                    })?;
-                if failed.load(Ordering::SeqCst) {
-                    return Err(LayerError::Cancelled {
-                        image: name.to_owned(),
-                    });
-                }
+                let cancelled = || LayerError::Cancelled {
+                    image: name.to_owned(),
+                };
+                let _permit = tokio::select! {
+                    permit = semaphore.acquire() => permit.map_err(|_| cancelled())?,
+                    () = abort.fired() => return Err(cancelled()),
+                };
                 let tmp = self.store.temp_path();
-                let fetched = async {
+                let fetch = async {
                     let mut file =
                         tokio::fs::File::create(&tmp)
                             .await
@@ -327,11 +322,23 @@ impl Puller {
                             progress.layer_progress(digest, n)
                         })
                         .await?;
-                    let store = self.store.clone();
-                    let (tmp, key) = (tmp.clone(), digest.clone());
-                    blocking(name, move || store.commit_blob(&tmp, &key)).await
-                }
-                .await;
+                    Ok(())
+                };
+                // Another layer failing stops this download at once (the file is removed
+                // below); the commit itself is not interrupted, so it is either done and
+                // recorded in `created` or not started.
+                let fetched = tokio::select! {
+                    r = fetch => r,
+                    () = abort.fired() => Err(cancelled()),
+                };
+                let fetched = match fetched {
+                    Ok(()) => {
+                        let store = self.store.clone();
+                        let (tmp, key) = (tmp.clone(), digest.clone());
+                        blocking(name, move || store.commit_blob(&tmp, &key)).await
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = fetched {
                     let _ = tokio::fs::remove_file(&tmp).await;
                     return Err(e);
@@ -340,7 +347,7 @@ impl Puller {
                 downloaded = layer.blob.size;
             }
         }
-        if failed.load(Ordering::SeqCst) {
+        if abort.is_fired() {
             return Err(LayerError::Cancelled {
                 image: name.to_owned(),
             });
@@ -400,6 +407,30 @@ impl Puller {
             downloaded: 0,
             unpacked_size,
         }
+    }
+}
+
+/// Tells the layers of one pull that another layer failed.
+struct Abort(tokio::sync::watch::Sender<bool>);
+
+impl Default for Abort {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl Abort {
+    fn fire(&self) {
+        self.0.send_replace(true);
+    }
+    fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+    /// Completes once [`Abort::fire`] has been called (at once if it was).
+    async fn fired(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = rx.wait_for(|fired| *fired).await;
     }
 }
 

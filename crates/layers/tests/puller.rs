@@ -203,3 +203,56 @@ async fn registry_failure_mid_pull_leaves_nothing_behind() {
     assert!(names(&data.path().join("tmp")).is_empty());
     assert!(names(&data.path().join("blobs/sha256")).is_empty());
 }
+
+#[tokio::test]
+async fn a_failing_layer_stops_the_other_downloads() {
+    let registry = TestRegistry::start(Auth::None);
+    let evil = LayerBuilder::new()
+        .compression(Compression::Gzip)
+        .hardlink("pw", "/etc/passwd")
+        .build();
+    let big = LayerBuilder::new()
+        .compression(Compression::None)
+        .file("big", noise(5, 8 << 20))
+        .build();
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(evil.clone())
+        .layer(big.clone())
+        .build();
+    imc_testkit::image::push(&registry.host(), "lib/evil", "1", &img, None)
+        .await
+        .unwrap();
+    // The big blob crawls (8 MiB at 256 KiB/s would take 32 s): only cancellation ends it early.
+    let proxy = imc_testkit::proxy::Proxy::start(&registry.host()).unwrap();
+    proxy.add_fault(
+        big.digest.hex(),
+        imc_testkit::proxy::Fault::Slow {
+            bytes_per_sec: 256 * 1024,
+        },
+    );
+    let client = Client::new(RegistryOptions {
+        plain_http: vec![proxy.host_port()],
+        ..Default::default()
+    })
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let puller = Puller::new(LayerStore::open(data.path()).unwrap(), client, 4);
+    let reference: Reference = format!("{}/lib/evil:1", proxy.host_port()).parse().unwrap();
+    let err = puller
+        .pull(&reference, &Platform::host(), &imc_layers::NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    // The real cause is reported, not the cancellation of the other layer.
+    assert!(
+        err.contains(&evil.digest.to_string()) && err.contains("\"pw\""),
+        "{err}"
+    );
+    assert!(
+        proxy.stats().bytes_to_client < big.blob.len() as u64,
+        "the big layer was downloaded in full"
+    );
+    assert!(names(&data.path().join("layers/sha256")).is_empty());
+    assert!(names(&data.path().join("blobs/sha256")).is_empty());
+    assert!(names(&data.path().join("tmp")).is_empty());
+}
