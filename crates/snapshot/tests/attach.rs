@@ -122,3 +122,49 @@ fn recover_detaches_a_disk_whose_users_died() {
     assert_eq!(mounts_of(&b_dir), 0);
     assert_eq!(loops_backed_by(&disk), 0);
 }
+
+#[test]
+fn directory_disk_is_attached_as_a_read_only_bind_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let d = Digest::of(b"layer");
+    let dir = root.join("layers/sha256").join(d.hex());
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("hello"), b"hi").unwrap();
+    let store = root.to_path_buf();
+    let builder = SnapshotBuilder::new(move |d: &Digest| store.join("layers/sha256").join(d.hex()));
+    let out = root.join("caches/dir-cache");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let image = BuildImage {
+        reference: "r.example/a:1".into(),
+        manifest_digest: Digest::of(b"m"),
+        config: serde_json::json!({}),
+        layers: vec![d.clone()],
+    };
+    let options = BuildOptions {
+        output: out.clone(),
+        size_limit: 1 << 30,
+        backend: BackendChoice::Directory,
+        work_dir: root.join("tmp"),
+    };
+    builder.build(&[image], &options).unwrap();
+    let attacher = Attacher::new(root).unwrap();
+
+    let a = attacher
+        .attach(&out, CacheUser::current_process("pod-a"))
+        .unwrap();
+
+    assert_eq!(mounts_of(&a.mount_point), 1);
+    assert_eq!(
+        fs::read(a.layer_dir(&d).unwrap().join("hello")).unwrap(),
+        b"hi"
+    );
+    let err = fs::write(a.layer_dir(&d).unwrap().join("hello"), b"changed").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert!(attacher.release(&a.id, "pod-a").unwrap());
+    assert_eq!(mounts_of(&a.mount_point), 0);
+    assert_eq!(
+        fs::read(out.join("layers/sha256").join(d.hex()).join("hello")).unwrap(),
+        b"hi"
+    );
+}
