@@ -451,3 +451,57 @@ async fn blocking<T: Send + 'static>(
             reason: e.to_string(),
         })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Controllers run pulls on spawned tasks: the future must be `Send`.
+    #[test]
+    fn pull_future_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        fn check(p: &Puller, r: &Reference, pl: &Platform) {
+            let skip = |_: &Digest| false;
+            let f = p.pull_with(r, pl, &skip, &NoProgress);
+            is_send(&f);
+        }
+        let _ = check;
+    }
+
+    #[test]
+    fn report_json_has_the_agreed_shape() {
+        let d = Digest::of(b"x");
+        let report = PullReport {
+            reference: "example.com/a:1".into(),
+            manifest_digest: d.clone(),
+            config_digest: d.clone(),
+            layers: vec![PulledLayer {
+                digest: d.clone(),
+                diff_id: d.clone(),
+                size: 3,
+                reused: true,
+            }],
+            downloaded_bytes: 0,
+            seconds: 0.5,
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        // Sorted: serde_json may keep insertion order when another crate enables it.
+        let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "configDigest",
+                "downloadedBytes",
+                "layers",
+                "manifestDigest",
+                "reference",
+                "seconds"
+            ]
+        );
+        let mut layer: Vec<&String> = v["layers"][0].as_object().unwrap().keys().collect();
+        layer.sort();
+        assert_eq!(layer, ["diffId", "digest", "reused", "size"]);
+        assert_eq!(report.reused_bytes(), 3);
+    }
+}
