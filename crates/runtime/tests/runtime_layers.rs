@@ -25,7 +25,7 @@ fn base_layer(root: &Path) -> Digest {
         .expect("busybox-static must be installed (/bin/busybox)");
     for applet in [
         "sh", "cat", "ls", "echo", "stat", "readlink", "id", "touch", "rm", "mkdir", "sleep",
-        "test", "sync",
+        "test", "sync", "wc",
     ] {
         symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
@@ -239,4 +239,39 @@ async fn containers_of_one_pod_share_a_private_network_namespace_with_loopback_u
         a1.lines().skip(1).collect::<Vec<_>>(),
         vec!["unknown", "lo"]
     );
+}
+
+#[tokio::test]
+async fn an_image_with_more_layers_than_a_mount_option_page_holds_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut layers = vec![base_layer(root)];
+    // 81 layers × ~95-byte paths: ~7.7 KB of lower dirs, over the 4 KB mount(2) option limit.
+    for i in 0..80 {
+        let d = Digest::of(format!("layer-{i}").as_bytes());
+        let dir = layer_dir(root, &d);
+        fs::create_dir_all(dir.join("l")).unwrap();
+        fs::write(dir.join("l").join(format!("{i:02}")), i.to_string()).unwrap();
+        // Each layer also replaces /l/top, so the topmost must win.
+        fs::write(dir.join("l/top"), i.to_string()).unwrap();
+        layers.push(d);
+    }
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox("pod-many", std::process::id())
+        .unwrap();
+
+    let (code, log) = run_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        "main",
+        "ls /l | wc -l; cat /l/top",
+    )
+    .await;
+    pod.remove().unwrap();
+
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(log, "81\n79");
 }
