@@ -90,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cache_dir = PathBuf::from(&cli.cache_dir);
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("create {}", cache_dir.display()))?;
+    let cache_dir = cache_dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", cache_dir.display()))?;
     match cli.command {
         BenchCommand::Image { push } => {
             let image = ReferenceImage::ensure(&cache_dir)?;
@@ -115,10 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             work_dir,
             json,
         } => {
+            // A relative path would not survive `Command::current_dir`; resolve it now.
+            let imc = std::path::absolute(&imc).with_context(|| format!("resolve {imc}"))?;
             let options = pull_bench::PullOptions {
                 cache_dir,
                 work_dir,
-                imc: PathBuf::from(imc),
+                imc,
                 bandwidth,
                 latency,
                 runs,

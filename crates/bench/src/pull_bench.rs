@@ -232,10 +232,16 @@ pub fn run(options: &PullOptions) -> anyhow::Result<PullReport> {
     }
     for run in 1..=options.link_runs {
         eprintln!("{link} run {run}/{}", options.link_runs);
+        // What crossed the link, to see a client that fetches more than the image.
+        let sent = || proxy.stats().bytes_to_client;
+        let before = sent();
         ctr_link.push(bench.ctr_pull(&proxy.host_port())?);
+        eprintln!("    ctr fetched {} MB over the link", mb(sent() - before));
+        let before = sent();
         if let Some(imc) = bench.imc_pull(&proxy.host_port())? {
             imc_link.push(imc.seconds);
             rss.push(imc.peak_rss_mb);
+            eprintln!("    imc fetched {} MB over the link", mb(sent() - before));
         }
     }
     let curl_link = if options.link_runs > 0 {
@@ -253,6 +259,7 @@ pub fn run(options: &PullOptions) -> anyhow::Result<PullReport> {
             baseline_name: baseline_name.to_owned(),
             baseline: median(baseline),
             target,
+            aggregate: "median",
             imc_runs: imc.to_vec(),
             baseline_runs: baseline.to_vec(),
         };
@@ -297,6 +304,7 @@ pub fn run(options: &PullOptions) -> anyhow::Result<PullReport> {
         baseline_name: String::new(),
         baseline: None,
         target: Target::Below(150.0),
+        aggregate: "max",
         imc_runs: rss.clone(),
         baseline_runs: vec![],
     });

@@ -26,7 +26,9 @@ pub struct Figure {
     pub baseline_name: String,
     pub baseline: Option<f64>,
     pub target: Target,
-    /// Every run's value, for imc and the baseline (the table shows medians).
+    /// How the runs are summarised: "median" or "max".
+    pub aggregate: &'static str,
+    /// Every run's value, for imc and the baseline (the table shows the aggregate).
     pub imc_runs: Vec<f64>,
     pub baseline_runs: Vec<f64>,
 }
@@ -61,9 +63,9 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn value(v: Option<f64>, unit: &str, runs: usize) -> String {
+fn value(v: Option<f64>, unit: &str, runs: usize, aggregate: &str) -> String {
     match v {
-        Some(v) if runs > 1 => format!("{v:.2} {unit} (median of {runs})"),
+        Some(v) if runs > 1 => format!("{v:.2} {unit} ({aggregate} of {runs})"),
         Some(v) => format!("{v:.2} {unit}"),
         None => "-".to_owned(),
     }
@@ -93,13 +95,13 @@ pub fn render(figures: &[Figure], imc_note: Option<&str>) -> String {
             Some(_) => format!(
                 "{}: {}",
                 f.baseline_name,
-                value(f.baseline, f.unit, f.baseline_runs.len())
+                value(f.baseline, f.unit, f.baseline_runs.len(), f.aggregate)
             ),
             None => "-".to_owned(),
         };
         let imc = match (f.imc, imc_note) {
             (None, Some(_)) => "n/a".to_owned(),
-            _ => value(f.imc, f.unit, f.imc_runs.len()),
+            _ => value(f.imc, f.unit, f.imc_runs.len(), f.aggregate),
         };
         rows.push([
             f.name.clone(),
@@ -145,6 +147,7 @@ mod tests {
             baseline_name: "ctr".into(),
             baseline,
             target,
+            aggregate: "median",
             imc_runs: imc.into_iter().collect(),
             baseline_runs: baseline.into_iter().collect(),
         }
