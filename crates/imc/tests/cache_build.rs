@@ -165,3 +165,42 @@ fn missing_mkfs_erofs_is_a_clear_error_or_a_logged_directory_fallback() {
         reg.busybox.as_str()
     );
 }
+
+#[test]
+fn json_output_reports_the_build_and_reuse() {
+    let reg = registry_with_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let build = |output: &str| {
+        let out = imc()
+            .args(["cache", "build", "-o", "json", "--data-dir"])
+            .arg(tmp.path())
+            .args(reg.flags())
+            .args(["--image", &reg.busybox, "--image", &reg.partial, "--output"])
+            .arg(tmp.path().join(output))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+
+    let first = build("one.erofs");
+    let second = build("two.erofs");
+
+    assert_eq!(first["build"]["backend"], "erofs");
+    assert_eq!(first["build"]["layers"], 2);
+    assert_eq!(first["build"]["images"], 2);
+    assert!(first["pulls"][0]["downloadedBytes"].as_u64().unwrap() > 0);
+    // The second build reuses every layer from the store: nothing downloaded.
+    let downloaded: u64 = second["pulls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["downloadedBytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(downloaded, 0);
+    assert_eq!(first["build"]["diskId"], second["build"]["diskId"]);
+}
