@@ -103,6 +103,15 @@ fn pod_grace_period(def: &ResourceDef, obj: &Value, options: &Value) -> Option<i
     )
 }
 
+/// Where a patch goes and who sends it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PatchTarget<'a> {
+    /// `Some("status")` for the status subresource.
+    pub sub: Option<&'a str>,
+    /// The `fieldManager` (required for server-side apply).
+    pub manager: Option<&'a str>,
+}
+
 /// Query options of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListOptions {
@@ -290,11 +299,17 @@ impl ApiServer {
     }
 
     /// Creates an object (POST).
-    pub async fn create(
+    pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
+        self.create_inner(def, ns, obj, false).await
+    }
+
+    /// Creates an object; `keep_managed` keeps the managedFields server-side apply computed.
+    async fn create_inner(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         mut obj: Value,
+        keep_managed: bool,
     ) -> Result<Value> {
         Self::check_type(def, &mut obj)?;
         let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
@@ -338,10 +353,12 @@ impl ApiServer {
                     "resourceVersion",
                     "deletionTimestamp",
                     "deletionGracePeriodSeconds",
-                    "managedFields",
                     "selfLink",
                 ] {
                     meta.remove(f);
+                }
+                if !keep_managed {
+                    meta.remove("managedFields");
                 }
                 meta.insert("uid".into(), json!(new_uid()));
                 meta.insert("creationTimestamp".into(), json!(clock::now_time()));
@@ -433,6 +450,9 @@ impl ApiServer {
         }
         let mut new = if sub == Some("status") {
             let mut new = old.clone();
+            if let Some(m) = incoming.pointer("/metadata/managedFields") {
+                new["metadata"]["managedFields"] = m.clone();
+            }
             match incoming.get("status") {
                 Some(s) => new["status"] = s.clone(),
                 None => {
@@ -556,8 +576,9 @@ impl ApiServer {
         name: &str,
         patch_type: PatchType,
         body: &[u8],
-        sub: Option<&str>,
+        target: PatchTarget<'_>,
     ) -> Result<Value> {
+        let PatchTarget { sub, manager } = target;
         if patch_type == PatchType::Strategic && def.custom {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({} does not support strategic merge patch)",
@@ -578,7 +599,20 @@ impl ApiServer {
                     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.insert("name".into(), json!(name));
                     }
-                    return self.create(def, ns, obj).await;
+                    if let Some(manager) = manager {
+                        let scope = def.status_subresource.then_some(false);
+                        let set = crate::managed_fields::field_set(&body, scope);
+                        let api_version = def.api_version();
+                        crate::managed_fields::apply(
+                            &mut obj,
+                            &json!({}),
+                            manager,
+                            &api_version,
+                            None,
+                            set,
+                        );
+                    }
+                    return self.create_inner(def, ns, obj, true).await;
                 }
                 return Err(Self::not_found(def, name));
             };
@@ -592,8 +626,27 @@ impl ApiServer {
                     let mut config = body.clone();
                     if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.remove("resourceVersion");
+                        m.remove("managedFields");
                     }
-                    patch::apply(&mut new, &config)
+                    patch::apply(&mut new, &config);
+                    let scope = match (sub, def.status_subresource) {
+                        (Some("status"), _) => Some(true),
+                        (None, true) => Some(false),
+                        _ => None,
+                    };
+                    let manager = manager.ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "PATCH with apply-patch+yaml requires a fieldManager".into(),
+                        )
+                    })?;
+                    crate::managed_fields::apply(
+                        &mut new,
+                        &old,
+                        manager,
+                        &def.api_version(),
+                        sub,
+                        crate::managed_fields::field_set(&config, scope),
+                    );
                 }
             }
             // A resourceVersion in the patch is a precondition, as in Kubernetes.

@@ -301,7 +301,17 @@ async fn route(
                 .unwrap_or("");
             let patch_type = PatchType::from_content_type(ct)?;
             Ok(ok(api
-                .patch(&def, ns, name, patch_type, &body, sub)
+                .patch(
+                    &def,
+                    ns,
+                    name,
+                    patch_type,
+                    &body,
+                    crate::handler::PatchTarget {
+                        sub,
+                        manager: query.get("fieldManager").map(String::as_str),
+                    },
+                )
                 .await?))
         }
         (&Method::DELETE, Some(name)) => {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod logs;
+pub mod managed_fields;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

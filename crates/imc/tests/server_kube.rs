@@ -369,3 +369,57 @@ async fn owned_objects_are_collected_with_their_owner() {
     .await
     .expect("the dependent was never collected");
 }
+
+#[tokio::test]
+async fn server_side_apply_removes_fields_its_manager_gave_up() {
+    let (_s, client) = start(None).await;
+    let api: Api<ImageCache> = Api::all(client);
+    let pp = PatchParams::apply("imc-test").force();
+    let spec = |retention: Option<i32>| {
+        let mut spec = json!({"images": ["registry.example/ns/app:1"]});
+        if let Some(r) = retention {
+            spec["retentionDays"] = json!(r);
+        }
+        json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+            "metadata": {"name": "ssa", "labels": {"a": "1"}}, "spec": spec})
+    };
+    api.patch("ssa", &pp, &Patch::Apply(spec(Some(7))))
+        .await
+        .unwrap();
+    let o = api
+        .patch("ssa", &pp, &Patch::Apply(spec(None)))
+        .await
+        .unwrap();
+    assert_eq!(o.spec.retention_days, None);
+    assert_eq!(o.spec.image_cache_size, Some(20), "server defaults stay");
+    assert_eq!(o.labels().get("a").map(String::as_str), Some("1"));
+
+    let status = |s: serde_json::Value| json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache", "status": s});
+    api.patch_status(
+        "ssa",
+        &pp,
+        &Patch::Apply(status(
+            json!({"phase": "Failed", "reason": "PullFailed", "message": "registry answered 500"}),
+        )),
+    )
+    .await
+    .unwrap();
+    let o = api
+        .patch_status(
+            "ssa",
+            &pp,
+            &Patch::Apply(status(json!({"phase": "Ready", "progress": "100%"}))),
+        )
+        .await
+        .unwrap();
+    let st = o.status.unwrap();
+    assert_eq!(
+        (st.phase.map(|p| p.as_str()), st.reason, st.message),
+        (Some("Ready"), None, None)
+    );
+    assert_eq!(
+        o.spec.image_cache_size,
+        Some(20),
+        "a status apply leaves the spec alone"
+    );
+}
