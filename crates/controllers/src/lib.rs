@@ -2,6 +2,7 @@
 //! real cluster alike: pod admission (cache choice), cache lifecycle, and the node.
 
 pub mod admission;
+pub mod cache;
 pub mod cache_status;
 pub mod manager;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Wiring: the shared [`Context`] every controller receives, and [`start`], which runs them all.
+//! Wiring: the shared [`Context`] every controller receives, and [`run`], which runs them all.
 //!
 //! The controllers talk to the Kubernetes API only through a `kube::Client`, so the same code
 //! runs inside `imc server` (a client of the embedded API server over loopback HTTPS) and against
@@ -26,6 +26,21 @@ pub struct Settings {
     pub platform: Platform,
     /// Parallel layer downloads per pull.
     pub jobs: usize,
+    /// Added to the wall clock wherever a controller asks for "now" (retention). Zero in
+    /// production; tests move time forward with the hidden `imc server --clock-offset-seconds`.
+    pub clock_offset: jiff::SignedDuration,
+    /// Bytes in one GiB of `imageCacheSize`. `1 << 30` in production; tests shrink it with the
+    /// hidden `imc server --gib-bytes` so "20 GiB" can be exceeded by a small image.
+    pub gib_bytes: u64,
+}
+
+impl Settings {
+    /// The controllers' notion of now: the wall clock plus [`Settings::clock_offset`].
+    pub fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+            .checked_add(self.clock_offset)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+    }
 }
 
 /// What every reconcile gets.
@@ -34,6 +49,17 @@ pub struct Context {
     pub settings: Settings,
     pub layers: LayerStore,
     pub metrics: Arc<Metrics>,
+}
+
+/// Runs every controller of this process until they all stop (they normally never do).
+pub async fn run(ctx: Arc<Context>) {
+    // One task per controller, so one that ends (or panics) does not stop the others.
+    let tasks = vec![tokio::spawn(crate::cache::run(ctx.clone()))];
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "a controller stopped");
+        }
+    }
 }
 
 impl Context {

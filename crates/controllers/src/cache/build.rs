@@ -1,0 +1,190 @@
+//! One cache build, run as its own task (it takes minutes; reconcile returns at once): pull every
+//! image into the layer store (layers held already are not downloaded), write the disk, then flip
+//! the status to `Ready`. Transient registry failures are retried here with backoff; the status
+//! says so meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imc_api::image_cache::CachedImage;
+use imc_api::{CacheId, ImageCache, Reference};
+use imc_layers::Puller;
+use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
+use tracing::Instrument;
+
+use super::controller::CacheController;
+use super::disk;
+use super::error::CacheError;
+use super::progress::Tracker;
+use super::pull_config::pull_config;
+use crate::cache_status::BuildOutcome;
+
+/// How often progress is written to the status at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Retry delays of transient failures: 5 s doubling to 5 min.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// What to build.
+pub struct BuildJob {
+    pub name: String,
+    pub generation: i64,
+    pub cache: Arc<ImageCache>,
+    pub id: CacheId,
+    /// Where the disk goes.
+    pub disk: PathBuf,
+    /// The progress the status showed when this build (re)started.
+    pub progress_floor: u32,
+}
+
+/// Runs `job` until it is Ready or failed for good.
+pub async fn run(ctrl: Arc<CacheController>, job: BuildJob) {
+    let span = tracing::info_span!("cache_build", cache = %job.name, id = %job.id, generation = job.generation);
+    async {
+        let tracker = Arc::new(Tracker::new(job.progress_floor));
+        let mut retry = FIRST_RETRY;
+        loop {
+            match build_once(&ctrl, &job, &tracker).await {
+                Ok(outcome) => {
+                    ctrl.finish_ready(&job, &outcome).await;
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?retry, "build failed, will retry");
+                    ctrl.note_retry(&job, &e, retry).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "build failed");
+                    ctrl.finish_failed(&job, &e).await;
+                    break;
+                }
+            }
+        }
+        ctrl.build_ended(&job.name, job.generation);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Aborts the progress writer when the attempt ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn build_once(
+    ctrl: &Arc<CacheController>,
+    job: &BuildJob,
+    tracker: &Arc<Tracker>,
+) -> Result<BuildOutcome, CacheError> {
+    let ctx = &ctrl.ctx;
+    let cache = &job.cache;
+    let (options, platform) = pull_config(&ctx.client, &ctx.settings, cache).await?;
+    let client = imc_registry::Client::new(options)?;
+    let mut references = Vec::with_capacity(cache.spec.images.len());
+    for image in &cache.spec.images {
+        let reference = image
+            .parse::<Reference>()
+            .map_err(|e| CacheError::BadImage {
+                cache: job.name.clone(),
+                image: image.clone(),
+                reason: e.to_string(),
+            })?;
+        references.push(reference);
+    }
+
+    // Resolving first gives the total for the progress bar and fails fast on a missing image.
+    let mut total = 0u64;
+    for reference in &references {
+        let resolved = client.resolve(reference, &platform).await?;
+        total += resolved.layers.iter().map(|l| l.blob.size).sum::<u64>();
+    }
+    tracker.reset(total);
+    let writer = {
+        let ctrl = ctrl.clone();
+        let tracker = tracker.clone();
+        let name = job.name.clone();
+        let floor = job.progress_floor;
+        AbortOnDrop(tokio::spawn(async move {
+            let mut shown = floor;
+            loop {
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
+                let now = tracker.percent();
+                if now > shown {
+                    shown = now;
+                    ctrl.patch_progress(&name, now).await;
+                }
+            }
+        }))
+    };
+
+    let puller = Puller::new(ctx.layers.clone(), client, ctx.settings.jobs);
+    let mut outcome = BuildOutcome::default();
+    let mut build_images = Vec::with_capacity(references.len());
+    for (reference, image) in references.iter().zip(&cache.spec.images) {
+        let report = puller
+            .pull(reference, &platform, tracker.as_ref())
+            .await
+            .map_err(|source| CacheError::Pull {
+                image: reference.to_string(),
+                source: Box::new(source),
+            })?;
+        tracker.image_pulled();
+        ctx.metrics.downloaded(report.downloaded_bytes);
+        outcome.downloaded_bytes += report.downloaded_bytes;
+        outcome.reused_layers += report.layers.iter().filter(|l| l.reused).count() as u32;
+        outcome.images.push(CachedImage {
+            image: image.clone(),
+            digest: report.manifest_digest.to_string(),
+            layers: report.layers.iter().map(|l| l.digest.to_string()).collect(),
+            size: Some(report.layers.iter().map(|l| l.size).sum::<u64>() as i64),
+        });
+        let record = ctx
+            .layers
+            .image(reference)?
+            .ok_or_else(|| CacheError::Task {
+                cache: job.name.clone(),
+                reason: format!("image {reference} missing from the layer store after its pull"),
+            })?;
+        build_images.push(BuildImage {
+            reference: record.reference.clone(),
+            manifest_digest: record.manifest_digest.clone(),
+            config: record.config.clone(),
+            layers: record.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        });
+        tracing::info!(image = %reference, downloaded = report.downloaded_bytes, "image pulled");
+    }
+    tracker.all_pulled();
+
+    let caches = disk::caches_dir(&ctx.settings.data_dir);
+    std::fs::create_dir_all(&caches).map_err(|cause| CacheError::Io {
+        action: "creating",
+        path: caches.clone(),
+        cause,
+    })?;
+    let store = ctx.layers.clone();
+    let builder = SnapshotBuilder::new(move |d| store.layer_path(d));
+    let options = BuildOptions {
+        output: job.disk.clone(),
+        size_limit: (cache.spec.size_gib().max(0) as u64).saturating_mul(ctx.settings.gib_bytes),
+        backend: BackendChoice::Auto,
+        // Staging hard-links from the layer store, so it must be on the same filesystem.
+        work_dir: ctx.settings.data_dir.join("tmp"),
+    };
+    let report = tokio::task::spawn_blocking(move || builder.build(&build_images, &options))
+        .await
+        .map_err(|e| CacheError::Task {
+            cache: job.name.clone(),
+            reason: e.to_string(),
+        })??;
+    drop(writer);
+    outcome.disk_bytes = report.disk_size;
+    tracing::info!(disk = %report.output.display(), bytes = report.disk_size, "cache disk written");
+    Ok(outcome)
+}

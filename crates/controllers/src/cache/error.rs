@@ -1,0 +1,127 @@
+//! Why a cache could not be reconciled or built, in the user's terms. The text of a build error
+//! becomes `status.message`, so each variant names the cache, image, secret or path concerned.
+
+use std::path::PathBuf;
+
+/// Errors of the cache controller.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A call to the Kubernetes API failed.
+    #[error("ImageCache {cache}: {action}: {source}")]
+    Kube {
+        cache: String,
+        action: &'static str,
+        source: kube::Error,
+    },
+    /// A pull secret named in `imagePullSecrets` does not exist.
+    #[error("pull secret {secret} (namespace:name) of ImageCache {cache} not found")]
+    MissingSecret { cache: String, secret: String },
+    /// A pull secret exists but is not a usable `kubernetes.io/dockerconfigjson` Secret.
+    #[error("pull secret {secret} of ImageCache {cache}: {reason}")]
+    BadSecret {
+        cache: String,
+        secret: String,
+        reason: String,
+    },
+    /// An image of the spec is not a valid reference.
+    #[error("image {image:?} of ImageCache {cache}: {reason}")]
+    BadImage {
+        cache: String,
+        image: String,
+        reason: String,
+    },
+    /// The `imc-cpu-arch` annotation is not a platform.
+    #[error("annotation k8s.aliyun.com/imc-cpu-arch={value:?} of ImageCache {cache}: {reason}")]
+    BadPlatform {
+        cache: String,
+        value: String,
+        reason: String,
+    },
+    /// The registry client could not be set up, or the registry refused or failed.
+    #[error(transparent)]
+    Registry(Box<imc_registry::RegistryError>),
+    /// Pulling an image into the layer store failed.
+    #[error("pulling {image}: {source}")]
+    Pull {
+        image: String,
+        source: Box<imc_layers::LayerError>,
+    },
+    /// The layer store could not be read.
+    #[error(transparent)]
+    Layers(Box<imc_layers::LayerError>),
+    /// Writing the cache disk failed (this includes a cache larger than `imageCacheSize`).
+    #[error(transparent)]
+    Snapshot(#[from] imc_snapshot::SnapshotError),
+    /// A file of the data directory could not be handled.
+    #[error("{action} {}: {cause}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// The cache is being deleted but pods still use its disk; deletion waits for them.
+    #[error("ImageCache {cache}: disk {} is still used by {users} pod(s)", disk.display())]
+    DiskInUse {
+        cache: String,
+        disk: PathBuf,
+        users: usize,
+    },
+    /// A blocking task of the build died.
+    #[error("ImageCache {cache}: build task failed: {reason}")]
+    Task { cache: String, reason: String },
+    /// The finalizer helper failed (adding or removing the finalizer, or apply/cleanup).
+    #[error(transparent)]
+    Finalizer(#[from] Box<kube::runtime::finalizer::Error<CacheError>>),
+}
+
+impl From<imc_registry::RegistryError> for CacheError {
+    fn from(e: imc_registry::RegistryError) -> Self {
+        CacheError::Registry(Box::new(e))
+    }
+}
+
+impl From<imc_layers::LayerError> for CacheError {
+    fn from(e: imc_layers::LayerError) -> Self {
+        CacheError::Layers(Box::new(e))
+    }
+}
+
+impl CacheError {
+    /// Whether trying the build again later may succeed: registry answers that
+    /// `RegistryError::is_transient` calls transient (429, 5xx, resets, timeouts), and API
+    /// calls that failed on the way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CacheError::Registry(e) => e.is_transient(),
+            CacheError::Pull { source, .. } | CacheError::Layers(source) => match source.as_ref() {
+                imc_layers::LayerError::Registry(e) => e.is_transient(),
+                _ => false,
+            },
+            CacheError::Kube { .. } | CacheError::Task { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A short CamelCase reason for `status.reason` and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CacheError::MissingSecret { .. } | CacheError::BadSecret { .. } => "PullSecretInvalid",
+            CacheError::BadImage { .. } | CacheError::BadPlatform { .. } => "InvalidSpec",
+            CacheError::Registry(_) | CacheError::Pull { .. } => "PullFailed",
+            CacheError::Snapshot(imc_snapshot::SnapshotError::TooLarge { .. }) => {
+                "CacheSizeExceeded"
+            }
+            CacheError::Snapshot(_) => "DiskBuildFailed",
+            _ => "BuildFailed",
+        }
+    }
+
+    pub(crate) fn kube(cache: &str, action: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        let cache = cache.to_owned();
+        move |source| CacheError::Kube {
+            cache,
+            action,
+            source,
+        }
+    }
+}
