@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use crate::index::INDEX_FILE;
+use crate::index::{INDEX_FILE, layer_location};
 use crate::{CacheIndex, SnapshotError, loop_device};
 
 /// EROFS superblock magic, little-endian at byte 1024.
@@ -123,8 +123,25 @@ pub(crate) fn read_index(disk: &Path, root: &Path) -> Result<CacheIndex, Snapsho
         path: disk.to_path_buf(),
         reason: format!("reading {INDEX_FILE}: {e}"),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| SnapshotError::InvalidIndex {
-        path: disk.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let index: CacheIndex =
+        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::InvalidIndex {
+            path: disk.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    // A disk may come from elsewhere: a layer path is only ever `layers/sha256/<diffID hex>`,
+    // so no index can point a container's lower dir outside the disk.
+    for layer in &index.layers {
+        if layer.path != layer_location(&layer.diff_id) {
+            return Err(SnapshotError::InvalidIndex {
+                path: disk.to_path_buf(),
+                reason: format!(
+                    "layer {} has path {:?}, expected {:?}",
+                    layer.diff_id,
+                    layer.path,
+                    layer_location(&layer.diff_id)
+                ),
+            });
+        }
+    }
+    Ok(index)
 }

@@ -238,3 +238,27 @@ fn missing_layer_names_image_and_digest() {
         "{msg}"
     );
 }
+
+#[test]
+fn an_index_pointing_outside_the_disk_is_rejected() {
+    let (tmp, store) = store();
+    let base = store.layer("base", &[("f", b"x")]);
+    let out = tmp.path().join("evil");
+    store
+        .builder()
+        .build(
+            &[image("r.example/a:1", &[&base])],
+            &store.options(&out, BackendChoice::Directory),
+        )
+        .unwrap();
+    let index_path = out.join("index.json");
+    let text = fs::read_to_string(&index_path)
+        .unwrap()
+        .replace(&format!("layers/sha256/{}", base.hex()), "../../../etc");
+    fs::write(&index_path, text).unwrap();
+
+    let err = SnapshotDisk::inspect(&out).unwrap_err();
+
+    assert!(matches!(err, SnapshotError::InvalidIndex { .. }), "{err}");
+    assert!(err.to_string().contains("../../../etc"), "{err}");
+}
