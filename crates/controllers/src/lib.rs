@@ -2,9 +2,11 @@
 //! real cluster alike: pod admission (cache choice), cache lifecycle, and the node.
 
 pub mod admission;
+pub mod admission_hook;
 pub mod cache;
 pub mod cache_status;
 pub mod manager;
 pub mod metrics;
+pub mod node;
 pub mod quantity;
 pub mod retention;

@@ -1,0 +1,371 @@
+//! Pod admission as a hook (DESIGN §4): keeps an up-to-date view of every ImageCache, runs the
+//! pure [`admission::decide`] on each new pod and answers with a JSON patch (the matched cache
+//! annotation and the node the pod is bound to) or a denial.
+//!
+//! The same [`PodAdmission::admit`] serves the embedded server's hook point and, through
+//! [`PodAdmission::review`], an HTTPS `AdmissionReview` webhook in cluster mode.
+
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use imc_api::annotations::MATCHED_IMAGE_CACHE;
+use imc_api::{Digest, ImageCache, Reference};
+use imc_matching::CacheIndex;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::admission::{self, Decision};
+
+/// The caches admission decides on, and the matching index over them.
+#[derive(Default)]
+struct Snapshot {
+    caches: Vec<ImageCache>,
+    index: CacheIndex,
+}
+
+/// Every ImageCache as last seen, rebuilt into a [`CacheIndex`] whenever one changes.
+#[derive(Clone, Default)]
+pub struct CacheView {
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+impl CacheView {
+    /// A view kept current by a watcher on ImageCaches through `client` (runs until the process
+    /// ends; the watcher reconnects by itself after errors).
+    pub fn watch(client: kube::Client) -> Self {
+        let view = CacheView::default();
+        let (store, writer) = reflector::store::<ImageCache>();
+        let api: kube::Api<ImageCache> = kube::Api::all(client);
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        let updated = view.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    // Rebuilt after every change: the index is cheap to build and admission
+                    // must never decide on a cache state older than what the watch delivered.
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+                    | Ok(watcher::Event::InitDone) => {
+                        updated.set(store.state().iter().map(|c| (**c).clone()).collect());
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "watching image caches"),
+                }
+            }
+        });
+        view
+    }
+
+    /// Replaces the caches (tests and the watcher).
+    pub fn set(&self, caches: Vec<ImageCache>) {
+        let index = CacheIndex::new(caches.iter().filter_map(admission::cache_entry).collect());
+        let snapshot = Arc::new(Snapshot { caches, index });
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// The cache whose `status.imageCacheId` is `id`, as last seen.
+    pub fn by_id(&self, id: &str) -> Option<ImageCache> {
+        self.current()
+            .caches
+            .iter()
+            .find(|c| c.status.as_ref().and_then(|s| s.image_cache_id.as_deref()) == Some(id))
+            .cloned()
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Layers of an image the node already knows (from an earlier pull), for the "bytes already
+/// held" ranking rule.
+pub type KnownLayers = Arc<dyn Fn(&Reference) -> Vec<(Digest, u64)> + Send + Sync>;
+
+/// An admission function as the embedded server's hook point takes it.
+pub type AdmissionFn =
+    Arc<dyn Fn(&AdmissionRequest<DynamicObject>) -> AdmissionResponse + Send + Sync>;
+
+/// The pod admission function of one node.
+#[derive(Clone)]
+pub struct PodAdmission {
+    view: CacheView,
+    node_name: String,
+    known_layers: KnownLayers,
+}
+
+impl PodAdmission {
+    /// Admission deciding on `view`, binding admitted pods to `node_name`.
+    pub fn new(view: CacheView, node_name: impl Into<String>, known_layers: KnownLayers) -> Self {
+        Self {
+            view,
+            node_name: node_name.into(),
+            known_layers,
+        }
+    }
+
+    /// As an [`AdmissionFn`] for the embedded server's hook point.
+    pub fn into_fn(self) -> AdmissionFn {
+        Arc::new(move |req| self.admit(req))
+    }
+
+    /// Decides one request: pod CREATE gets the matched cache annotation and the node, or is
+    /// denied; anything else is allowed untouched.
+    pub fn admit(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        if req.operation != Operation::Create
+            || req.kind.kind != "Pod"
+            || !req.kind.group.is_empty()
+        {
+            return resp;
+        }
+        let Some(object) = &req.object else {
+            return resp;
+        };
+        let value = match serde_json::to_value(object) {
+            Ok(v) => v,
+            Err(e) => return resp.deny(format!("pod cannot be encoded: {e}")),
+        };
+        let pod: Pod = match serde_json::from_value(value.clone()) {
+            Ok(p) => p,
+            Err(e) => return resp.deny(format!("pod cannot be read: {e}")),
+        };
+        let snapshot = self.view.current();
+        let decision =
+            admission::decide(&pod, &snapshot.caches, &snapshot.index, &*self.known_layers);
+        debug!(pod = %req.name, ?decision, "pod admission");
+        match decision {
+            Decision::Deny { message } => resp.deny(message),
+            Decision::Admit { matched, .. } => {
+                let patch = pod_patch(&value, matched.map(|(id, _)| id), &self.node_name);
+                if patch.is_empty() {
+                    return resp;
+                }
+                match serde_json::from_value::<json_patch::Patch>(Value::Array(patch)) {
+                    Ok(p) => match resp.clone().with_patch(p) {
+                        Ok(r) => r,
+                        Err(e) => resp.deny(format!("pod patch cannot be encoded: {e}")),
+                    },
+                    Err(e) => resp.deny(format!("pod patch cannot be encoded: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Answers an `AdmissionReview` (cluster mode: the body of a webhook request) with the
+    /// review carrying the response.
+    pub fn review(&self, review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+        let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+            Ok(r) => r,
+            Err(e) => return AdmissionResponse::invalid(e.to_string()).into_review(),
+        };
+        self.admit(&req).into_review()
+    }
+
+    /// [`PodAdmission::review`] on JSON text, for an HTTP handler: the request body in, the
+    /// response body out.
+    pub fn review_json(&self, body: &[u8]) -> Value {
+        let review = match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
+            Ok(r) => self.review(r),
+            Err(e) => {
+                AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review()
+            }
+        };
+        let mut out = serde_json::to_value(review).unwrap_or_else(|e| {
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                   "response": {"uid": "", "allowed": false, "status": {"message": e.to_string()}}})
+        });
+        // kube serialises the patch bytes as a JSON array of numbers; the API server's wire
+        // format for `[]byte` is a base64 string.
+        if let Some(patch) = out.pointer_mut("/response/patch")
+            && let Some(bytes) = patch.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect::<Vec<u8>>()
+            })
+        {
+            use base64::Engine as _;
+            *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        out
+    }
+}
+
+/// The JSON patch writing the matched cache annotation and the node name.
+fn pod_patch(pod: &Value, matched: Option<String>, node_name: &str) -> Vec<Value> {
+    let mut ops = Vec::new();
+    if let Some(id) = matched {
+        if pod
+            .pointer("/metadata/annotations")
+            .is_some_and(Value::is_object)
+        {
+            // `/` in an annotation name is `~1` in a JSON pointer.
+            let key = MATCHED_IMAGE_CACHE.replace('~', "~0").replace('/', "~1");
+            ops.push(
+                json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": id}),
+            );
+        } else {
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {MATCHED_IMAGE_CACHE: id}}));
+        }
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !bound && pod.pointer("/spec").is_some_and(Value::is_object) {
+        ops.push(json!({"op": "add", "path": "/spec/nodeName", "value": node_name}));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imc_api::ImageCacheSpec;
+    use imc_api::annotations::{IMAGE_CACHE, IMAGE_SNAPSHOT_ID};
+    use imc_api::image_cache::{ImageCacheStatus, Phase};
+
+    const READY: &str = "imc-aaaaaaaaaaaaaaaaaaaa";
+    const CREATING: &str = "imc-bbbbbbbbbbbbbbbbbbbb";
+
+    fn cache(name: &str, id: &str, phase: Phase, images: &[&str]) -> ImageCache {
+        let mut c = ImageCache::new(
+            name,
+            ImageCacheSpec {
+                images: images.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        );
+        c.status = Some(ImageCacheStatus {
+            image_cache_id: Some(id.into()),
+            phase: Some(phase),
+            ..Default::default()
+        });
+        c
+    }
+
+    fn admission() -> PodAdmission {
+        let view = CacheView::default();
+        view.set(vec![
+            cache("ready", READY, Phase::Ready, &["r.io/a:1"]),
+            cache("building", CREATING, Phase::Creating, &["r.io/a:1"]),
+        ]);
+        PodAdmission::new(view, "node-1", Arc::new(|_| Vec::new()))
+    }
+
+    fn review(pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "web",
+                "namespace": "default",
+                "operation": "CREATE",
+                "userInfo": {"username": "admin"},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        })
+    }
+
+    fn pod(annotations: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web", "namespace": "default", "annotations": annotations},
+               "spec": {"containers": [{"name": "app", "image": "r.io/a:1"}]}})
+    }
+
+    fn decoded_patch(resp: &Value) -> Value {
+        use base64::Engine as _;
+        let b64 = resp["response"]["patch"].as_str().expect("a patch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64 patch");
+        serde_json::from_slice(&bytes).expect("json patch")
+    }
+
+    #[test]
+    fn review_round_trip_annotates_and_binds() {
+        let a = admission();
+        let body = serde_json::to_vec(&review(pod(json!({IMAGE_CACHE: "true"})))).unwrap();
+        let out = a.review_json(&body);
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(
+            out["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        assert_eq!(out["response"]["allowed"], true);
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        assert_eq!(
+            decoded_patch(&out),
+            json!([
+                {"op": "add", "path": "/metadata/annotations/k8s.aliyun.com~1eci-matched-image-cache", "value": READY},
+                {"op": "add", "path": "/spec/nodeName", "value": "node-1"}
+            ])
+        );
+    }
+
+    #[test]
+    fn review_denies_a_pinned_cache_that_is_not_ready() {
+        let a = admission();
+        let body = serde_json::to_vec(&review(pod(json!({IMAGE_SNAPSHOT_ID: CREATING})))).unwrap();
+        let out = a.review_json(&body);
+        assert_eq!(out["response"]["allowed"], false);
+        assert_eq!(
+            out["response"]["status"]["message"],
+            format!("image cache {CREATING} (building) is Creating, not Ready")
+        );
+    }
+
+    #[test]
+    fn pod_without_annotations_is_only_bound() {
+        let a = admission();
+        let mut p = pod(json!({}));
+        p["metadata"].as_object_mut().unwrap().remove("annotations");
+        let out = a.review_json(&serde_json::to_vec(&review(p)).unwrap());
+        assert_eq!(
+            decoded_patch(&out),
+            json!([{"op": "add", "path": "/spec/nodeName", "value": "node-1"}])
+        );
+        // Annotation object absent: the patch creates it.
+        let ops = pod_patch(
+            &json!({"metadata": {}, "spec": {"nodeName": "other"}}),
+            Some(READY.into()),
+            "node-1",
+        );
+        assert_eq!(
+            ops,
+            vec![
+                json!({"op": "add", "path": "/metadata/annotations", "value": {MATCHED_IMAGE_CACHE: READY}})
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_is_answered_not_panicked_on() {
+        let out = admission().review_json(b"{not json");
+        assert_eq!(out["response"]["allowed"], false);
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not an AdmissionReview"),
+            "{out}"
+        );
+    }
+}

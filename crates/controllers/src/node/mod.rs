@@ -1,0 +1,214 @@
+//! The node (DESIGN §5): registers this machine as a `Node` with a heartbeat lease, watches the
+//! pods bound to it, runs their containers with the runtime (from the matched cache disk where
+//! there is one), reports their status and events, serves their logs and cleans up on delete.
+//!
+//! Like virtual-kubelet, each pod gets one worker task owning its containers; the pod watcher
+//! starts workers for new pods and tells them to stop when the pod is being deleted.
+
+mod error;
+mod events;
+pub mod image;
+pub mod logs;
+mod pod;
+pub mod registration;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use error::NodeError;
+pub use logs::LogRequest;
+
+use crate::admission_hook::CacheView;
+use crate::manager::Context;
+use events::EventSink;
+
+/// A pod worker's stop signal: `Some(grace seconds)` once the pod is being deleted.
+type StopSignal = watch::Sender<Option<i64>>;
+
+/// The node of this process.
+pub struct Node {
+    ctx: Arc<Context>,
+    runtime: imc_runtime::Runtime,
+    view: CacheView,
+    events: EventSink,
+    /// Pod uid → its worker's stop signal.
+    workers: Mutex<HashMap<String, StopSignal>>,
+    /// (pod uid, container name) of every container whose process runs.
+    running: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+impl Node {
+    /// Opens the runtime (cleaning up after a crash), registers the node and starts watching
+    /// the pods bound to `ctx.settings.node_name`.
+    pub async fn start(ctx: Arc<Context>, view: CacheView) -> Result<Arc<Node>, NodeError> {
+        let runtime = imc_runtime::Runtime::new(&ctx.settings.data_dir)?;
+        match runtime.recover().await {
+            Ok(r) if !r.containers.is_empty() => {
+                info!(containers = ?r.containers, "cleaned up containers of an earlier run")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cleaning up after an earlier run"),
+        }
+        let node = Arc::new(Node {
+            events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
+            ctx,
+            runtime,
+            view,
+            workers: Mutex::default(),
+            running: Arc::default(),
+        });
+        let (client, name, dir) = (
+            node.ctx.client.clone(),
+            node.ctx.settings.node_name.clone(),
+            node.ctx.settings.data_dir.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = registration::register(client, name, dir).await {
+                warn!(error = %e, "registering the node");
+            }
+        });
+        tokio::spawn(node.clone().watch_pods());
+        Ok(node)
+    }
+
+    /// The name of this node.
+    pub fn name(&self) -> &str {
+        &self.ctx.settings.node_name
+    }
+
+    async fn watch_pods(self: Arc<Self>) {
+        let api: Api<Pod> = Api::all(self.ctx.client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.name()));
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => self.on_pod(p),
+                Ok(watcher::Event::Delete(p)) => self.on_gone(&p),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "watching pods of this node"),
+            }
+        }
+    }
+
+    fn on_pod(self: &Arc<Self>, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+            match workers.get(&uid) {
+                Some(stop) => {
+                    stop.send_if_modified(|s| match s {
+                        Some(g) if *g <= grace => false,
+                        _ => {
+                            *s = Some(grace);
+                            true
+                        }
+                    });
+                }
+                // Nothing runs for it (finished before a restart): confirm the deletion.
+                None => {
+                    let api: Api<Pod> = Api::namespaced(
+                        self.ctx.client.clone(),
+                        pod.metadata.namespace.as_deref().unwrap_or("default"),
+                    );
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    tokio::spawn(async move { confirm_deletion(&api, &name).await });
+                }
+            }
+            return;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if workers.contains_key(&uid) || matches!(phase, Some("Succeeded" | "Failed")) {
+            return;
+        }
+        let (tx, rx) = watch::channel(None);
+        workers.insert(uid, tx);
+        tokio::spawn(pod::run(self.clone(), pod, rx));
+    }
+
+    fn on_gone(&self, pod: &Pod) {
+        let Some(uid) = &pod.metadata.uid else { return };
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = workers.get(uid) {
+            // Removed without a grace period (force delete): stop at once.
+            stop.send_replace(Some(0));
+        }
+    }
+
+    fn worker_done(&self, uid: &str) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    fn set_running(&self, uid: &str, container: &str, running: bool) {
+        let key = (uid.to_owned(), container.to_owned());
+        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// The log of container `request.container` of pod `pod_uid` (named `pod_name` in
+    /// messages), as `kubectl logs` asks for it.
+    pub async fn logs(
+        &self,
+        pod_uid: &str,
+        pod_name: &str,
+        request: LogRequest,
+    ) -> Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static, NodeError> {
+        let path = self
+            .ctx
+            .settings
+            .data_dir
+            .join("pods")
+            .join(pod_uid)
+            .join(&request.container)
+            .join("container.log");
+        if !path.is_file() {
+            return Err(NodeError::NotStarted {
+                pod: pod_name.to_owned(),
+                container: request.container,
+            });
+        }
+        let running = self.running.clone();
+        let key = (pod_uid.to_owned(), request.container.clone());
+        logs::stream(
+            path,
+            request,
+            Arc::new(move || {
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&key)
+            }),
+        )
+        .await
+    }
+}
+
+/// Deletes a pod whose containers are gone (grace period 0 confirms a graceful deletion).
+async fn confirm_deletion(api: &Api<Pod>, name: &str) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => warn!(pod = %name, error = %e, "removing the deleted pod"),
+    }
+}

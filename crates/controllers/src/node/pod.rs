@@ -1,0 +1,657 @@
+//! One pod's worker: picks the cache disk, runs each container (restarting it as the restart
+//! policy says), writes status and events, and on deletion stops, cleans up and confirms.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use imc_api::annotations::{AUTO_CREATED_LABEL, ENABLE_REUSE, MATCHED_IMAGE_CACHE};
+use imc_api::image_cache::Phase;
+use imc_api::{ImageCache, ImageCacheSpec, Reference};
+use imc_runtime::{Container, ContainerIo, ContainerSpec, PodSandbox, StartRequest, StartTimings};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodStatus};
+use kube::Resource;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::image::{self, PullPolicy, Source};
+use super::status::{ContainerView, Observed, PodView, pod_status};
+use super::{Node, NodeError, confirm_deletion};
+use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
+use crate::metrics::CacheUse;
+
+/// First wait before restarting a container; doubles per restart up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A container that ran this long resets the backoff.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The cache disk a pod's containers take their layers from.
+struct MatchedCache {
+    id: String,
+    disk: PathBuf,
+}
+
+struct PodState {
+    view: PodView,
+    /// Containers whose image has been obtained once.
+    prepared: usize,
+    /// Whether the start latency was recorded.
+    start_recorded: bool,
+}
+
+/// What every container task of one pod shares.
+struct PodRun {
+    node: Arc<Node>,
+    pod: Pod,
+    uid: String,
+    name: String,
+    reference: ObjectReference,
+    sandbox: PodSandbox,
+    cache: Option<MatchedCache>,
+    auto_create: bool,
+    restart_policy: String,
+    state: Mutex<PodState>,
+    status: watch::Sender<Option<PodStatus>>,
+}
+
+/// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
+pub(super) async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<Option<i64>>) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let span = info_span!("pod", pod = %name, uid = %uid);
+    run_inner(node.clone(), pod, stop).instrument(span).await;
+    node.worker_done(&uid);
+}
+
+async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i64>>) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let api: Api<Pod> = Api::namespaced(node.ctx.client.clone(), &namespace);
+    let reference = pod.object_ref(&());
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let now = Timestamp::now();
+    let view = PodView {
+        containers: containers
+            .iter()
+            .map(|c| ContainerView {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                state: Observed::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                },
+                last_state: None,
+                restart_count: 0,
+                will_restart: false,
+                ever_started: false,
+                container_id: None,
+            })
+            .collect(),
+        start_time: now,
+        ready_transition: now,
+        init_failed: false,
+    };
+    let (status_tx, status_rx) = watch::channel(Some(pod_status(&view)));
+    let writer = tokio::spawn(write_status(api.clone(), name.clone(), status_rx));
+
+    let sandbox = match node.runtime.create_sandbox(&uid, std::process::id()) {
+        Ok(s) => s,
+        Err(e) => {
+            node.events.warning(
+                &reference,
+                "Failed",
+                format!("Error: creating the pod sandbox: {e}"),
+            );
+            let mut failed = view.clone();
+            failed.init_failed = true;
+            status_tx.send_replace(Some(pod_status(&failed)));
+            let _ = stop.wait_for(Option::is_some).await;
+            drop(status_tx);
+            let _ = writer.await;
+            confirm_deletion(&api, &name).await;
+            return;
+        }
+    };
+    let (cache, auto_create) = resolve_cache(&node, &pod, &reference).await;
+    let run = Arc::new(PodRun {
+        restart_policy: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into()),
+        node: node.clone(),
+        uid: uid.clone(),
+        name: name.clone(),
+        reference,
+        sandbox,
+        cache,
+        auto_create,
+        state: Mutex::new(PodState {
+            view,
+            prepared: 0,
+            start_recorded: false,
+        }),
+        status: status_tx,
+        pod,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for idx in 0..containers.len() {
+        tasks.spawn(container_loop(run.clone(), idx, stop.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = run.sandbox.remove() {
+        warn!(error = %e, "removing the pod sandbox");
+    }
+    let Ok(run) = Arc::try_unwrap(run) else {
+        warn!("pod state still shared after its containers ended");
+        return;
+    };
+    drop(run.status);
+    let _ = writer.await;
+    info!("pod stopped and cleaned up");
+    confirm_deletion(&api, &name).await;
+}
+
+/// Writes the latest status whenever it changes (older unsent ones are skipped).
+async fn write_status(api: Api<Pod>, name: String, mut rx: watch::Receiver<Option<PodStatus>>) {
+    loop {
+        let status = rx.borrow_and_update().clone();
+        if let Some(status) = status {
+            let patch = json!({ "status": status });
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) => warn!(pod = %name, error = %e, "writing the pod status"),
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Finds the cache disk of the pod's matched (or pinned) cache, with the events saying what
+/// happened; `(None, true)` when automatic matching found nothing (an auto cache is created).
+async fn resolve_cache(
+    node: &Node,
+    pod: &Pod,
+    reference: &ObjectReference,
+) -> (Option<MatchedCache>, bool) {
+    let annotations = pod.metadata.annotations.as_ref();
+    let matched = annotations
+        .and_then(|a| a.get(MATCHED_IMAGE_CACHE))
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .or_else(|| pinned_cache_id(pod));
+    let Some(id) = matched else {
+        if wants_automatic(pod) {
+            node.events.warning(
+                reference,
+                "ImageCacheMissed",
+                "no image cache matched the pod's images; pulling them (an image cache will be created for them)".into(),
+            );
+            node.ctx.metrics.cache_miss();
+            return (None, true);
+        }
+        return (None, false);
+    };
+    let cache = match node.view.by_id(id) {
+        Some(c) => Some(c),
+        // The watch may lag behind a cache created this instant.
+        None => Api::<ImageCache>::all(node.ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()
+            .and_then(|l| {
+                l.items.into_iter().find(|c| {
+                    c.status.as_ref().and_then(|s| s.image_cache_id.as_deref()) == Some(id)
+                })
+            }),
+    };
+    let Some(cache) = cache else {
+        node.events.warning(
+            reference,
+            "ImageCacheNotFound",
+            format!("image cache {id} not found; pulling the images"),
+        );
+        return (None, false);
+    };
+    let cache_name = cache.metadata.name.clone().unwrap_or_default();
+    let phase = cache.status.as_ref().and_then(|s| s.phase);
+    if phase != Some(Phase::Ready) {
+        node.events.normal(
+            reference,
+            "ImageCacheNotComplete",
+            format!(
+                "image cache {id} ({cache_name}) is {}, not complete; pulling the images",
+                phase.map_or("Pending", Phase::as_str)
+            ),
+        );
+        return (None, false);
+    }
+    let caches = node.ctx.settings.data_dir.join("caches");
+    let disk = [caches.join(format!("{id}.erofs")), caches.join(id)]
+        .into_iter()
+        .find(|p| p.exists());
+    let Some(disk) = disk else {
+        node.events.warning(
+            reference,
+            "ImageCacheNotFound",
+            format!(
+                "the disk of image cache {id} ({cache_name}) is missing from {}; pulling the images",
+                caches.display()
+            ),
+        );
+        return (None, false);
+    };
+    node.events.normal(
+        reference,
+        "SuccessfulHitImageCache",
+        format!(
+            "Successfully hit image cache {id} ({cache_name}), eliminating the need to pull images"
+        ),
+    );
+    node.ctx.metrics.cache_hit();
+    (
+        Some(MatchedCache {
+            id: id.to_owned(),
+            disk,
+        }),
+        false,
+    )
+}
+
+impl PodRun {
+    /// Changes the view of container `idx` and publishes the new status.
+    fn update(&self, idx: usize, f: impl FnOnce(&mut ContainerView)) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let was_ready = state.view.ready();
+        if let Some(c) = state.view.containers.get_mut(idx) {
+            f(c);
+        }
+        if state.view.ready() != was_ready {
+            state.view.ready_transition = Timestamp::now();
+        }
+        self.status.send_replace(Some(pod_status(&state.view)));
+    }
+
+    fn container_spec(&self, idx: usize) -> Option<&k8s_openapi::api::core::v1::Container> {
+        self.pod.spec.as_ref()?.containers.get(idx)
+    }
+
+    /// Obtains the image and starts one instance of container `idx`.
+    async fn start_instance(
+        &self,
+        idx: usize,
+        spec: &ContainerSpec,
+        image_name: &str,
+        reference: &Reference,
+        policy: PullPolicy,
+        first: bool,
+    ) -> Result<Container, NodeError> {
+        let started = Instant::now();
+        let node = &self.node;
+        let me = std::process::id();
+        let mut timings = StartTimings::default();
+        let attached = match &self.cache {
+            Some(c) => {
+                let (a, took) = node
+                    .runtime
+                    .attach_cache(&c.disk, &self.uid, &spec.name, me)?;
+                timings.attach = took;
+                Some(a)
+            }
+            None => None,
+        };
+        let t = Instant::now();
+        let obtained = async {
+            let store = &node.ctx.layers;
+            let source = image::plan(store, reference, policy, attached.as_ref())?;
+            if source == Source::Registry {
+                node.events.normal(
+                    &self.reference,
+                    "Pulling",
+                    format!("Pulling image {image_name:?}"),
+                );
+            }
+            let settings = &node.ctx.settings;
+            image::obtain(
+                store,
+                &settings.registry,
+                settings.jobs,
+                &settings.platform,
+                reference,
+                source,
+                attached.as_ref(),
+            )
+            .await
+        }
+        .await;
+        timings.layers_pulled = t.elapsed();
+        let got = match obtained {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(a) = &attached
+                    && let Err(r) = node.runtime.attacher().release(&a.id, &a.user)
+                {
+                    warn!(error = %r, "releasing the cache disk after a failed pull");
+                }
+                return Err(e);
+            }
+        };
+        node.events.normal(
+            &self.reference,
+            "Pulled",
+            image::pulled_message(image_name, &got, self.cache.as_ref().map(|c| c.id.as_str())),
+        );
+        node.ctx.metrics.downloaded(got.downloaded_bytes);
+        node.ctx.metrics.served_from_cache(got.bytes_from_cache);
+        let image_id = got.manifest_digest.to_string();
+        self.update(idx, |c| c.image_id = image_id);
+        if first {
+            let all_prepared = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.prepared += 1;
+                state.prepared == state.view.containers.len()
+            };
+            if all_prepared && self.auto_create {
+                let client = node.ctx.client.clone();
+                let (uid, images) = (self.uid.clone(), pod_images(&self.pod));
+                tokio::spawn(create_auto_cache(client, uid, images));
+            }
+        }
+        let container = node
+            .runtime
+            .start(StartRequest {
+                sandbox: &self.sandbox,
+                container: spec.clone(),
+                image: got.image,
+                cache: attached,
+                io: ContainerIo::Log,
+                owner_pid: me,
+                started,
+                timings,
+            })
+            .await?;
+        debug!(container = %spec.name, timings = ?container.timings, "container started");
+        node.events.normal(
+            &self.reference,
+            "Created",
+            format!("Created container {}", spec.name),
+        );
+        node.events.normal(
+            &self.reference,
+            "Started",
+            format!("Started container {}", spec.name),
+        );
+        self.record_start();
+        Ok(container)
+    }
+
+    /// Records the pod start latency (API create → first container started) once.
+    fn record_start(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.start_recorded {
+            return;
+        }
+        state.start_recorded = true;
+        if let Some(created) = &self.pod.metadata.creation_timestamp {
+            let seconds = (Timestamp::now() - created.0)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0)
+                .max(0.0);
+            let used = if self.cache.is_some() {
+                CacheUse::Hit
+            } else {
+                CacheUse::Miss
+            };
+            self.node.ctx.metrics.pod_started(used, seconds);
+        }
+    }
+}
+
+/// The runtime's view of a Kubernetes container.
+fn runtime_spec(c: &k8s_openapi::api::core::v1::Container) -> ContainerSpec {
+    ContainerSpec {
+        name: c.name.clone(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        env: c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect(),
+        working_dir: c.working_dir.clone(),
+        port: c
+            .ports
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// Waits `d` unless the pod is stopped first; true when stopped.
+async fn sleep_or_stop(stop: &mut watch::Receiver<Option<i64>>, d: Duration) -> bool {
+    tokio::select! {
+        // The loop checks the stop signal again before starting anything.
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(Option::is_some) => true,
+    }
+}
+
+/// Runs container `idx` of the pod: start, wait, restart per policy, stop on deletion.
+async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<Option<i64>>) {
+    let Some(k8s) = run.container_spec(idx).cloned() else {
+        return;
+    };
+    let spec = runtime_spec(&k8s);
+    let image_name = k8s.image.clone().unwrap_or_default();
+    let span = info_span!("container", container = %spec.name, image = %image_name);
+    async move {
+        let reference: Reference = match image_name.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                let message = NodeError::InvalidImage {
+                    container: spec.name.clone(),
+                    image: image_name.clone(),
+                    reason: e.to_string(),
+                }
+                .to_string();
+                run.node
+                    .events
+                    .warning(&run.reference, "Failed", format!("Error: {message}"));
+                run.update(idx, |c| {
+                    c.state = Observed::Waiting {
+                        reason: "InvalidImageName".into(),
+                        message: Some(message),
+                    }
+                });
+                let _ = stop.wait_for(Option::is_some).await;
+                return;
+            }
+        };
+        let policy = PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference);
+        let mut backoff = INITIAL_BACKOFF;
+        let mut first = true;
+        loop {
+            if stop.borrow().is_some() {
+                return;
+            }
+            let container = match run
+                .start_instance(idx, &spec, &image_name, &reference, policy, first)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let (reason, note) = match &e {
+                        NodeError::Pull { .. } | NodeError::Registry { .. } => {
+                            ("ErrImagePull", e.to_string())
+                        }
+                        NodeError::ImageNeverPull { .. } => ("ErrImageNeverPull", e.to_string()),
+                        _ => ("CreateContainerError", format!("Error: {e}")),
+                    };
+                    run.node.events.warning(&run.reference, "Failed", note.clone());
+                    run.update(idx, |c| {
+                        c.state = Observed::Waiting {
+                            reason: reason.into(),
+                            message: Some(note),
+                        }
+                    });
+                    if sleep_or_stop(&mut stop, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            first = false;
+            let started_at = Timestamp::now();
+            let ran = Instant::now();
+            run.node.set_running(&run.uid, &spec.name, true);
+            let container_id = format!("runc://{}", container.id);
+            run.update(idx, |c| {
+                c.state = Observed::Running { started_at };
+                c.ever_started = true;
+                c.container_id = Some(container_id);
+            });
+            let (exit, stopped) = {
+                let wait = container.wait();
+                tokio::pin!(wait);
+                tokio::select! {
+                    exit = &mut wait => (exit, false),
+                    grace = async { stop.wait_for(Option::is_some).await.map_or(0, |g| g.unwrap_or(0)) } => {
+                        let grace = grace.max(0) as u64;
+                        run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
+                        if let Err(e) = container.kill("TERM").await {
+                            debug!(error = %e, "sending SIGTERM");
+                        }
+                        let exit = match tokio::time::timeout(Duration::from_secs(grace), &mut wait).await {
+                            Ok(exit) => exit,
+                            Err(_) => {
+                                if let Err(e) = container.kill("KILL").await {
+                                    debug!(error = %e, "sending SIGKILL");
+                                }
+                                wait.await
+                            }
+                        };
+                        (exit, true)
+                    }
+                }
+            };
+            run.node.set_running(&run.uid, &spec.name, false);
+            let (code, signal) = match &exit {
+                Ok(info) => (info.code, info.signal),
+                Err(e) => {
+                    warn!(error = %e, "waiting for the container");
+                    (-1, None)
+                }
+            };
+            let will_restart = !stopped
+                && match run.restart_policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => code != 0,
+                    _ => true,
+                };
+            let finished_at = Timestamp::now();
+            let terminated = Observed::Terminated {
+                exit_code: code,
+                signal,
+                started_at,
+                finished_at,
+            };
+            run.update(idx, |c| {
+                c.state = terminated.clone();
+                c.will_restart = will_restart;
+            });
+            if !will_restart {
+                if !stopped {
+                    // Kept (and its log served) until the pod is deleted.
+                    let _ = stop.wait_for(Option::is_some).await;
+                }
+                if let Err(e) = container.remove().await {
+                    warn!(error = %e, "removing the container");
+                }
+                return;
+            }
+            if ran.elapsed() >= BACKOFF_RESET {
+                backoff = INITIAL_BACKOFF;
+            }
+            if let Err(e) = container.remove().await {
+                warn!(error = %e, "removing the container before its restart");
+            }
+            run.update(idx, |c| {
+                c.state = Observed::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(format!(
+                        "back-off {}s restarting failed container={} pod={}",
+                        backoff.as_secs(),
+                        spec.name,
+                        run.name
+                    )),
+                };
+                c.last_state = Some(terminated);
+                c.restart_count += 1;
+            });
+            if sleep_or_stop(&mut stop, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// After a miss with automatic matching: an ImageCache holding the pod's images, built from the
+/// local layer store (reuse), labelled as auto-created.
+async fn create_auto_cache(client: kube::Client, uid: String, images: Vec<String>) {
+    if images.is_empty() {
+        return;
+    }
+    let name = format!(
+        "auto-create-for-{}",
+        uid.chars().take(8).collect::<String>()
+    );
+    let mut cache = ImageCache::new(
+        &name,
+        ImageCacheSpec {
+            images,
+            ..Default::default()
+        },
+    );
+    cache.metadata.labels = Some(BTreeMap::from([(
+        AUTO_CREATED_LABEL.to_owned(),
+        "true".to_owned(),
+    )]));
+    cache.metadata.annotations = Some(BTreeMap::from([(
+        ENABLE_REUSE.to_owned(),
+        "true".to_owned(),
+    )]));
+    let api: Api<ImageCache> = Api::all(client);
+    match api.create(&PostParams::default(), &cache).await {
+        Ok(_) => info!(cache = %name, "created an image cache for the missed pod"),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => warn!(cache = %name, error = %e, "creating the auto image cache"),
+    }
+}
