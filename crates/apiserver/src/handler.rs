@@ -23,8 +23,12 @@ pub struct ApiServer {
     pub(crate) resources: Resources,
     admission: Admission,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
+    metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
 }
+
+/// Renders the Prometheus text exposition served at `/metrics`.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A new random UID in the UUID v4 format.
 pub fn new_uid() -> String {
@@ -135,6 +139,7 @@ impl ApiServer {
             resources,
             admission: Admission::default(),
             logs: RwLock::new(None),
+            metrics: RwLock::new(None),
             me: me.clone(),
         })
     }
@@ -147,6 +152,21 @@ impl ApiServer {
     /// Installs the provider of pod logs (the node).
     pub fn set_pod_logs(&self, logs: Arc<dyn PodLogs>) {
         *self.logs.write().unwrap_or_else(|e| e.into_inner()) = Some(logs);
+    }
+
+    /// Installs the provider of `/metrics` (Prometheus text; served behind the same token).
+    pub fn set_metrics(&self, metrics: MetricsFn) {
+        *self.metrics.write().unwrap_or_else(|e| e.into_inner()) = Some(metrics);
+    }
+
+    /// The `/metrics` text, when a provider is installed.
+    pub fn metrics_text(&self) -> Option<String> {
+        let f = self
+            .metrics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        f.map(|f| f())
     }
 
     /// The served resources.

@@ -111,6 +111,12 @@ async fn route(
     let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Ok("ok".into_response()),
+        ["metrics"] => {
+            let text = api.metrics_text().ok_or_else(|| not_found_path(path))?;
+            return Ok(
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+            );
+        }
         ["version"] => return Ok(ok(discovery::version())),
         ["api"] => return Ok(ok(discovery::core_versions())),
         ["apis"] => return Ok(ok(discovery::groups(resources))),
@@ -465,8 +471,18 @@ fn watch(
                         seen = c.rv;
                         if c.key.res != res { continue; }
                         let served = def.from_storage(&c.object);
-                        if !in_scope(&c.key.ns, &served) { continue; }
-                        let kind = match c.kind { EventType::Added => "ADDED", EventType::Modified => "MODIFIED", EventType::Deleted => "DELETED" };
+                        let now_in = in_scope(&c.key.ns, &served);
+                        // An object moving into or out of the selection is ADDED or DELETED
+                        // for this watcher, as in Kubernetes.
+                        let was_in = c.previous.as_ref().map(|p| in_scope(&c.key.ns, &def.from_storage(p)));
+                        let kind = match (c.kind, was_in, now_in) {
+                            (EventType::Modified, Some(true), false) => "DELETED",
+                            (EventType::Modified, Some(false), true) => "ADDED",
+                            (_, _, false) => continue,
+                            (EventType::Added, _, true) => "ADDED",
+                            (EventType::Modified, _, true) => "MODIFIED",
+                            (EventType::Deleted, _, true) => "DELETED",
+                        };
                         if tx.send(Ok(event_line(kind, &render(&c.object)))).await.is_err() { return; }
                     }
                     Err(RecvError::Lagged(_)) => {

@@ -24,7 +24,7 @@ pub mod table;
 
 pub use admission::{Admission, AdmissionFn};
 pub use error::ApiError;
-pub use handler::ApiServer;
+pub use handler::{ApiServer, MetricsFn};
 pub use logs::{LogOptions, PodLogs};
 pub use resources::{ResourceDef, Resources};
 pub use server::{Server, ServerConfig, install_crypto_provider};

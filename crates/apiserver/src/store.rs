@@ -60,6 +60,8 @@ pub struct Change {
     pub kind: EventType,
     /// The object after the change (for deletions: its last state at the deletion's version).
     pub object: Arc<Value>,
+    /// The object before the change, when known (live changes; not kept in the log).
+    pub previous: Option<Arc<Value>>,
 }
 
 /// The write precondition.
@@ -341,6 +343,7 @@ impl Store {
             key,
             kind,
             object: stored.clone(),
+            previous: current,
         }));
         Ok(stored)
     }
@@ -394,6 +397,7 @@ impl Store {
                     },
                     kind: EventType::parse(&kind),
                     object: Arc::new(object),
+                    previous: None,
                 });
             }
             Ok(out)

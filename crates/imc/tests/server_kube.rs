@@ -32,7 +32,7 @@ fn cache(name: &str) -> ImageCache {
 
 async fn start(window: Option<u64>) -> (TestServer, Client) {
     let s =
-        TestServer::start_with_window(env!("CARGO_BIN_EXE_imc"), window).expect("start imc server");
+        TestServer::start_api_only(env!("CARGO_BIN_EXE_imc"), window).expect("start imc server");
     let c = s.client().await.expect("kube client");
     (s, c)
 }
@@ -421,5 +421,46 @@ async fn server_side_apply_removes_fields_its_manager_gave_up() {
         o.spec.image_cache_size,
         Some(20),
         "a status apply leaves the spec alone"
+    );
+}
+
+#[tokio::test]
+async fn watch_follows_label_selection_and_sends_bookmarks() {
+    let (_s, client) = start(None).await;
+    let api: Api<ImageCache> = Api::all(client);
+    let mut labelled = cache("sel");
+    labelled.metadata.labels = Some([("team".to_owned(), "a".to_owned())].into());
+    api.create(&PostParams::default(), &labelled).await.unwrap();
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let wp = WatchParams::default().labels("team=a");
+    let mut w = api.watch(&wp, &rv).await.unwrap().boxed();
+    let relabel = |team: &str| Patch::Merge(json!({"metadata": {"labels": {"team": team}}}));
+    api.patch("sel", &PatchParams::default(), &relabel("b"))
+        .await
+        .unwrap();
+    api.patch("sel", &PatchParams::default(), &relabel("a"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut bookmark = None;
+    while seen.len() < 2 || bookmark.is_none() {
+        match tokio::time::timeout(GUARD, w.next()).await.unwrap() {
+            Some(Ok(WatchEvent::Deleted(o))) => seen.push(format!("deleted {}", o.name_any())),
+            Some(Ok(WatchEvent::Added(o))) => seen.push(format!("added {}", o.name_any())),
+            Some(Ok(WatchEvent::Bookmark(b))) => bookmark = Some(b.metadata.resource_version),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["deleted sel", "added sel"]);
+    let current = api.get("sel").await.unwrap().resource_version().unwrap();
+    assert_eq!(
+        bookmark.unwrap().parse::<u64>().unwrap(),
+        current.parse::<u64>().unwrap()
     );
 }

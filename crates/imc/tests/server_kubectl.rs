@@ -13,7 +13,7 @@ fn server() -> TestServer {
         std::path::Path::new(KUBECTL).exists(),
         "{KUBECTL} is required for these tests"
     );
-    TestServer::start(env!("CARGO_BIN_EXE_imc")).expect("start imc server")
+    TestServer::start_api_only(env!("CARGO_BIN_EXE_imc"), None).expect("start imc server")
 }
 
 /// Runs kubectl, asserting success; returns stdout.

@@ -20,6 +20,7 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     addr: Option<SocketAddr>,
     watch_window: Option<u64>,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -37,10 +38,45 @@ impl TestServer {
             dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
             addr: None,
             watch_window: window,
+            extra_args: Vec::new(),
             child: None,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Like [`TestServer::start`], with extra `imc server` arguments (e.g. `--registry-mirror`).
+    pub fn start_with_args(bin: impl AsRef<Path>, args: &[String]) -> Result<Self> {
+        let mut server = TestServer {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
+            addr: None,
+            watch_window: None,
+            extra_args: args.to_vec(),
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts `bin server --api-only` (the API server alone: no controllers, no node), keeping
+    /// `window` changes for watch resume when given (so tests can force 410 Gone).
+    pub fn start_api_only(bin: impl AsRef<Path>, window: Option<u64>) -> Result<Self> {
+        let mut server = TestServer {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
+            addr: None,
+            watch_window: window,
+            extra_args: vec!["--api-only".to_owned()],
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Replaces the extra arguments; they apply from the next [`TestServer::restart`].
+    pub fn set_extra_args(&mut self, args: &[String]) {
+        self.extra_args = args.to_vec();
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -59,6 +95,7 @@ impl TestServer {
         if let Some(w) = self.watch_window {
             cmd.arg("--watch-window").arg(w.to_string());
         }
+        cmd.args(&self.extra_args);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {} server", self.bin.display()))?;

@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// How many changes are kept for watchers to resume from; older versions get 410 Gone.
     #[arg(long, value_name = "N", default_value_t = 10_000, hide = true)]
     pub watch_window: u64,
+    /// Testing only: serve the API alone, without controllers or the node (the API server's
+    /// own tests set status by hand and must not race a controller).
+    #[arg(long, hide = true)]
+    pub api_only: bool,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -29,7 +33,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             args.data.data_dir.display()
         )
     })?;
-    tracing::info!(addr = %server.local_addr(), "api server listening");
+    tracing::info!(addr = %server.local_addr(), api_only = args.api_only, "api server listening");
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
     println!("kubeconfig: {}", server.kubeconfig().display());
