@@ -1,0 +1,560 @@
+//! Pods end to end (issue 5, DESIGN §4 and §5): a real `imc server` process (admission, cache
+//! controller, node), a real docker-registry with busybox-based images, real runc, real kubectl.
+//! Caches are created with kubectl and built by the server's cache controller.
+
+mod run_support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use imc_testkit::apiserver::TestServer;
+use imc_testkit::proxy::{Fault, Proxy};
+use run_support::{Registry, registry_with_images};
+use serde_json::{Value, json};
+
+/// Generous bound for anything the server does; a deadline, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(240);
+const NODE: &str = "imc-test-node";
+const PINNED: &str = "k8s.aliyun.com/eci-image-snapshot-id";
+const AUTO: &str = "k8s.aliyun.com/eci-image-cache";
+const MATCHED: &str = "k8s.aliyun.com/eci-matched-image-cache";
+
+fn start_server(plain_http: &[String]) -> TestServer {
+    let mut args = vec!["--node-name".to_owned(), NODE.to_owned()];
+    for host in plain_http {
+        args.extend(["--plain-http".to_owned(), host.clone()]);
+    }
+    TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts")
+}
+
+/// kubectl that must succeed; its stdout.
+fn kubectl(server: &TestServer, args: &[&str]) -> String {
+    let out = server.kubectl(args).expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl create -f -` of `object`; (success, stdout + stderr).
+fn create(server: &TestServer, object: &Value) -> (bool, String) {
+    let out = server
+        .kubectl_stdin(&["create", "-f", "-"], Some(&object.to_string()))
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn cache_manifest(name: &str, images: &[&str]) -> Value {
+    json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+           "metadata": {"name": name}, "spec": {"images": images}})
+}
+
+fn pod_manifest(
+    name: &str,
+    image: &str,
+    annotations: &[(&str, &str)],
+    script: &str,
+    restart: &str,
+) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "annotations": annotations},
+           "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 2,
+                    "containers": [{"name": "app", "image": image, "command": ["sh", "-c", script]}]}})
+}
+
+fn get(server: &TestServer, kind: &str, name: &str) -> Option<Value> {
+    let out = server
+        .kubectl(&["get", kind, name, "-o", "json"])
+        .expect("kubectl runs");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("NotFound") || err.contains("not found"),
+            "{err}"
+        );
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
+}
+
+fn wait_for(
+    server: &TestServer,
+    kind: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(o) = get(server, kind, name) {
+            if done(&o) {
+                return o;
+            }
+            last = Some(o);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{kind}/{name} never became {what}; last seen: {last:#?}");
+}
+
+fn wait_gone(server: &TestServer, kind: &str, name: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if get(server, kind, name).is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{kind}/{name} was never removed");
+}
+
+/// Creates a cache, waits for Ready and returns its id.
+fn ready_cache(server: &TestServer, name: &str, images: &[&str]) -> String {
+    let (ok, out) = create(server, &cache_manifest(name, images));
+    assert!(ok, "{out}");
+    let cache = wait_for(server, "imagecache", name, "Ready", |o| {
+        o["status"]["phase"] == "Ready"
+    });
+    cache["status"]["imageCacheId"]
+        .as_str()
+        .expect("a Ready cache has an id")
+        .to_owned()
+}
+
+fn container_state<'a>(pod: &'a Value, state: &str) -> &'a Value {
+    &pod["status"]["containerStatuses"][0]["state"][state]
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running" && container_state(pod, "running").is_object()
+}
+
+fn disk(server: &TestServer, id: &str) -> PathBuf {
+    server.data_dir().join(format!("caches/{id}.erofs"))
+}
+
+fn setup() -> (Registry, TestServer) {
+    let reg = registry_with_images();
+    let server = start_server(&[reg.registry.host()]);
+    (reg, server)
+}
+
+#[test]
+fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
+    let (reg, server) = setup();
+    let id = ready_cache(&server, "busybox", &[&reg.busybox]);
+
+    let manifest = pod_manifest(
+        "pinned",
+        &reg.busybox,
+        &[(PINNED, &id)],
+        "echo hello from the cache; exec sleep 3600",
+        "Always",
+    );
+    let (ok, out) = create(&server, &manifest);
+    assert!(ok, "{out}");
+    let pod = wait_for(&server, "pod", "pinned", "Running", running);
+    assert_eq!(pod["metadata"]["annotations"][MATCHED], id.as_str());
+    assert_eq!(pod["spec"]["nodeName"], NODE);
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["restartCount"], 0);
+    assert_eq!(status["ready"], true);
+    assert!(
+        status["imageID"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{status:#}"
+    );
+    assert!(pod["status"]["startTime"].is_string());
+    let conditions: Vec<(String, String)> = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            conditions.contains(&(t.to_owned(), "True".to_owned())),
+            "{t} not True in {conditions:?}"
+        );
+    }
+
+    // kubectl get pods: READY 1/1, Running.
+    let table = kubectl(&server, &["get", "pods"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pinned "))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..3], &["1/1", "Running"], "{table}");
+
+    // describe: the cache hit and no download.
+    let describe = kubectl(&server, &["describe", "pod", "pinned"]);
+    for needle in [
+        "SuccessfulHitImageCache".to_owned(),
+        format!("Successfully hit image cache {id}"),
+        "(0 B downloaded, 1 layer from cache".to_owned(),
+        "Created".to_owned(),
+        "Started".to_owned(),
+    ] {
+        assert!(describe.contains(&needle), "{needle} missing:\n{describe}");
+    }
+    assert!(!describe.contains("Pulling"), "{describe}");
+
+    // Logs of the running container.
+    let logs = kubectl(&server, &["logs", "pinned"]);
+    assert_eq!(logs, "hello from the cache\n");
+
+    // The node and its lease.
+    let node = get(&server, "node", NODE).expect("the node is registered");
+    assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(node["status"]["conditions"][0]["status"], "True");
+    for r in ["cpu", "memory", "ephemeral-storage", "pods"] {
+        assert!(node["status"]["capacity"][r].is_string(), "{r}: {node:#}");
+    }
+    let lease = kubectl(
+        &server,
+        &["get", "lease", NODE, "-n", "kube-node-lease", "-o", "json"],
+    );
+    let lease: Value = serde_json::from_str(&lease).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], NODE);
+
+    // Deleting the cache while the pod uses it: the pod keeps running, the disk stays.
+    kubectl(
+        &server,
+        &["delete", "imagecache", "busybox", "--wait=false"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let pod = get(&server, "pod", "pinned").unwrap();
+    assert!(running(&pod), "{pod:#}");
+    assert!(
+        disk(&server, &id).exists(),
+        "disk removed under a running pod"
+    );
+    assert_eq!(
+        kubectl(&server, &["logs", "pinned"]),
+        "hello from the cache\n"
+    );
+
+    // Deleting the pod: stopped (sleep ignores TERM as pid 1, so killed after the grace period),
+    // removed, and then the cache disk goes too.
+    kubectl(&server, &["delete", "pod", "pinned"]);
+    wait_gone(&server, "pod", "pinned");
+    let deadline = Instant::now() + PATIENCE;
+    while disk(&server, &id).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!disk(&server, &id).exists(), "disk kept after its last pod");
+    wait_gone(&server, "imagecache", "busybox");
+    let describe_events = kubectl(&server, &["get", "events", "-o", "json"]);
+    assert!(describe_events.contains("Killing"), "{describe_events}");
+}
+
+#[test]
+fn pinned_pods_on_a_creating_or_unknown_cache_are_denied() {
+    let reg = registry_with_images();
+    // The cache's only layer trickles in, so it stays Creating for the test.
+    let proxy = Proxy::start(&reg.registry.host()).unwrap();
+    proxy.add_fault(
+        reg.base.digest.hex(),
+        Fault::Slow {
+            bytes_per_sec: 2048,
+        },
+    );
+    let server = start_server(&[reg.registry.host(), proxy.host_port()]);
+    let slow_image = reg
+        .busybox
+        .replace(&reg.registry.host(), &proxy.host_port());
+    let (ok, out) = create(&server, &cache_manifest("slow", &[&slow_image]));
+    assert!(ok, "{out}");
+    let cache = wait_for(&server, "imagecache", "slow", "Creating", |o| {
+        o["status"]["phase"] == "Creating" && o["status"]["imageCacheId"].is_string()
+    });
+    let id = cache["status"]["imageCacheId"].as_str().unwrap();
+
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("early", &reg.busybox, &[(PINNED, id)], "true", "Never"),
+    );
+    assert!(!ok, "a pod on a Creating cache was admitted: {out}");
+    assert!(
+        out.contains(&format!("image cache {id} (slow) is Creating, not Ready")),
+        "{out}"
+    );
+
+    let unknown = "imc-zzzzzzzzzzzzzzzzzzzz";
+    let (ok, out) = create(
+        &server,
+        &pod_manifest(
+            "lost",
+            &reg.busybox,
+            &[("k8s.aliyun.com/eci-imc-id", unknown)],
+            "true",
+            "Never",
+        ),
+    );
+    assert!(!ok, "a pod on an unknown cache was admitted: {out}");
+    assert!(
+        out.contains(&format!("image cache {unknown} not found")),
+        "{out}"
+    );
+    assert!(get(&server, "pod", "early").is_none());
+    assert!(get(&server, "pod", "lost").is_none());
+}
+
+#[test]
+fn automatic_matching_annotates_the_best_cache() {
+    let (reg, server) = setup();
+    // A second and third tag of the busybox repository (same layers as :1).
+    let tag2 = reg.busybox.replace(":1", ":2");
+    push_retag(&reg, "2");
+    // Exact beats same repository: only "other-tag" holds :2 exactly.
+    let other_tag = ready_cache(&server, "other-tag", &[&tag2]);
+    // Size: both hold :1 exactly; "small-old" is closer in size to the pod's image although
+    // "big-new" is newer.
+    let small_old = ready_cache(&server, "small-old", &[&reg.busybox]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let _big_new = ready_cache(&server, "big-new", &[&reg.busybox, &reg.layered]);
+
+    let matched = |pod: &str, image: &str| -> String {
+        let (ok, out) = create(
+            &server,
+            &pod_manifest(pod, image, &[(AUTO, "true")], "exec sleep 3600", "Always"),
+        );
+        assert!(ok, "{out}");
+        let pod = get(&server, "pod", pod).unwrap();
+        pod["metadata"]["annotations"][MATCHED]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(matched("exact", &tag2), other_tag, "exact beats same repo");
+    assert_eq!(
+        matched("closest", &reg.busybox),
+        small_old,
+        "closest size wins"
+    );
+
+    // Newest wins a tie: the same images as "small-old", created later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let small_new = ready_cache(&server, "small-new", &[&reg.busybox]);
+    assert_eq!(
+        matched("newest", &reg.busybox),
+        small_new,
+        "newest wins ties"
+    );
+
+    // The chosen cache is the one the pod runs from.
+    let pod = wait_for(&server, "pod", "newest", "Running", running);
+    assert_eq!(pod["metadata"]["annotations"][MATCHED], small_new.as_str());
+    let describe = kubectl(&server, &["describe", "pod", "newest"]);
+    assert!(
+        describe.contains(&format!("Successfully hit image cache {small_new}")),
+        "{describe}"
+    );
+}
+
+/// Pushes the busybox image again under `tag`.
+fn push_retag(reg: &Registry, tag: &str) {
+    let image = run_support_busybox_image();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(imc_testkit::image::push(
+        &reg.registry.host(),
+        "imc/busybox",
+        tag,
+        &image,
+        None,
+    ))
+    .expect("push");
+}
+
+fn run_support_busybox_image() -> imc_testkit::image::BuiltImage {
+    use imc_testkit::image::{Format, ImageBuilder, ImageConfig};
+    ImageBuilder::new(Format::Oci)
+        .config(ImageConfig {
+            cmd: Some(vec!["sh".to_owned()]),
+            ..Default::default()
+        })
+        .layer(run_support::busybox_layer())
+        .build()
+}
+
+#[test]
+fn a_miss_pulls_then_creates_an_auto_cache_with_nothing_downloaded() {
+    let (reg, server) = setup();
+    let (ok, out) = create(
+        &server,
+        &pod_manifest(
+            "missed",
+            &reg.partial,
+            &[(AUTO, "true")],
+            "cat /app/marker; echo; exec sleep 3600",
+            "Always",
+        ),
+    );
+    assert!(ok, "{out}");
+    let pod = wait_for(&server, "pod", "missed", "Running", running);
+    assert!(pod["metadata"]["annotations"][MATCHED].is_null(), "{pod:#}");
+    let describe = kubectl(&server, &["describe", "pod", "missed"]);
+    assert!(describe.contains("ImageCacheMissed"), "{describe}");
+    assert!(describe.contains("Pulling"), "{describe}");
+    assert!(describe.contains("Successfully pulled image"), "{describe}");
+    assert_eq!(kubectl(&server, &["logs", "missed"]), "partial-top\n");
+
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let name = format!("auto-create-for-{}", &uid[..8]);
+    let cache = wait_for(&server, "imagecache", &name, "Ready", |o| {
+        o["status"]["phase"] == "Ready"
+    });
+    assert_eq!(cache["metadata"]["labels"]["imc.dev/auto-created"], "true");
+    assert_eq!(cache["spec"]["images"], json!([reg.partial]));
+    assert_eq!(cache["status"]["downloadedBytes"], 0, "{cache:#}");
+}
+
+#[test]
+fn logs_follow_tail_and_exit_status_with_restart_policies() {
+    let (reg, server) = setup();
+    let (ok, out) = create(
+        &server,
+        &pod_manifest(
+            "talker",
+            &reg.busybox,
+            &[],
+            "echo one; sleep 2; echo two; sleep 1; echo three",
+            "Never",
+        ),
+    );
+    assert!(ok, "{out}");
+    wait_for(&server, "pod", "talker", "started", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+            || p["status"]["phase"] == "Succeeded"
+    });
+    // -f follows until the container ends.
+    let followed = kubectl(&server, &["logs", "-f", "talker", "-c", "app"]);
+    assert_eq!(followed, "one\ntwo\nthree\n");
+    let pod = wait_for(&server, "pod", "talker", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let terminated = container_state(&pod, "terminated");
+    assert_eq!(terminated["exitCode"], 0);
+    assert_eq!(terminated["reason"], "Completed");
+    assert!(terminated["finishedAt"].is_string());
+    assert_eq!(
+        kubectl(&server, &["logs", "talker", "--tail=2"]),
+        "two\nthree\n"
+    );
+    let table = kubectl(&server, &["get", "pods"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("talker ") && l.contains("Completed")),
+        "{table}"
+    );
+
+    // Never: a failing container fails the pod; OnFailure: it is restarted.
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("doomed", &reg.busybox, &[], "exit 3", "Never"),
+    );
+    assert!(ok, "{out}");
+    let pod = wait_for(&server, "pod", "doomed", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(container_state(&pod, "terminated")["exitCode"], 3);
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("retried", &reg.busybox, &[], "exit 3", "OnFailure"),
+    );
+    assert!(ok, "{out}");
+    let pod = wait_for(&server, "pod", "retried", "restarted", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .is_some_and(|n| n >= 1)
+    });
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        3
+    );
+    for name in ["talker", "doomed", "retried"] {
+        kubectl(&server, &["delete", "pod", name]);
+    }
+    for name in ["talker", "doomed", "retried"] {
+        wait_gone(&server, "pod", name);
+    }
+}
+
+/// Not an assertion: prints pod create → container running (through the API) for ten pods
+/// started from a Ready cache, for the report. `cargo test --test e2e_pod -- --nocapture`.
+#[test]
+fn pod_start_latency_from_a_ready_cache() {
+    let (reg, server) = setup();
+    let id = ready_cache(&server, "busybox", &[&reg.busybox]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut samples: Vec<f64> = rt.block_on(async {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{Api, PostParams};
+        use kube::runtime::wait::await_condition;
+        let client = server.client().await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut samples = Vec::new();
+        for i in 0..10 {
+            let name = format!("lat-{i}");
+            let pod: Pod = serde_json::from_value(pod_manifest(
+                &name,
+                &reg.busybox,
+                &[(PINNED, &id)],
+                "exec sleep 3600",
+                "Always",
+            ))
+            .unwrap();
+            let t = Instant::now();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            let cond = |p: Option<&Pod>| {
+                p.and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|s| s.running.is_some())
+            };
+            tokio::time::timeout(PATIENCE, await_condition(pods.clone(), &name, cond))
+                .await
+                .expect("pod runs")
+                .unwrap();
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        samples
+    });
+    samples.sort_by(f64::total_cmp);
+    eprintln!(
+        "pod create -> container running from a Ready cache: p50 {:.3}s, min {:.3}s, max {:.3}s ({} pods)",
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+        samples.len()
+    );
+    assert_eq!(samples.len(), 10);
+}
