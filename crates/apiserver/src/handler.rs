@@ -845,6 +845,43 @@ impl ApiServer {
         self.me.upgrade()
     }
 
+    /// Deletes Events older than `ttl` (by their last occurrence), every `ttl / 2` (between a
+    /// second and a minute), forever.
+    pub async fn expire_events(self: Arc<Self>, ttl: std::time::Duration) {
+        let period = (ttl / 2).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let now = jiff::Timestamp::now().as_second();
+            let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+            let (events, _) = self.store.list("/events", None);
+            for e in events {
+                let last = [
+                    "/series/lastObservedTime",
+                    "/lastTimestamp",
+                    "/eventTime",
+                    "/metadata/creationTimestamp",
+                ]
+                .iter()
+                .filter_map(|p| e.pointer(p).and_then(Value::as_str))
+                .filter_map(|s| s.parse::<jiff::Timestamp>().ok())
+                .map(|t| t.as_second())
+                .max();
+                if last.is_some_and(|t| now.saturating_sub(t) > ttl) {
+                    let key = Key {
+                        res: "/events".into(),
+                        ns: meta_str(&e, "namespace").unwrap_or("").to_owned(),
+                        name: meta_str(&e, "name").unwrap_or("").to_owned(),
+                    };
+                    self.delete_key(&key).await;
+                }
+            }
+        }
+    }
+
     /// Pod logs through the installed provider.
     pub async fn pod_logs(
         &self,

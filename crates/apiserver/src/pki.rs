@@ -88,10 +88,14 @@ impl Pki {
     /// Loads the PKI from `dir`, creating whatever is missing. The serving certificate is
     /// re-issued (by the same CA) when the listen address needs a name it lacks.
     pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| ApiError::Io {
+        let io = |source| ApiError::Io {
             path: dir.display().to_string(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Keys and the token live here: owner only.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io)?;
         let ca_key_path = dir.join("ca.key");
         let ca_crt_path = dir.join("ca.crt");
         let token_path = dir.join("admin.token");

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub resources: Resources,
     /// How many changes the event log keeps for watch resume.
     pub watch_window: u64,
+    /// How long Events are kept (Kubernetes' default is one hour).
+    pub event_ttl: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -43,6 +45,7 @@ impl ServerConfig {
             listen,
             resources: Resources::builtin(),
             watch_window: 10_000,
+            event_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -55,6 +58,7 @@ pub struct Server {
     token: String,
     addr: SocketAddr,
     kubeconfig: PathBuf,
+    event_ttl: std::time::Duration,
 }
 
 /// Installs ring as the process-wide rustls provider (idempotent).
@@ -102,6 +106,7 @@ impl Server {
                 .map_err(|e| ApiError::Internal(format!("opening store: {e}")))??
         };
         let api = ApiServer::new(store, config.resources);
+        let event_ttl = config.event_ttl;
         api.bootstrap().await?;
         Ok(Server {
             api,
@@ -110,6 +115,7 @@ impl Server {
             token: pki.token.clone(),
             addr,
             kubeconfig,
+            event_ttl,
         })
     }
 
@@ -142,6 +148,7 @@ impl Server {
                 http::authenticate,
             ))
             .with_state(state);
+        let expiry = tokio::spawn(self.api.clone().expire_events(self.event_ttl));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
@@ -180,6 +187,7 @@ impl Server {
             });
         }
         tracing::info!("shutting down");
+        expiry.abort();
         let _ = stop_tx.send(true);
         tokio::select! {
             _ = graceful.shutdown() => {}

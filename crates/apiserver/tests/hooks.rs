@@ -14,9 +14,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde_json::json;
 
 async fn start(dir: &std::path::Path) -> (Arc<imc_apiserver::ApiServer>, kube::Client) {
-    let server = Server::bind(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    start_with(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap())).await
+}
+
+async fn start_with(config: ServerConfig) -> (Arc<imc_apiserver::ApiServer>, kube::Client) {
+    let server = Server::bind(config).await.unwrap();
     let api = server.api();
     let kubeconfig = server.kubeconfig().to_path_buf();
     tokio::spawn(server.serve(std::future::pending()));
@@ -134,4 +136,26 @@ async fn pod_logs_come_from_the_installed_provider_and_bound_pods_delete_gracefu
     .await
     .unwrap();
     assert!(pods.get_opt("web").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    use k8s_openapi::api::core::v1::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.event_ttl = std::time::Duration::from_secs(1);
+    let (_server, client) = start_with(config).await;
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let ev: Event = serde_json::from_value(json!({"metadata": {"name": "old"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Test", "message": "expires", "lastTimestamp": "2020-01-01T00:00:00Z"}))
+    .unwrap();
+    events.create(&PostParams::default(), &ev).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while events.get_opt("old").await.unwrap().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the expired event was never deleted");
 }
