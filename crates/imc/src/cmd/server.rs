@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use imc_apiserver::{Server, ServerConfig};
+use imc_controllers::manager::{self, Settings};
+use imc_controllers::metrics::Metrics;
 
 use super::DataDirArg;
+use super::registry_args::RegistryArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -22,6 +26,130 @@ pub struct ServerArgs {
     /// own tests set status by hand and must not race a controller).
     #[arg(long, hide = true)]
     pub api_only: bool,
+    /// Registries used by the cache controller and the node (per-cache annotations add to them).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Name of this machine's Node [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Testing only: seconds added to the controllers' clock (retention), to test expiry
+    /// without waiting days.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0, hide = true)]
+    pub clock_offset_seconds: i64,
+    /// Testing only: bytes per GiB of `imageCacheSize`, so small images can exceed a cache size.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, hide = true)]
+    pub gib_bytes: u64,
+}
+
+/// The kernel's hostname, the default Node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
+/// client) and installs `/metrics` and the admission hooks they own.
+async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<()> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
+        .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("loading the server's kubeconfig")?;
+    let client = kube::Client::try_from(config).context("creating the controllers' client")?;
+    let settings = Settings {
+        data_dir: args.data.data_dir.clone(),
+        node_name: args.node_name.clone().unwrap_or_else(hostname),
+        registry: args.registry.options()?,
+        platform: args.registry.platform()?,
+        jobs: args.registry.jobs,
+        clock_offset: jiff::SignedDuration::from_secs(args.clock_offset_seconds),
+        gib_bytes: args.gib_bytes.max(1),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let ctx = manager::Context::new(client, settings, metrics.clone())
+        .context("opening the layer store")?;
+    let api = server.api();
+    api.set_metrics(Arc::new(move || metrics.encode()));
+    api.admission().add_validating(
+        "eci.alibabacloud.com",
+        "ImageCache",
+        Arc::new(imc_controllers::cache::validate_spec_change),
+    );
+    start_node(&api, &ctx).await?;
+    tokio::spawn(manager::run(ctx));
+    Ok(())
+}
+
+/// Registers pod admission (cache choice, binding to this node) and starts the node, whose
+/// container logs the API server then serves.
+async fn start_node(
+    api: &imc_apiserver::ApiServer,
+    ctx: &Arc<manager::Context>,
+) -> anyhow::Result<()> {
+    use imc_controllers::admission_hook::{CacheView, PodAdmission};
+    let view = CacheView::watch(ctx.client.clone());
+    let store = ctx.layers.clone();
+    // The layers (compressed digests, as cache statuses list them) of images pulled before.
+    let known_layers = Arc::new(move |r: &imc_api::Reference| {
+        store
+            .image(r)
+            .ok()
+            .flatten()
+            .map(|i| {
+                i.layers
+                    .iter()
+                    .map(|l| (l.digest.clone(), l.size))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers);
+    api.admission().add_mutating("", "Pod", admission.into_fn());
+    let node = imc_controllers::node::Node::start(ctx.clone(), view)
+        .await
+        .context("starting the node")?;
+    api.set_pod_logs(Arc::new(NodeLogs(node)));
+    Ok(())
+}
+
+/// `kubectl logs` served from the node's container log files.
+struct NodeLogs(Arc<imc_controllers::node::Node>);
+
+impl imc_apiserver::PodLogs for NodeLogs {
+    fn logs(
+        &self,
+        pod: serde_json::Value,
+        options: imc_apiserver::LogOptions,
+    ) -> imc_apiserver::logs::LogFuture {
+        let node = self.0.clone();
+        Box::pin(async move {
+            let text = |p: &str| pod.pointer(p).and_then(|v| v.as_str()).unwrap_or("");
+            let (uid, name) = (
+                text("/metadata/uid").to_owned(),
+                text("/metadata/name").to_owned(),
+            );
+            let container = options
+                .container
+                .clone()
+                .unwrap_or_else(|| text("/spec/containers/0/name").to_owned());
+            let request = imc_controllers::node::LogRequest {
+                container,
+                follow: options.follow,
+                tail_lines: options.tail_lines,
+            };
+            let stream = node
+                .logs(&uid, &name, request)
+                .await
+                .map_err(|e| imc_apiserver::ApiError::BadRequest(e.to_string()))?;
+            Ok(axum::body::Body::from_stream(stream))
+        })
+    }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -33,7 +161,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             args.data.data_dir.display()
         )
     })?;
-    tracing::info!(addr = %server.local_addr(), api_only = args.api_only, "api server listening");
+    tracing::info!(addr = %server.local_addr(), "api server listening");
+    if !args.api_only {
+        start_controllers(&server, &args).await?;
+    }
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
     println!("kubeconfig: {}", server.kubeconfig().display());

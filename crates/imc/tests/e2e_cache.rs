@@ -1,0 +1,567 @@
+//! The ImageCache lifecycle end to end (issue 5): a real `imc server` process, a real
+//! docker-registry (behind the fault-injecting proxy where a test needs faults), real kubectl.
+//!
+//! The seed manifest is used unchanged: its images live on `registry.cn-shanghai.aliyuncs.com`,
+//! which the server fetches from the test registry through `--registry-mirror`.
+
+mod run_support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use imc_testkit::apiserver::TestServer;
+use imc_testkit::image::{BuiltImage, BuiltLayer, Format, ImageBuilder, ImageConfig, LayerBuilder};
+use imc_testkit::proxy::{Fault, Proxy};
+use imc_testkit::registry::{Auth, TestRegistry};
+use run_support::{busybox_layer, imc};
+use serde_json::Value;
+
+const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/imagecache-sample-test.yaml"
+);
+const SEED_NAME: &str = "imagecache-sample-test";
+const SEED_HOST: &str = "registry.cn-shanghai.aliyuncs.com";
+/// Generous bound for anything the controller does; a deadline, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(240);
+
+/// Incompressible bytes (xorshift), so layer sizes on the wire are what the test says.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn image(layers: &[&BuiltLayer]) -> BuiltImage {
+    let mut b = ImageBuilder::new(Format::Oci).config(ImageConfig {
+        cmd: Some(vec!["sh".to_owned()]),
+        ..Default::default()
+    });
+    for l in layers {
+        b = b.layer((*l).clone());
+    }
+    b.build()
+}
+
+/// The seed's images (and a few more) under `eci_open/...` in a real registry.
+struct SeedRegistry {
+    registry: TestRegistry,
+    base: BuiltLayer,
+    nginx_top: BuiltLayer,
+    extra_top: BuiltLayer,
+    slow_top: BuiltLayer,
+}
+
+fn seed_registry() -> SeedRegistry {
+    let registry = TestRegistry::start(Auth::None);
+    let base = busybox_layer();
+    let nginx_top = LayerBuilder::new()
+        .dir("etc")
+        .dir("etc/nginx")
+        .file("etc/nginx/nginx.conf", "events {}\n")
+        .build();
+    let extra_top = LayerBuilder::new()
+        .dir("extra")
+        .file("extra/data", noise(64 * 1024, 7))
+        .build();
+    let slow_top = LayerBuilder::new()
+        .dir("slow")
+        .file("slow/data", noise(3 << 20, 11))
+        .build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let host = registry.host();
+    for (repo, tag, img) in [
+        ("eci_open/nginx", "1.14.2", image(&[&base, &nginx_top])),
+        ("eci_open/busybox", "1.30", image(&[&base])),
+        ("eci_open/extra", "1", image(&[&base, &extra_top])),
+        ("eci_open/slow", "1", image(&[&base, &slow_top])),
+    ] {
+        rt.block_on(imc_testkit::image::push(&host, repo, tag, &img, None))
+            .unwrap_or_else(|e| panic!("push {repo}: {e:#}"));
+    }
+    SeedRegistry {
+        registry,
+        base,
+        nginx_top,
+        extra_top,
+        slow_top,
+    }
+}
+
+fn mirror_args(upstream: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--registry-mirror".to_owned(),
+        format!("{SEED_HOST}=http://{upstream}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start_server(upstream: &str, extra: &[&str]) -> TestServer {
+    TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &mirror_args(upstream, extra))
+        .expect("imc server starts")
+}
+
+/// Runs kubectl; panics with its stderr when it fails.
+fn kubectl(server: &TestServer, args: &[&str]) -> String {
+    let out = server.kubectl(args).unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn create(server: &TestServer, manifest: &str) {
+    let out = server
+        .kubectl_stdin(&["create", "-f", "-"], Some(manifest))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn manifest(name: &str, images: &[&str], extra_spec: &str, annotations: &str) -> String {
+    let images: Vec<String> = images
+        .iter()
+        .map(|i| format!("  - {SEED_HOST}/{i}"))
+        .collect();
+    format!(
+        "apiVersion: eci.alibabacloud.com/v1\nkind: ImageCache\nmetadata:\n  name: {name}\n  annotations:\n    imc.test/kind: e2e\n{annotations}spec:\n  images:\n{}\n{extra_spec}",
+        images.join("\n")
+    )
+}
+
+/// The cache as JSON, or `None` when it does not exist.
+fn get(server: &TestServer, name: &str) -> Option<Value> {
+    let out = server
+        .kubectl(&["get", "imagecache", name, "-o", "json"])
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("NotFound"), "kubectl get {name}: {err}");
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Polls until `done` holds for the cache; panics with the last state otherwise.
+fn wait_for(server: &TestServer, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < PATIENCE {
+        if let Some(obj) = get(server, name) {
+            if done(&obj) {
+                return obj;
+            }
+            last = Some(obj);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{name} never became {what}; last seen: {last:#?}");
+}
+
+fn phase(obj: &Value) -> &str {
+    obj["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn wait_phase(server: &TestServer, name: &str, want: &str) -> Value {
+    wait_for(server, name, want, |o| phase(o) == want)
+}
+
+fn wait_gone(server: &TestServer, name: &str) {
+    let start = Instant::now();
+    while start.elapsed() < PATIENCE {
+        if get(server, name).is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{name} was never deleted: {:#?}", get(server, name));
+}
+
+fn cache_id(obj: &Value) -> String {
+    obj["status"]["imageCacheId"].as_str().unwrap().to_owned()
+}
+
+fn disk(server: &TestServer, id: &str) -> PathBuf {
+    server.data_dir().join(format!("caches/{id}.erofs"))
+}
+
+fn metrics(server: &TestServer) -> String {
+    kubectl(server, &["get", "--raw", "/metrics"])
+}
+
+fn inspect(disk: &Path) -> Value {
+    let out = imc()
+        .args(["cache", "inspect", "-o", "json"])
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imc cache inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// GET requests for a blob the proxy forwarded.
+fn blob_gets(proxy: &Proxy, layer: &BuiltLayer) -> usize {
+    let path = format!("/blobs/{}", layer.digest);
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&path))
+        .count()
+}
+
+#[test]
+fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
+    let reg = seed_registry();
+    let server = start_server(&reg.registry.host(), &[]);
+
+    // The seed manifest, byte for byte.
+    let seed = std::fs::read_to_string(SEED).unwrap();
+    assert!(seed.contains("registry.cn-shanghai.aliyuncs.com/eci_open/nginx:1.14.2"));
+    kubectl(&server, &["create", "-f", SEED]);
+    let ready = wait_for(&server, SEED_NAME, "Ready", |o| {
+        phase(o) == "Ready" || phase(o) == "Failed"
+    });
+    assert_eq!(phase(&ready), "Ready", "{ready:#?}");
+    let table = kubectl(&server, &["get", "imagecache", SEED_NAME]);
+    let id = cache_id(&ready);
+    let row = table.lines().nth(1).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[0], SEED_NAME, "{table}");
+    assert_eq!(&cols[2..], [id.as_str(), "Ready", "100%"], "{table}");
+    assert!(table.starts_with("NAME"), "{table}");
+
+    // Every status field of DESIGN §3.
+    let status = &ready["status"];
+    assert!(id.starts_with("imc-") && id.len() == 24, "{id}");
+    assert_eq!(status["progress"], "100%");
+    assert_eq!(status["observedGeneration"], 1);
+    let created: jiff::Timestamp = ready["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expires: jiff::Timestamp = status["expireDateTime"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        expires.duration_since(created),
+        jiff::SignedDuration::from_hours(7 * 24)
+    );
+    for field in ["startTime", "lastUpdatedTime"] {
+        assert!(status[field].is_string(), "{field} missing: {status:#}");
+    }
+    let ready_condition = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready_condition["status"], "True");
+    let images = status["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!(
+        images[0]["image"],
+        format!("{SEED_HOST}/eci_open/nginx:1.14.2")
+    );
+    assert_eq!(
+        images[0]["layers"],
+        serde_json::json!([
+            reg.base.digest.to_string(),
+            reg.nginx_top.digest.to_string()
+        ])
+    );
+    assert!(images[1]["digest"].as_str().unwrap().starts_with("sha256:"));
+    // busybox's only layer is nginx's base: reused within the cache.
+    assert_eq!(status["reusedLayers"], 1);
+    assert_eq!(
+        status["downloadedBytes"],
+        (reg.base.blob.len() + reg.nginx_top.blob.len()) as u64
+    );
+    assert!(status.get("message").is_none(), "{status:#}");
+
+    // The disk holds both images under their original names.
+    let disk_path = disk(&server, &id);
+    assert_eq!(
+        status["size"].as_u64().unwrap(),
+        std::fs::metadata(&disk_path).unwrap().len()
+    );
+    let index = inspect(&disk_path);
+    let refs: Vec<&str> = index["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            format!("{SEED_HOST}/eci_open/nginx:1.14.2"),
+            format!("{SEED_HOST}/eci_open/busybox:1.30")
+        ]
+    );
+    let described = kubectl(&server, &["describe", "imagecache", SEED_NAME]);
+    for reason in ["Created", "BuildStarted", "Ready"] {
+        assert!(described.contains(reason), "{reason} missing:\n{described}");
+    }
+
+    // A second cache with the reuse annotation: the shared base is not downloaded again.
+    create(
+        &server,
+        &manifest(
+            "reuse",
+            &["eci_open/busybox:1.30", "eci_open/extra:1"],
+            "",
+            "    k8s.aliyun.com/imc-enable-reuse: \"true\"\n",
+        ),
+    );
+    let reuse = wait_phase(&server, "reuse", "Ready");
+    assert_eq!(reuse["status"]["reusedLayers"], 2, "{reuse:#}");
+    assert_eq!(
+        reuse["status"]["downloadedBytes"],
+        reg.extra_top.blob.len() as u64,
+        "only the layer no cache held is downloaded"
+    );
+    assert_ne!(cache_id(&reuse), id);
+
+    // A spec change on a Ready cache rebuilds into a new disk; the old one goes once unused.
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "imagecache",
+            "reuse",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"images":["{SEED_HOST}/eci_open/extra:1"]}}}}"#),
+        ],
+    );
+    let rebuilt = wait_for(&server, "reuse", "rebuilt", |o| {
+        phase(o) == "Ready" && o["status"]["observedGeneration"] == 2
+    });
+    assert_eq!(rebuilt["status"]["images"].as_array().unwrap().len(), 1);
+    let reuse_id = cache_id(&rebuilt);
+    let new_disk = server
+        .data_dir()
+        .join(format!("caches/{reuse_id}.g2.erofs"));
+    assert_eq!(inspect(&new_disk)["images"].as_array().unwrap().len(), 1);
+    assert!(!disk(&server, &reuse_id).exists(), "old disk removed");
+
+    let m = metrics(&server);
+    assert!(
+        m.contains("imc_cache_builds_total{outcome=\"Ready\"} 3"),
+        "{m}"
+    );
+
+    // Deleting a cache removes its disk.
+    kubectl(&server, &["delete", "imagecache", SEED_NAME]);
+    wait_gone(&server, SEED_NAME);
+    assert!(!disk_path.exists(), "{} still exists", disk_path.display());
+}
+
+#[test]
+fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
+    let reg = seed_registry();
+    let proxy = Proxy::start(&reg.registry.host()).unwrap();
+    // The big layer trickles in; the base layer arrives at once.
+    proxy.add_fault(
+        reg.slow_top.digest.hex(),
+        Fault::Slow {
+            bytes_per_sec: 256 * 1024,
+        },
+    );
+    let mut server = start_server(&proxy.host_port(), &[]);
+    create(&server, &manifest("slow", &["eci_open/slow:1"], "", ""));
+    let base_tree = server
+        .data_dir()
+        .join(format!("layers/sha256/{}", reg.base.diff_id.hex()));
+    let creating = wait_for(
+        &server,
+        "slow",
+        "Creating with its base layer stored",
+        |o| phase(o) == "Creating" && base_tree.is_dir(),
+    );
+    assert_eq!(creating["status"]["conditions"][0]["status"], "False");
+
+    // A spec change while Creating is refused with the reason.
+    let out = server
+        .kubectl(&[
+            "patch",
+            "imagecache",
+            "slow",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"retentionDays":3}}"#,
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "ImageCache slow is Creating: its spec can change only when it is Ready or UpdateFailed"
+        ),
+        "{err}"
+    );
+
+    server.kill().unwrap();
+    let id = cache_id(&creating);
+    assert!(
+        !disk(&server, &id).exists(),
+        "no disk before the build ends"
+    );
+    proxy.clear_faults();
+    server.restart().unwrap();
+    let ready = wait_for(&server, "slow", "Ready", |o| {
+        phase(o) == "Ready" || phase(o) == "Failed"
+    });
+    assert_eq!(phase(&ready), "Ready", "{ready:#}");
+    assert_eq!(cache_id(&ready), id, "the id survives the restart");
+    assert!(disk(&server, &id).exists());
+    assert_eq!(
+        blob_gets(&proxy, &reg.base),
+        1,
+        "the finished base layer was fetched once: {:#?}",
+        proxy.requests()
+    );
+    assert!(
+        blob_gets(&proxy, &reg.slow_top) >= 2,
+        "the slow layer was cut off"
+    );
+    assert_eq!(ready["status"]["reusedLayers"], 1);
+    let described = kubectl(&server, &["describe", "imagecache", "slow"]);
+    assert!(described.contains("BuildResumed"), "{described}");
+}
+
+#[test]
+fn registry_failing_then_recovering_ends_ready() {
+    let reg = seed_registry();
+    let proxy = Proxy::start(&reg.registry.host()).unwrap();
+    // More 500s than the registry client retries on its own: the controller retries later.
+    proxy.add_fault(
+        reg.extra_top.digest.hex(),
+        Fault::Status {
+            code: 500,
+            times: 7,
+        },
+    );
+    let server = start_server(&proxy.host_port(), &[]);
+    create(&server, &manifest("flaky", &["eci_open/extra:1"], "", ""));
+    let retrying = wait_for(&server, "flaky", "retrying", |o| {
+        o["status"]["reason"] == "Retrying" || phase(o) == "Ready"
+    });
+    assert_eq!(phase(&retrying), "Creating", "{retrying:#}");
+    let message = retrying["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("retrying in "), "{message}");
+    assert!(message.contains("500"), "{message}");
+    let ready = wait_phase(&server, "flaky", "Ready");
+    assert_eq!(ready["status"]["progress"], "100%");
+    assert!(ready["status"].get("message").is_none(), "{ready:#}");
+    assert_eq!(proxy.stats().faults_injected, 7);
+    let described = kubectl(&server, &["describe", "imagecache", "flaky"]);
+    assert!(described.contains("RegistryUnavailable"), "{described}");
+}
+
+#[test]
+fn missing_image_and_oversized_cache_fail_with_the_reason() {
+    let reg = seed_registry();
+    // 1 "GiB" = 10 kB: the 20 GiB default size is 200 kB, less than the busybox base unpacked.
+    let server = start_server(&reg.registry.host(), &["--gib-bytes", "10000"]);
+    create(&server, &manifest("missing", &["eci_open/nope:1"], "", ""));
+    create(
+        &server,
+        &manifest("big", &["eci_open/busybox:1.30"], "", ""),
+    );
+
+    let failed = wait_phase(&server, "missing", "Failed");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("eci_open/nope:1") && message.contains("404"),
+        "the registry's answer: {message}"
+    );
+    assert_eq!(failed["status"]["reason"], "PullFailed");
+    assert_eq!(failed["status"]["conditions"][0]["status"], "False");
+    let described = kubectl(&server, &["describe", "imagecache", "missing"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.contains("Warning") && l.contains("Failed")),
+        "{described}"
+    );
+
+    let big = wait_phase(&server, "big", "Failed");
+    let message = big["status"]["message"].as_str().unwrap();
+    assert_eq!(big["status"]["reason"], "CacheSizeExceeded");
+    assert!(
+        message.contains("larger than the cache size of 200000 bytes"),
+        "{message}"
+    );
+    assert!(
+        message.contains("unpacked content of the cache is "),
+        "{message}"
+    );
+    assert!(!disk(&server, &cache_id(&big)).exists());
+    let m = metrics(&server);
+    assert!(
+        m.contains("imc_cache_builds_total{outcome=\"Failed\"} 2"),
+        "{m}"
+    );
+}
+
+#[test]
+fn expired_cache_is_deleted_with_its_disk() {
+    let reg = seed_registry();
+    let mut server = start_server(&reg.registry.host(), &[]);
+    create(
+        &server,
+        &manifest(
+            "short",
+            &["eci_open/busybox:1.30"],
+            "  retentionDays: 1\n",
+            "",
+        ),
+    );
+    let ready = wait_phase(&server, "short", "Ready");
+    let id = cache_id(&ready);
+    assert!(disk(&server, &id).exists());
+    let created: jiff::Timestamp = ready["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expires: jiff::Timestamp = ready["status"]["expireDateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        expires.duration_since(created),
+        jiff::SignedDuration::from_hours(24)
+    );
+
+    // Two days later (the controllers' clock moved forward), the cache is gone.
+    server.set_extra_args(&mirror_args(
+        &reg.registry.host(),
+        &["--clock-offset-seconds", "172800"],
+    ));
+    server.restart().unwrap();
+    wait_gone(&server, "short");
+    assert!(!disk(&server, &id).exists());
+}
