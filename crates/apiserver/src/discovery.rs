@@ -59,7 +59,7 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         let mut r = json!({
             "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
             "kind": d.kind,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "verbs": VERBS,
         });
         if !d.short_names.is_empty() {
             r["shortNames"] = json!(d.short_names);
@@ -80,6 +80,85 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     )
 }
+
+/// The media type of aggregated discovery (`/api`, `/apis` with kubectl's first Accept).
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery v2.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|t| {
+        let params: Vec<&str> = t.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// Aggregated discovery: every group (core only, for `/api`; the others, for `/apis`) with its
+/// versions and resources in one document.
+pub fn aggregated(resources: &Resources, core: bool) -> Value {
+    let groups: Vec<(String, Vec<String>)> = if core {
+        vec![("".into(), vec!["v1".into()])]
+    } else {
+        resources.groups()
+    };
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let rs: Vec<Value> = resources
+                        .in_group_version(&g, v)
+                        .iter()
+                        .map(|d| {
+                            let gvk = json!({"group": d.group, "version": d.version, "kind": d.kind});
+                            let mut subs = Vec::new();
+                            if d.status_subresource {
+                                subs.push(json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if d.log_subresource {
+                                subs.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "", "kind": ""}, "verbs": ["get"]}));
+                            }
+                            let mut r = json!({
+                                "resource": d.plural,
+                                "responseKind": gvk,
+                                "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": d.singular,
+                                "verbs": VERBS,
+                            });
+                            if !d.short_names.is_empty() {
+                                r["shortNames"] = json!(d.short_names);
+                            }
+                            if !d.categories.is_empty() {
+                                r["categories"] = json!(d.categories);
+                            }
+                            if !subs.is_empty() {
+                                r["subresources"] = json!(subs);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "resources": rs, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -195,6 +274,31 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregated_discovery_is_chosen_by_accept() {
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+        ));
+        let doc = aggregated(&Resources::builtin(), false);
+        let list: kube::client::APIGroupDiscoveryList = serde_json::from_value(doc).unwrap();
+        let eci = list
+            .items
+            .iter()
+            .find(|g| {
+                g.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some("eci.alibabacloud.com")
+            })
+            .unwrap();
+        let r = &eci.versions[0].resources[0];
+        assert_eq!(
+            (r.resource.as_deref(), r.scope.as_deref()),
+            (Some("imagecaches"), Some("Cluster"))
+        );
+        assert_eq!(r.short_names, ["imc"]);
+    }
 
     #[test]
     fn image_cache_is_discoverable_with_its_short_name_and_schema() {

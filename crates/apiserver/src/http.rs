@@ -68,6 +68,13 @@ fn ok(v: Value) -> Response {
     json_response(StatusCode::OK, &v)
 }
 
+fn accept_header(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 /// Where a resource request points.
 struct Target {
     def: Arc<ResourceDef>,
@@ -118,6 +125,14 @@ async fn route(
             );
         }
         ["version"] => return Ok(ok(discovery::version())),
+        ["api" | "apis"] if discovery::wants_aggregated(accept_header(headers)) => {
+            let doc = discovery::aggregated(resources, segs[0] == "api");
+            return Ok((
+                [(header::CONTENT_TYPE, discovery::AGGREGATED_V2)],
+                doc.to_string(),
+            )
+                .into_response());
+        }
         ["api"] => return Ok(ok(discovery::core_versions())),
         ["apis"] => return Ok(ok(discovery::groups(resources))),
         ["api", v] => {
