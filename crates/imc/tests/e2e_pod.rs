@@ -225,6 +225,21 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
     let logs = kubectl(&server, &["logs", "pinned"]);
     assert_eq!(logs, "hello from the cache\n");
 
+    // Metrics: one hit, its start latency, layer bytes served from the cache.
+    let metrics = kubectl(&server, &["get", "--raw", "/metrics"]);
+    for needle in [
+        "imc_cache_hits_total 1",
+        "imc_pod_start_seconds_count{cache=\"Hit\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    let served = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("imc_cache_served_bytes_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(served > 0, "{metrics}");
+
     // The node and its lease.
     let node = get(&server, "node", NODE).expect("the node is registered");
     assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
@@ -499,10 +514,35 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
         3
     );
-    for name in ["talker", "doomed", "retried"] {
+
+    // Init containers run to completion first; a failing one fails the pod.
+    let with_init = |name: &str, init_script: &str| {
+        let mut m = pod_manifest(name, &reg.busybox, &[], "echo main ran", "Never");
+        m["spec"]["initContainers"] =
+            json!([{"name": "init", "image": reg.busybox, "command": ["sh", "-c", init_script]}]);
+        let (ok, out) = create(&server, &m);
+        assert!(ok, "{out}");
+    };
+    with_init("init-ok", "exit 0");
+    with_init("init-bad", "exit 5");
+    wait_for(&server, "pod", "init-ok", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(kubectl(&server, &["logs", "init-ok"]), "main ran\n");
+    wait_for(&server, "pod", "init-bad", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    let describe = kubectl(&server, &["describe", "pod", "init-bad"]);
+    assert!(
+        describe.contains("init container init exited with code 5"),
+        "{describe}"
+    );
+
+    let all = ["talker", "doomed", "retried", "init-ok", "init-bad"];
+    for name in all {
         kubectl(&server, &["delete", "pod", name]);
     }
-    for name in ["talker", "doomed", "retried"] {
+    for name in all {
         wait_gone(&server, "pod", name);
     }
 }

@@ -150,20 +150,35 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
         pod,
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for idx in 0..containers.len() {
-        tasks.spawn(container_loop(run.clone(), idx, stop.clone()));
+    let init_ok = run_init_containers(&run, &mut stop).await;
+    if !init_ok {
+        {
+            let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.view.init_failed = true;
+            run.status.send_replace(Some(pod_status(&state.view)));
+        }
+        let _ = stop.wait_for(Option::is_some).await;
+    } else {
+        let mut tasks = tokio::task::JoinSet::new();
+        for idx in 0..containers.len() {
+            tasks.spawn(container_loop(run.clone(), idx, stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
     }
-    while tasks.join_next().await.is_some() {}
     if let Err(e) = run.sandbox.remove() {
         warn!(error = %e, "removing the pod sandbox");
     }
-    let Ok(run) = Arc::try_unwrap(run) else {
-        warn!("pod state still shared after its containers ended");
-        return;
-    };
-    drop(run.status);
-    let _ = writer.await;
+    match Arc::try_unwrap(run) {
+        // Dropping the sender lets the writer finish with the last status.
+        Ok(run) => {
+            drop(run.status);
+            let _ = writer.await;
+        }
+        Err(_) => {
+            warn!("pod state still shared after its containers ended");
+            writer.abort();
+        }
+    }
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name).await;
 }
@@ -403,7 +418,9 @@ impl PodRun {
             "Started",
             format!("Started container {}", spec.name),
         );
-        self.record_start();
+        if idx != INIT {
+            self.record_start();
+        }
         Ok(container)
     }
 
@@ -458,6 +475,77 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<Option<i64>>, d: Duration) -> 
         _ = tokio::time::sleep(d) => false,
         _ = stop.wait_for(Option::is_some) => true,
     }
+}
+
+/// Index passed for init containers, which have no place in the pod view.
+const INIT: usize = usize::MAX;
+
+/// Runs the init containers one after the other, each to completion. False when one failed
+/// (the pod fails; init containers are not retried) or the pod was deleted meanwhile.
+async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64>>) -> bool {
+    let init = run
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    for k8s in init {
+        if stop.borrow().is_some() {
+            return false;
+        }
+        let spec = runtime_spec(&k8s);
+        let image_name = k8s.image.clone().unwrap_or_default();
+        let fail = |message: String| {
+            run.node
+                .events
+                .warning(&run.reference, "Failed", format!("Error: {message}"));
+            false
+        };
+        let reference: Reference = match image_name.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                return fail(format!(
+                    "init container {}: invalid image reference {image_name:?}: {e}",
+                    spec.name
+                ));
+            }
+        };
+        let policy = PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference);
+        let container = match run
+            .start_instance(INIT, &spec, &image_name, &reference, policy, false)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return fail(format!("init container {}: {e}", spec.name)),
+        };
+        let exit = {
+            let wait = container.wait();
+            tokio::pin!(wait);
+            tokio::select! {
+                exit = &mut wait => Some(exit),
+                _ = async { stop.wait_for(Option::is_some).await.is_ok() } => {
+                    let _ = container.kill("KILL").await;
+                    let _ = wait.await;
+                    None
+                }
+            }
+        };
+        if let Err(e) = container.remove().await {
+            warn!(container = %spec.name, error = %e, "removing the init container");
+        }
+        match exit {
+            None => return false,
+            Some(Ok(info)) if info.code == 0 => {}
+            Some(Ok(info)) => {
+                return fail(format!(
+                    "init container {} exited with code {}",
+                    spec.name, info.code
+                ));
+            }
+            Some(Err(e)) => return fail(format!("init container {}: {e}", spec.name)),
+        }
+    }
+    true
 }
 
 /// Runs container `idx` of the pod: start, wait, restart per policy, stop on deletion.
