@@ -358,11 +358,22 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
     });
     assert_eq!(rebuilt["status"]["images"].as_array().unwrap().len(), 1);
     let reuse_id = cache_id(&rebuilt);
-    let new_disk = server
+    // Pods open <id>.erofs, which now names generation 2; generation 1 is gone (unused).
+    assert_eq!(
+        std::fs::read_link(disk(&server, &reuse_id)).unwrap(),
+        PathBuf::from(format!("{reuse_id}.g2.erofs"))
+    );
+    assert_eq!(
+        inspect(&disk(&server, &reuse_id))["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let old = server
         .data_dir()
-        .join(format!("caches/{reuse_id}.g2.erofs"));
-    assert_eq!(inspect(&new_disk)["images"].as_array().unwrap().len(), 1);
-    assert!(!disk(&server, &reuse_id).exists(), "old disk removed");
+        .join(format!("caches/{reuse_id}.g1.erofs"));
+    assert!(!old.exists(), "old disk removed");
 
     let m = metrics(&server);
     assert!(
@@ -374,6 +385,13 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
     kubectl(&server, &["delete", "imagecache", SEED_NAME]);
     wait_gone(&server, SEED_NAME);
     assert!(!disk_path.exists(), "{} still exists", disk_path.display());
+    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir().join("caches"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&id))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub struct BuildJob {
     pub generation: i64,
     pub cache: Arc<ImageCache>,
     pub id: CacheId,
-    /// Where the disk goes.
+    /// Where the disk of this generation goes (published as `<id>.erofs` when complete).
     pub disk: PathBuf,
     /// The progress the status showed when this build (re)started.
     pub progress_floor: u32,
@@ -184,6 +184,8 @@ async fn build_once(
             reason: e.to_string(),
         })??;
     drop(writer);
+    // Pods see the new disk from here on; the status says Ready right after.
+    disk::publish(&ctx.settings.data_dir, job.id.as_str(), job.generation)?;
     outcome.disk_bytes = report.disk_size;
     tracing::info!(disk = %report.output.display(), bytes = report.disk_size, "cache disk written");
     Ok(outcome)

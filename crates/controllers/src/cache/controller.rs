@@ -327,11 +327,7 @@ impl CacheController {
         };
         self.event(cache, EventType::Normal, reason, note, "Build")
             .await;
-        let disk = disk::disk_path(
-            &self.ctx.settings.data_dir,
-            id.as_str(),
-            (phase == Phase::Updating).then_some(generation),
-        );
+        let disk = disk::generation_path(&self.ctx.settings.data_dir, id.as_str(), generation);
         let job = BuildJob {
             name: name.clone(),
             generation,
@@ -490,9 +486,7 @@ impl CacheController {
 
     /// Removes disks of earlier generations that no pod uses any more.
     fn prune_old_disks(&self, name: &str, id: &CacheId) {
-        let mut disks = disk::disks_of(&self.ctx.settings.data_dir, id.as_str());
-        disks.pop();
-        for old in disks {
+        for old in disk::old_disks(&self.ctx.settings.data_dir, id.as_str()) {
             match disk::remove_if_unused(&self.attacher, &old) {
                 Ok(0) => {}
                 Ok(users) => {
@@ -522,6 +516,7 @@ impl CacheController {
                     });
                 }
             }
+            disk::unpublish(&self.ctx.settings.data_dir, &id)?;
             tracing::info!(cache = %name, id = %id, "cache deleted, disks removed");
         }
         Ok(Action::await_change())

@@ -1,13 +1,14 @@
 //! Where cache disks live and when one may be removed.
 //!
-//! A cache's first build writes `DIR/caches/<imc-id>.erofs`; a rebuild after a spec change of
-//! generation G writes `DIR/caches/<imc-id>.g<G>.erofs`, so pods keep the old disk attached while
-//! the new one is built (the attacher keys attachments by disk path). [`current_disk`] is the disk
-//! new pods should use: the newest one present.
+//! Each build of generation G writes its own file, `DIR/caches/<imc-id>.g<G>.erofs`, and then
+//! publishes it by pointing the symlink `DIR/caches/<imc-id>.erofs` at it (a rename, atomic).
+//! Pods open `<imc-id>.erofs`; the attacher keys attachments by the canonical path, so pods of
+//! the previous generation keep their disk attached while new pods get the new one, and an old
+//! generation's file is removed once no pod uses it.
 
 use std::path::{Path, PathBuf};
 
-use imc_snapshot::{Attacher, SnapshotError};
+use imc_snapshot::Attacher;
 
 use super::error::CacheError;
 
@@ -16,25 +17,65 @@ pub fn caches_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("caches")
 }
 
-/// The disk a build writes: the first build `<id>.erofs`, a rebuild `<id>.g<generation>.erofs`.
-pub fn disk_path(data_dir: &Path, id: &str, rebuild_generation: Option<i64>) -> PathBuf {
-    let name = match rebuild_generation {
-        None => format!("{id}.erofs"),
-        Some(g) => format!("{id}.g{g}.erofs"),
-    };
-    caches_dir(data_dir).join(name)
+/// The stable name of cache `id`'s disk: `<id>.erofs`, a symlink to the current generation.
+pub fn disk_path(data_dir: &Path, id: &str) -> PathBuf {
+    caches_dir(data_dir).join(format!("{id}.erofs"))
 }
 
-/// The generation a disk file name carries (0 for the first build), when it belongs to `id`.
+/// The file a build of `generation` writes.
+pub fn generation_path(data_dir: &Path, id: &str, generation: i64) -> PathBuf {
+    caches_dir(data_dir).join(generation_name(id, generation))
+}
+
+fn generation_name(id: &str, generation: i64) -> String {
+    format!("{id}.g{generation}.erofs")
+}
+
+/// The generation a disk file name carries, when it is a generation file of `id`.
 fn generation_of(id: &str, file_name: &str) -> Option<i64> {
-    let rest = file_name.strip_prefix(id)?.strip_suffix(".erofs")?;
-    if rest.is_empty() {
-        return Some(0);
-    }
-    rest.strip_prefix(".g")?.parse().ok()
+    file_name
+        .strip_prefix(id)?
+        .strip_suffix(".erofs")?
+        .strip_prefix(".g")?
+        .parse()
+        .ok()
 }
 
-/// Every disk of cache `id` (file or directory backend), oldest generation first.
+/// The disk pods of cache `id` should attach (`<id>.erofs`), once a build has published one.
+pub fn current_disk(data_dir: &Path, id: &str) -> Option<PathBuf> {
+    let path = disk_path(data_dir, id);
+    path.exists().then_some(path)
+}
+
+/// Makes generation `generation` the current disk of `id`: the symlink is replaced by a rename,
+/// so a reader sees the old disk or the new one, never none.
+pub fn publish(data_dir: &Path, id: &str, generation: i64) -> Result<(), CacheError> {
+    let link = disk_path(data_dir, id);
+    let tmp = caches_dir(data_dir).join(format!(".{id}.erofs.link-{}", std::process::id()));
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| CacheError::Io {
+            action,
+            path,
+            cause,
+        }
+    };
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing", &tmp)(e));
+        }
+        _ => {}
+    }
+    std::os::unix::fs::symlink(generation_name(id, generation), &tmp)
+        .map_err(io("creating symlink", &tmp))?;
+    std::fs::rename(&tmp, &link).map_err(io("publishing cache disk", &link))?;
+    let dir = caches_dir(data_dir);
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", &dir))
+}
+
+/// Every generation file of cache `id`, oldest first.
 pub fn disks_of(data_dir: &Path, id: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(caches_dir(data_dir)) else {
         return Vec::new();
@@ -50,20 +91,26 @@ pub fn disks_of(data_dir: &Path, id: &str) -> Vec<PathBuf> {
     disks.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The disk pods of cache `id` should attach: the newest complete one. `None` while the first
-/// build runs.
-pub fn current_disk(data_dir: &Path, id: &str) -> Option<PathBuf> {
-    disks_of(data_dir, id).pop()
+/// Generation files of `id` that the symlink does not point at.
+pub fn old_disks(data_dir: &Path, id: &str) -> Vec<PathBuf> {
+    let current = std::fs::read_link(disk_path(data_dir, id)).ok();
+    disks_of(data_dir, id)
+        .into_iter()
+        .filter(|d| current.as_deref() != d.file_name().map(Path::new))
+        .collect()
 }
 
-/// Pods (live processes) attached to `disk`.
-pub fn live_users(attacher: &Attacher, disk: &Path) -> Result<usize, SnapshotError> {
-    let attachment = Attacher::cache_id(disk)?;
-    Ok(attacher
-        .users(&attachment)?
-        .iter()
-        .filter(|u| u.is_alive())
-        .count())
+/// Removes the symlink of `id` (after its disks are gone).
+pub fn unpublish(data_dir: &Path, id: &str) -> Result<(), CacheError> {
+    let link = disk_path(data_dir, id);
+    match std::fs::remove_file(&link) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CacheError::Io {
+            action: "removing",
+            path: link,
+            cause: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Removes `disk` unless a live process uses it. Users whose process is gone are released first
@@ -102,27 +149,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disk_names_by_generation() {
+    fn generations_are_published_through_the_stable_name() {
         let id = "imc-abcdefghij0123456789";
         for (name, want) in [
-            ("imc-abcdefghij0123456789.erofs", Some(0)),
+            ("imc-abcdefghij0123456789.erofs", None),
             ("imc-abcdefghij0123456789.g7.erofs", Some(7)),
             ("imc-abcdefghij0123456789.g.erofs", None),
-            ("imc-abcdefghij0123456789x.erofs", None),
-            ("imc-other.erofs", None),
+            ("imc-abcdefghij0123456789x.g1.erofs", None),
+            ("imc-other.g1.erofs", None),
         ] {
             assert_eq!(generation_of(id, name), want, "{name}");
         }
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(caches_dir(dir.path())).unwrap();
-        assert_eq!(current_disk(dir.path(), id), None);
-        for g in [None, Some(12), Some(3)] {
-            std::fs::write(disk_path(dir.path(), id, g), b"x").unwrap();
+        let data = dir.path();
+        std::fs::create_dir_all(caches_dir(data)).unwrap();
+        assert_eq!(current_disk(data, id), None);
+        for g in [1, 12, 3] {
+            std::fs::write(generation_path(data, id, g), format!("gen {g}")).unwrap();
         }
+        publish(data, id, 3).unwrap();
+        assert_eq!(current_disk(data, id), Some(disk_path(data, id)));
         assert_eq!(
-            current_disk(dir.path(), id),
-            Some(disk_path(dir.path(), id, Some(12)))
+            std::fs::read_to_string(disk_path(data, id)).unwrap(),
+            "gen 3"
         );
-        assert_eq!(disks_of(dir.path(), id).len(), 3);
+        publish(data, id, 12).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(disk_path(data, id)).unwrap(),
+            "gen 12"
+        );
+        assert_eq!(
+            old_disks(data, id),
+            [generation_path(data, id, 1), generation_path(data, id, 3)]
+        );
+        assert_eq!(disks_of(data, id).len(), 3);
+        unpublish(data, id).unwrap();
+        assert_eq!(current_disk(data, id), None);
     }
 }
