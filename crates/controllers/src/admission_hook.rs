@@ -101,6 +101,8 @@ pub struct PodAdmission {
     view: CacheView,
     node_name: String,
     known_layers: KnownLayers,
+    /// Records `lastMatchedTime` on the chosen cache (retention of auto-created caches).
+    client: Option<kube::Client>,
 }
 
 impl PodAdmission {
@@ -110,7 +112,42 @@ impl PodAdmission {
             view,
             node_name: node_name.into(),
             known_layers,
+            client: None,
         }
+    }
+
+    /// Also records `status.lastMatchedTime` on each cache chosen, through `client`.
+    pub fn with_client(mut self, client: kube::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Writes `lastMatchedTime` of cache `id` in the background (admission itself never waits
+    /// on the API).
+    fn record_match(&self, id: &str) {
+        let (Some(client), Ok(runtime)) =
+            (self.client.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let Some(name) = self.view.by_id(id).and_then(|c| c.metadata.name) else {
+            return;
+        };
+        let id = id.to_owned();
+        runtime.spawn(async move {
+            let api: kube::Api<ImageCache> = kube::Api::all(client);
+            let patch = json!({"status": {"lastMatchedTime": jiff::Timestamp::now()}});
+            if let Err(e) = api
+                .patch_status(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                warn!(cache = %name, id = %id, error = %e, "recording the cache's last match");
+            }
+        });
     }
 
     /// As an [`AdmissionFn`] for the embedded server's hook point.
@@ -146,6 +183,11 @@ impl PodAdmission {
         match decision {
             Decision::Deny { message } => resp.deny(message),
             Decision::Admit { matched, .. } => {
+                if let Some((id, _)) = &matched
+                    && !req.dry_run
+                {
+                    self.record_match(id);
+                }
                 let patch = pod_patch(&value, matched.map(|(id, _)| id), &self.node_name);
                 if patch.is_empty() {
                     return resp;

@@ -199,6 +199,11 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
         );
     }
 
+    // Admission recorded the match on the cache (retention of auto-created caches uses it).
+    wait_for(&server, "imagecache", "busybox", "matched", |c| {
+        c["status"]["lastMatchedTime"].is_string()
+    });
+
     // kubectl get pods: READY 1/1, Running.
     let table = kubectl(&server, &["get", "pods"]);
     let row = table

@@ -109,7 +109,8 @@ async fn start_node(
             })
             .unwrap_or_default()
     });
-    let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers);
+    let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers)
+        .with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
     let node = imc_controllers::node::Node::start(ctx.clone(), view)
         .await
