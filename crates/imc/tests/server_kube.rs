@@ -464,3 +464,26 @@ async fn watch_follows_label_selection_and_sends_bookmarks() {
         current.parse::<u64>().unwrap()
     );
 }
+
+#[tokio::test]
+async fn discovery_finds_image_cache_both_ways() {
+    let (_s, client) = start(None).await;
+    for discovery in [
+        kube::Discovery::new(client.clone()).run().await.unwrap(),
+        kube::Discovery::new(client.clone())
+            .run_aggregated()
+            .await
+            .unwrap(),
+    ] {
+        let (ar, caps) = discovery
+            .groups()
+            .flat_map(|g| g.recommended_resources())
+            .find(|(ar, _)| ar.kind == "ImageCache")
+            .expect("ImageCache discovered");
+        assert_eq!(
+            (ar.group.as_str(), ar.version.as_str(), ar.plural.as_str()),
+            ("eci.alibabacloud.com", "v1", "imagecaches")
+        );
+        assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+    }
+}

@@ -531,6 +531,28 @@ fn watch_wide_pods_logs_and_unauthorized() {
         err.contains("Unauthorized") || err.contains("provide credentials"),
         "{err}"
     );
+    // No token at all, over TLS verified against the generated CA: a 401 Status.
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(s.data_dir().join("pki/ca.crt"))
+        .arg(format!(
+            "https://{}/apis/eci.alibabacloud.com/v1/imagecaches",
+            s.addr()
+        ))
+        .output()
+        .expect("curl is installed by scripts/deps");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "401", "{text}");
+    let status: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        (
+            status["kind"].as_str(),
+            status["reason"].as_str(),
+            status["code"].as_i64()
+        ),
+        (Some("Status"), Some("Unauthorized"), Some(401))
+    );
 }
 
 #[test]
