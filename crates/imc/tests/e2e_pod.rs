@@ -603,3 +603,61 @@ fn pod_start_latency_from_a_ready_cache() {
     );
     assert_eq!(samples.len(), 10);
 }
+
+#[test]
+fn twenty_pods_from_one_cache_share_one_attachment() {
+    let (reg, server) = setup();
+    let id = ready_cache(&server, "busybox", &[&reg.busybox]);
+    let names: Vec<String> = (0..20).map(|i| format!("many-{i}")).collect();
+    // One kubectl create of a JSON stream: the pods arrive at once.
+    let docs: Vec<String> = names
+        .iter()
+        .map(|n| {
+            pod_manifest(
+                n,
+                &reg.busybox,
+                &[(PINNED, &id)],
+                "echo up; exec sleep 3600",
+                "Always",
+            )
+            .to_string()
+        })
+        .collect();
+    let out = server
+        .kubectl_stdin(&["create", "-f", "-"], Some(&docs.join("\n")))
+        .expect("kubectl runs");
+    let ok = out.status.success();
+    let out = String::from_utf8_lossy(&out.stderr);
+    assert!(ok, "{out}");
+    for n in &names {
+        wait_for(&server, "pod", n, "Running", running);
+    }
+    let table = kubectl(&server, &["get", "pods", "--no-headers"]);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("1/1")
+                && l.split_whitespace().nth(2) == Some("Running"))
+            .count(),
+        20,
+        "{table}"
+    );
+    let disk = disk(&server, &id);
+    assert_eq!(
+        run_support::loops_backed_by(&disk),
+        1,
+        "one loop device for all pods"
+    );
+    for n in &names {
+        assert_eq!(kubectl(&server, &["logs", n]), "up\n");
+    }
+    kubectl(&server, &["delete", "pods", "--all", "--grace-period=1"]);
+    for n in &names {
+        wait_gone(&server, "pod", n);
+    }
+    assert_eq!(
+        run_support::loops_backed_by(&disk),
+        0,
+        "the disk is detached after its last pod"
+    );
+}
