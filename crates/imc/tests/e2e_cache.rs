@@ -583,3 +583,54 @@ fn expired_cache_is_deleted_with_its_disk() {
     wait_gone(&server, "short");
     assert!(!disk(&server, &id).exists());
 }
+
+#[test]
+fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
+    let reg = seed_registry();
+    let server = start_server(&reg.registry.host(), &[]);
+    create(
+        &server,
+        &manifest("used", &["eci_open/busybox:1.30"], "", ""),
+    );
+    let ready = wait_phase(&server, "used", "Ready");
+    let id = cache_id(&ready);
+    let disk_path = disk(&server, &id);
+    // A pod's attachment, as the node makes it: the disk mounted read-only for a live user.
+    let attacher = imc_snapshot::Attacher::new(server.data_dir()).unwrap();
+    let attached = attacher
+        .attach(
+            &disk_path,
+            imc_snapshot::CacheUser::current_process("pod-under-test"),
+        )
+        .unwrap();
+
+    kubectl(&server, &["delete", "imagecache", "used", "--wait=false"]);
+    let waiting = wait_for(&server, "used", "waiting for its pod", |o| {
+        o["metadata"]["deletionTimestamp"].is_string()
+    });
+    assert!(waiting["metadata"]["finalizers"].is_array());
+    let start = Instant::now();
+    loop {
+        let described = kubectl(&server, &["describe", "imagecache", "used"]);
+        if described.contains("DeletionWaiting") {
+            assert!(described.contains("1 pod(s) still use disk"), "{described}");
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no DeletionWaiting event: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(get(&server, "used").is_some(), "kept while in use");
+    assert!(disk_path.exists(), "disk kept while in use");
+    assert!(
+        attached.mount_point.join("index.json").exists()
+            || std::fs::read_dir(&attached.mount_point).unwrap().count() > 0,
+        "the pod still reads its disk"
+    );
+
+    attacher.release(&attached.id, "pod-under-test").unwrap();
+    wait_gone(&server, "used");
+    assert!(!disk_path.exists());
+}

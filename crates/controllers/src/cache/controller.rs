@@ -509,6 +509,17 @@ impl CacheController {
             for d in disk::disks_of(&self.ctx.settings.data_dir, &id) {
                 let users = disk::remove_if_unused(&self.attacher, &d)?;
                 if users > 0 {
+                    self.event(
+                        &cache,
+                        EventType::Normal,
+                        "DeletionWaiting",
+                        format!(
+                            "{users} pod(s) still use disk {}; it is removed after they stop",
+                            d.display()
+                        ),
+                        "Delete",
+                    )
+                    .await;
                     return Err(CacheError::DiskInUse {
                         cache: name,
                         disk: d,
