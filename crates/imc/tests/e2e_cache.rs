@@ -417,6 +417,23 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
         |o| phase(o) == "Creating" && base_tree.is_dir(),
     );
     assert_eq!(creating["status"]["conditions"][0]["status"], "False");
+    // Progress rises with the slow layer's bytes and never goes back.
+    let mut seen = vec![];
+    let start = Instant::now();
+    loop {
+        let obj = get(&server, "slow").unwrap();
+        assert_eq!(phase(&obj), "Creating", "{obj:#}");
+        let text = obj["status"]["progress"].as_str().unwrap().to_owned();
+        let pct: u32 = text.trim_end_matches('%').parse().unwrap();
+        seen.push(pct);
+        if pct >= 40 {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "progress stuck: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(seen.iter().all(|p| *p < 100), "{seen:?}");
 
     // A spec change while Creating is refused with the reason.
     let out = server
@@ -633,4 +650,71 @@ fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
     attacher.release(&attached.id, "pod-under-test").unwrap();
     wait_gone(&server, "used");
     assert!(!disk_path.exists());
+}
+
+#[test]
+fn failed_rebuild_is_update_failed_and_the_old_disk_keeps_serving() {
+    let reg = seed_registry();
+    let server = start_server(&reg.registry.host(), &[]);
+    create(
+        &server,
+        &manifest("upd", &["eci_open/busybox:1.30"], "", ""),
+    );
+    let ready = wait_phase(&server, "upd", "Ready");
+    let id = cache_id(&ready);
+    let link = disk(&server, &id);
+    let first = std::fs::read_link(&link).unwrap();
+
+    let set_images = |image: &str| {
+        kubectl(
+            &server,
+            &[
+                "patch",
+                "imagecache",
+                "upd",
+                "--type",
+                "merge",
+                "-p",
+                &format!(r#"{{"spec":{{"images":["{SEED_HOST}/{image}"]}}}}"#),
+            ],
+        );
+    };
+    set_images("eci_open/nope:2");
+    let failed = wait_phase(&server, "upd", "UpdateFailed");
+    assert_eq!(failed["status"]["conditions"][0]["status"], "True");
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("eci_open/nope:2"),
+        "{failed:#}"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        first,
+        "old disk still current"
+    );
+    assert!(
+        inspect(&link)["images"][0]["reference"]
+            .as_str()
+            .unwrap()
+            .ends_with("busybox:1.30")
+    );
+
+    // UpdateFailed accepts another change, which rebuilds.
+    set_images("eci_open/extra:1");
+    let fixed = wait_for(&server, "upd", "rebuilt", |o| {
+        phase(o) == "Ready" && o["status"]["observedGeneration"] == 3
+    });
+    assert!(fixed["status"].get("message").is_none(), "{fixed:#}");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        PathBuf::from(format!("{id}.g3.erofs"))
+    );
+    let m = metrics(&server);
+    assert!(
+        m.contains("imc_cache_builds_total{outcome=\"UpdateFailed\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("imc_downloaded_bytes_total "), "{m}");
 }
