@@ -107,13 +107,15 @@ fn pod_grace_period(def: &ResourceDef, obj: &Value, options: &Value) -> Option<i
     )
 }
 
-/// Where a patch goes and who sends it.
+/// Where a write goes, who sends it, and whether it is only tried (`dryRun`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PatchTarget<'a> {
     /// `Some("status")` for the status subresource.
     pub sub: Option<&'a str>,
     /// The `fieldManager` (required for server-side apply).
     pub manager: Option<&'a str>,
+    /// `dryRun=All`: everything but storing.
+    pub dry_run: bool,
 }
 
 /// Query options of a list or watch.
@@ -320,7 +322,17 @@ impl ApiServer {
 
     /// Creates an object (POST).
     pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
-        self.create_inner(def, ns, obj, false).await
+        self.create_inner(def, ns, obj, false, false).await
+    }
+
+    /// Everything a create does except storing (`dryRun=All`).
+    pub async fn create_dry_run(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        obj: Value,
+    ) -> Result<Value> {
+        self.create_inner(def, ns, obj, false, true).await
     }
 
     /// Creates an object; `keep_managed` keeps the managedFields server-side apply computed.
@@ -330,6 +342,7 @@ impl ApiServer {
         ns: Option<&str>,
         mut obj: Value,
         keep_managed: bool,
+        dry_run: bool,
     ) -> Result<Value> {
         Self::check_type(def, &mut obj)?;
         let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
@@ -394,6 +407,15 @@ impl ApiServer {
                 .admit(def, Operation::Create, None, &mut o, None)?;
             Self::validate(def, &o)?;
             let key = Self::key(def, ns.as_deref(), &name);
+            if dry_run {
+                if self.store.get(&key).is_some() {
+                    return Err(ApiError::AlreadyExists {
+                        kind: def.qualified(),
+                        name,
+                    });
+                }
+                return Ok(o);
+            }
             let stored = o.clone();
             match self
                 .store
@@ -541,8 +563,9 @@ impl ApiServer {
         ns: Option<&str>,
         name: &str,
         incoming: Value,
-        sub: Option<&str>,
+        target: PatchTarget<'_>,
     ) -> Result<Value> {
+        let PatchTarget { sub, dry_run, .. } = target;
         let key = Self::key(def, ns, name);
         let current = self
             .store
@@ -554,7 +577,7 @@ impl ApiServer {
         };
         let old = def.from_storage(&current);
         let next = self.prepare_update(def, &old, incoming, sub)?;
-        self.commit(def, key, next, expect).await
+        self.commit(def, key, next, expect, dry_run).await
     }
 
     async fn commit(
@@ -563,7 +586,18 @@ impl ApiServer {
         key: Key,
         next: Option<Value>,
         expect: u64,
+        dry_run: bool,
     ) -> Result<Value> {
+        if dry_run {
+            return match next {
+                Some(obj) => Ok(obj),
+                None => self
+                    .store
+                    .get(&key)
+                    .map(|o| def.from_storage(&o))
+                    .ok_or_else(|| Self::not_found(def, &key.name)),
+            };
+        }
         match next {
             Some(obj) => {
                 let saved = self
@@ -598,7 +632,11 @@ impl ApiServer {
         body: &[u8],
         target: PatchTarget<'_>,
     ) -> Result<Value> {
-        let PatchTarget { sub, manager } = target;
+        let PatchTarget {
+            sub,
+            manager,
+            dry_run,
+        } = target;
         if patch_type == PatchType::Strategic && def.custom {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({} does not support strategic merge patch)",
@@ -632,7 +670,7 @@ impl ApiServer {
                             set,
                         );
                     }
-                    return self.create_inner(def, ns, obj, true).await;
+                    return self.create_inner(def, ns, obj, true, dry_run).await;
                 }
                 return Err(Self::not_found(def, name));
             };
@@ -678,7 +716,10 @@ impl ApiServer {
                 });
             }
             let next = self.prepare_update(def, &old, new, sub)?;
-            match self.commit(def, key.clone(), next, rv_of(&current)).await {
+            match self
+                .commit(def, key.clone(), next, rv_of(&current), dry_run)
+                .await
+            {
                 Err(ApiError::Conflict { .. }) => continue,
                 other => return other,
             }
@@ -728,6 +769,13 @@ impl ApiServer {
             let mut probe = old.clone();
             self.admission
                 .admit(def, Operation::Delete, None, &mut probe, Some(&old))?;
+            let dry_run = options
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
+            if dry_run {
+                return Ok(old);
+            }
             if def.group.is_empty() && def.kind == "Namespace" && finalizers_empty(&current) {
                 self.delete_namespace_contents(name).await;
             }

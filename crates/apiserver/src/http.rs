@@ -226,6 +226,7 @@ async fn route(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let protobuf = content_type.contains("protobuf");
+    let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let parse_body = |body: &Bytes| -> Result<Value> {
         if protobuf {
             return crate::protobuf::decode_body(body);
@@ -261,7 +262,11 @@ async fn route(
         }
         (&Method::POST, None) => {
             let obj = parse_body(&body)?;
-            let created = api.create(&def, ns, obj).await?;
+            let created = if dry_run {
+                api.create_dry_run(&def, ns, obj).await?
+            } else {
+                api.create(&def, ns, obj).await?
+            };
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (&Method::DELETE, None) => {
@@ -313,7 +318,12 @@ async fn route(
         }
         (&Method::PUT, Some(name)) => {
             let obj = parse_body(&body)?;
-            Ok(ok(api.update(&def, ns, name, obj, sub).await?))
+            let target = crate::handler::PatchTarget {
+                sub,
+                manager: None,
+                dry_run,
+            };
+            Ok(ok(api.update(&def, ns, name, obj, target).await?))
         }
         (&Method::PATCH, Some(name)) => {
             let ct = headers
@@ -331,16 +341,20 @@ async fn route(
                     crate::handler::PatchTarget {
                         sub,
                         manager: query.get("fieldManager").map(String::as_str),
+                        dry_run,
                     },
                 )
                 .await?))
         }
         (&Method::DELETE, Some(name)) => {
-            let options = if body.is_empty() {
+            let mut options = if body.is_empty() {
                 json!({})
             } else {
                 parse_body(&body)?
             };
+            if dry_run && options.is_object() {
+                options["dryRun"] = json!(["All"]);
+            }
             Ok(ok(api.delete(&def, ns, name, &options).await?))
         }
         (m, _) => Err(ApiError::MethodNotAllowed(format!(

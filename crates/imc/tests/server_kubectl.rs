@@ -252,6 +252,31 @@ fn apply_label_annotate_patch() {
         None,
     );
     assert!(err.contains("spec.imageCacheSize"), "{err}");
+
+    // --dry-run=server validates and answers, and stores nothing.
+    let dry = APPLIED.replace("name: applied", "name: dry");
+    let out = ok_stdin(&s, &["apply", "--dry-run=server", "-f", "-"], Some(&dry));
+    assert_eq!(
+        out.trim(),
+        "imagecache.eci.alibabacloud.com/dry created (server dry run)"
+    );
+    let out = ok_stdin(
+        &s,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&dry),
+    );
+    assert!(out.contains("(server dry run)"), "{out}");
+    let err = fails(&s, &["get", "imc", "dry"], None);
+    assert!(err.contains("not found"), "{err}");
+    let bad = dry.replace("images: [", "imageCacheSize: 5\n  images: [");
+    let err = fails(&s, &["create", "--dry-run=server", "-f", "-"], Some(&bad));
+    assert!(err.contains("spec.imageCacheSize"), "{err}");
+    ok(&s, &["delete", "imc", "applied", "--dry-run=server"]);
+    ok(
+        &s,
+        &["label", "imc", "applied", "dry=run", "--dry-run=server"],
+    );
+    assert_eq!(jp("{.metadata.labels}"), r#"{"team":"cache"}"#);
 }
 
 #[test]
