@@ -227,6 +227,28 @@ async fn route(
         .unwrap_or("");
     let protobuf = content_type.contains("protobuf");
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    // kubectl asks for Strict by default: unknown fields of a custom resource are refused,
+    // as the Kubernetes API server does, so a typo in a manifest is not silently dropped.
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
+    let check_fields = |obj: &Value| -> Result<()> {
+        if !(strict && def.custom) {
+            return Ok(());
+        }
+        let unknown = crate::resources::unknown_fields(&def.schema, obj);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::BadRequest(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {fields}",
+            kind = def.kind,
+            version = def.version,
+            fields = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    };
     let parse_body = |body: &Bytes| -> Result<Value> {
         if protobuf {
             return crate::protobuf::decode_body(body);
@@ -262,6 +284,7 @@ async fn route(
         }
         (&Method::POST, None) => {
             let obj = parse_body(&body)?;
+            check_fields(&obj)?;
             let created = if dry_run {
                 api.create_dry_run(&def, ns, obj).await?
             } else {
@@ -318,6 +341,7 @@ async fn route(
         }
         (&Method::PUT, Some(name)) => {
             let obj = parse_body(&body)?;
+            check_fields(&obj)?;
             let target = crate::handler::PatchTarget {
                 sub,
                 manager: None,
@@ -331,6 +355,15 @@ async fn route(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch_type = PatchType::from_content_type(ct)?;
+            match patch_type {
+                PatchType::Merge | PatchType::Strategic => {
+                    if let Ok(partial) = serde_json::from_slice::<Value>(&body) {
+                        check_fields(&partial)?;
+                    }
+                }
+                PatchType::Apply => check_fields(&crate::patch::parse_apply(&body)?)?,
+                PatchType::Json => {}
+            }
             Ok(ok(api
                 .patch(
                     &def,

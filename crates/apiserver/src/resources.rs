@@ -573,6 +573,55 @@ fn image_cache_def() -> ResourceDef {
     def
 }
 
+/// Fields of `obj` its OpenAPI `schema` does not declare, as dotted paths (`spec.imageCachesize`).
+/// Objects marked `x-kubernetes-preserve-unknown-fields` or with `additionalProperties` accept
+/// anything.
+pub fn unknown_fields(schema: &Value, obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_unknown(schema, obj, "", &mut out);
+    out
+}
+
+fn walk_unknown(schema: &Value, obj: &Value, path: &str, out: &mut Vec<String>) {
+    let open = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    match obj {
+        Value::Object(map) => {
+            if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, v) in map {
+                    walk_unknown(extra, v, &join(path, k), out);
+                }
+                return;
+            }
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (k, v) in map {
+                match props.get(k) {
+                    Some(sub) => walk_unknown(sub, v, &join(path, k), out),
+                    None if !open => out.push(join(path, k)),
+                    None => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk_unknown(item_schema, v, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
 /// Reads the spec leniently: a missing `images` is an empty list, reported by validation.
 fn image_cache_spec(obj: &Value) -> Result<imc_api::ImageCacheSpec, Cause> {
     let mut spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
@@ -653,6 +702,21 @@ mod tests {
         let mut o = json!({"spec": {"images": ["a:1"]}});
         default_image_cache(&mut o);
         assert_eq!(o["spec"]["imageCacheSize"], 20);
+    }
+
+    #[test]
+    fn unknown_fields_are_found_where_the_schema_is_closed() {
+        let r = Resources::builtin();
+        let d = r.find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
+        let obj = json!({"apiVersion": "v1", "kind": "ImageCache", "metadata": {"name": "x", "anything": 1},
+            "spec": {"images": ["a:1"], "imageCachesize": 25},
+            "status": {"conditions": [{"type": "Ready", "bogus": 1}]}});
+        assert_eq!(
+            unknown_fields(&d.schema, &obj),
+            ["spec.imageCachesize", "status.conditions[0].bogus"]
+        );
+        let cm = r.find("", "v1", "configmaps").unwrap();
+        assert!(unknown_fields(&cm.schema, &json!({"data": {"a": "b"}, "x": 1})).is_empty());
     }
 
     #[test]

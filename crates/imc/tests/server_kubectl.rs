@@ -399,6 +399,13 @@ fn invalid_manifests_are_rejected_naming_the_field() {
             "{name}: expected {field} in {err}"
         );
     }
+    // A misspelt field is refused (kubectl asks for strict field validation), not dropped.
+    let typo = r#"{"apiVersion":"eci.alibabacloud.com/v1","kind":"ImageCache","metadata":{"name":"typo"},"spec":{"images":["a/b:1"],"imageCachesize":25}}"#;
+    let err = fails(&s, &["create", "-f", "-"], Some(typo));
+    assert!(
+        err.contains(r#"unknown field "spec.imageCachesize""#),
+        "{err}"
+    );
     assert_eq!(ok(&s, &["get", "imc", "-o", "name"]).trim(), "");
 }
 
