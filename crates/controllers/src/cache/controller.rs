@@ -44,6 +44,9 @@ pub struct CacheController {
     recorder: Recorder,
     attacher: Attacher,
     builds: Mutex<HashMap<String, Build>>,
+    /// Ids this process assigned, by object uid: a reconcile that still sees the object without
+    /// its id (the watch lags behind our own write) writes the same id again, never a new one.
+    assigned: Mutex<HashMap<String, CacheId>>,
 }
 
 /// Every status field this controller owns. `lastMatchedTime` belongs to admission, so a full
@@ -85,6 +88,7 @@ impl CacheController {
             recorder,
             attacher,
             builds: Mutex::default(),
+            assigned: Mutex::default(),
         }
     }
 
@@ -202,7 +206,22 @@ impl CacheController {
         now: Timestamp,
     ) -> Result<(), CacheError> {
         let name = cache.name_any();
-        let id = self.new_id().await;
+        let uid = cache.uid().unwrap_or_default();
+        let known = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .cloned();
+        let first = known.is_none();
+        let id = match known {
+            Some(id) => id,
+            None => self.new_id().await,
+        };
+        self.assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, id.clone());
         status.image_cache_id = Some(id.to_string());
         status.phase = Some(Phase::Pending);
         status.progress = Some("0%".to_owned());
@@ -222,6 +241,9 @@ impl CacheController {
         status.conditions = Some(conditions);
         self.patch(&name, status_patch(&status), "assigning the cache id")
             .await?;
+        if !first {
+            return Ok(());
+        }
         tracing::info!(cache = %name, id = %id, "cache id assigned");
         self.event(
             cache,
@@ -503,6 +525,12 @@ impl CacheController {
         let name = cache.name_any();
         if let Some(task) = self.builds().remove(&name).and_then(|b| b.task) {
             task.abort();
+        }
+        if let Some(uid) = cache.uid() {
+            self.assigned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
         }
         let id = cache.status.as_ref().and_then(|s| s.image_cache_id.clone());
         if let Some(id) = id {
