@@ -448,6 +448,7 @@ fn watch(
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, Infallible>>(256);
     let since = query.get("resourceVersion").cloned().unwrap_or_default();
+    let initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
     let bookmarks = query
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true");
@@ -472,7 +473,7 @@ fn watch(
         };
         let mut live = api.store.subscribe();
         let mut seen: u64;
-        if since.is_empty() || since == "0" {
+        if since.is_empty() || since == "0" || initial_events {
             let (items, rv) = api.store.list(&res, ns.as_deref());
             seen = rv;
             for o in items {
@@ -481,6 +482,13 @@ fn watch(
                     && opts.fields.matches(&served)
                     && tx.send(Ok(event_line("ADDED", &render(&o)))).await.is_err()
                 {
+                    return;
+                }
+            }
+            if initial_events && bookmarks {
+                // Streaming list: this bookmark tells the client its initial state is complete.
+                let mark = json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if tx.send(Ok(event_line("BOOKMARK", &mark))).await.is_err() {
                     return;
                 }
             }
@@ -524,7 +532,7 @@ fn watch(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
-                    let mark = json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {"resourceVersion": seen.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    let mark = json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {"resourceVersion": seen.to_string()}});
                     if tx.send(Ok(event_line("BOOKMARK", &mark))).await.is_err() { return; }
                 }
                 change = live.recv() => match change {

@@ -487,3 +487,37 @@ async fn discovery_finds_image_cache_both_ways() {
         assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
     }
 }
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_gets_initial_state_then_changes() {
+    let (_s, client) = start(None).await;
+    let api: Api<ImageCache> = Api::all(client);
+    api.create(&PostParams::default(), &cache("before"))
+        .await
+        .unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = watcher::watcher(api.clone(), config).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(GUARD, stream.next()).await.unwrap() {
+            Some(Ok(Event::InitApply(o))) => initial.push(o.name_any()),
+            Some(Ok(Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, ["before"]);
+    api.create(&PostParams::default(), &cache("after"))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, stream.next()).await.unwrap() {
+            Some(Ok(Event::Apply(o))) => {
+                assert_eq!(o.name_any(), "after");
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
