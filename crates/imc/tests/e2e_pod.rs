@@ -661,3 +661,70 @@ fn twenty_pods_from_one_cache_share_one_attachment() {
         "the disk is detached after its last pod"
     );
 }
+
+#[test]
+fn deletion_stops_containers_with_term_then_kill_and_cleans_up() {
+    let (reg, server) = setup();
+    let polite = pod_manifest(
+        "polite",
+        &reg.busybox,
+        &[],
+        "trap 'exit 0' TERM; echo ready; while true; do sleep 1; done",
+        "Always",
+    );
+    // sleep as pid 1 has no TERM handler, so the signal is ignored until SIGKILL.
+    let stubborn = pod_manifest("stubborn", &reg.busybox, &[], "exec sleep 3600", "Always");
+    for m in [&polite, &stubborn] {
+        let (ok, out) = create(&server, m);
+        assert!(ok, "{out}");
+    }
+    for n in ["polite", "stubborn"] {
+        wait_for(&server, "pod", n, "Running", running);
+    }
+    let uids: Vec<String> = ["polite", "stubborn"]
+        .iter()
+        .map(|n| {
+            get(&server, "pod", n).unwrap()["metadata"]["uid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    kubectl(&server, &["delete", "pod", "polite", "stubborn"]);
+    for n in ["polite", "stubborn"] {
+        wait_gone(&server, "pod", n);
+    }
+    // Each was told to stop (the Killing event), and nothing of them is left on the host.
+    let events: Value =
+        serde_json::from_str(&kubectl(&server, &["get", "events", "-o", "json"])).unwrap();
+    for (name, uid) in ["polite", "stubborn"].iter().zip(&uids) {
+        assert!(
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reason"] == "Killing"
+                    && e["involvedObject"]["name"] == *name
+                    && e["message"] == "Stopping container app"),
+            "no Killing event for {name}: {events:#}"
+        );
+        let dir = server.data_dir().join("pods").join(uid);
+        let deadline = Instant::now() + PATIENCE;
+        while dir.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert!(run_support::mounts_under(server.data_dir()).is_empty());
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(server.data_dir().join("run/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&runc.stdout).trim(),
+        "",
+        "runc containers left"
+    );
+}

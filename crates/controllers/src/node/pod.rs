@@ -165,6 +165,8 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
         }
         while tasks.join_next().await.is_some() {}
     }
+    // Containers end only when the pod is deleted; a pod without any waits here too.
+    let _ = stop.wait_for(Option::is_some).await;
     if let Err(e) = run.sandbox.remove() {
         warn!(error = %e, "removing the pod sandbox");
     }
