@@ -241,7 +241,17 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
         phase(o) == "Ready" || phase(o) == "Failed"
     });
     assert_eq!(phase(&ready), "Ready", "{ready:#?}");
-    let table = kubectl(&server, &["get", "imagecache", SEED_NAME]);
+    // `kubectl wait` works on the Ready condition; `imc` is the short name.
+    kubectl(
+        &server,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("imagecache/{SEED_NAME}"),
+            "--timeout=60s",
+        ],
+    );
+    let table = kubectl(&server, &["get", "imc", SEED_NAME]);
     let id = cache_id(&ready);
     let row = table.lines().nth(1).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
