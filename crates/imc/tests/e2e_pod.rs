@@ -728,3 +728,44 @@ fn deletion_stops_containers_with_term_then_kill_and_cleans_up() {
         "runc containers left"
     );
 }
+
+#[test]
+fn image_errors_show_in_status_and_events() {
+    let (reg, server) = setup();
+    let missing = format!("{}/imc/nope:1", reg.registry.host());
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("nope", &missing, &[], "true", "Never"),
+    );
+    assert!(ok, "{out}");
+    let mut never = pod_manifest("never", &reg.partial, &[], "true", "Never");
+    never["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
+    let (ok, out) = create(&server, &never);
+    assert!(ok, "{out}");
+
+    let waiting = |p: &Value, reason: &str| {
+        p["status"]["phase"] == "Pending"
+            && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason
+    };
+    wait_for(&server, "pod", "nope", "ErrImagePull", |p| {
+        waiting(p, "ErrImagePull")
+    });
+    wait_for(&server, "pod", "never", "ErrImageNeverPull", |p| {
+        waiting(p, "ErrImageNeverPull")
+    });
+    let describe = kubectl(&server, &["describe", "pod", "nope"]);
+    assert!(
+        describe.contains(&format!("failed to pull image {missing:?}")),
+        "{describe}"
+    );
+    let describe = kubectl(&server, &["describe", "pod", "never"]);
+    assert!(
+        describe.contains("is not present with pull policy of Never"),
+        "{describe}"
+    );
+    assert!(!describe.contains("Pulling"), "{describe}");
+    for n in ["nope", "never"] {
+        kubectl(&server, &["delete", "pod", n]);
+        wait_gone(&server, "pod", n);
+    }
+}
