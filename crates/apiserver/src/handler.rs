@@ -107,6 +107,65 @@ fn pod_grace_period(def: &ResourceDef, obj: &Value, options: &Value) -> Option<i
     )
 }
 
+/// A label name or value part: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
+fn is_label_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.first().is_none_or(u8::is_ascii_alphanumeric)
+        && b.last().is_none_or(u8::is_ascii_alphanumeric)
+}
+
+/// A qualified key: `[prefix/]name`, the prefix a DNS subdomain.
+fn is_qualified_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    !name.is_empty()
+        && is_label_part(name)
+        && prefix.is_none_or(imc_api::validation::is_dns_subdomain)
+}
+
+/// Label and annotation keys and label values Kubernetes would refuse, one cause each.
+fn label_causes(obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let invalid = |field: &str, message: String| Cause {
+        field: field.to_owned(),
+        reason: "FieldValueInvalid".into(),
+        message,
+    };
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if !is_qualified_key(k) {
+                causes.push(invalid("metadata.labels", format!("{k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', at most 63 characters, with an optional DNS subdomain prefix and '/'")));
+            }
+            match v.as_str() {
+                Some(v) if is_label_part(v) => {}
+                _ => causes.push(invalid("metadata.labels", format!("{v}: a valid label value must be at most 63 characters of alphanumerics, '-', '_' or '.', beginning and ending with an alphanumeric"))),
+            }
+        }
+    }
+    if let Some(annotations) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in annotations {
+            if !is_qualified_key(k) {
+                causes.push(invalid("metadata.annotations", format!("{k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/'")));
+            }
+            if !v.is_string() {
+                causes.push(invalid(
+                    "metadata.annotations",
+                    format!("{k:?}: annotation values must be strings"),
+                ));
+            }
+        }
+    }
+    causes
+}
+
 /// Where a write goes, who sends it, and whether it is only tried (`dryRun`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PatchTarget<'a> {
@@ -306,6 +365,7 @@ impl ApiServer {
                 ),
             });
         }
+        causes.extend(label_causes(obj));
         if let Some(v) = def.validate {
             causes.extend(v(obj));
         }
@@ -944,5 +1004,30 @@ impl ApiServer {
             Some(p) => p.logs(pod, options).await,
             None => Err(crate::logs::no_container_yet(&pod, &options)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_checked_like_kubernetes() {
+        let ok = json!({"metadata": {"labels": {"app": "web", "example.com/tier": "", "a_b.c-d": "X.y_z"},
+            "annotations": {"k8s.aliyun.com/eci-image-cache": "true"}}});
+        assert!(label_causes(&ok).is_empty());
+        let bad = json!({"metadata": {"labels": {"-app": "web", "x": "has space", "y": "a".repeat(64)},
+            "annotations": {"bad key": "v", "n": 1}}});
+        let fields: Vec<_> = label_causes(&bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.labels",
+                "metadata.labels",
+                "metadata.labels",
+                "metadata.annotations",
+                "metadata.annotations"
+            ]
+        );
     }
 }
