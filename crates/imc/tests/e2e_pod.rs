@@ -769,3 +769,64 @@ fn image_errors_show_in_status_and_events() {
         wait_gone(&server, "pod", n);
     }
 }
+
+#[test]
+fn pods_run_again_after_the_server_is_killed_and_deleting_them_cleans_up() {
+    let (reg, mut server) = setup();
+    let id = ready_cache(&server, "busybox", &[&reg.busybox]);
+    let (ok, out) = create(
+        &server,
+        &pod_manifest(
+            "survivor",
+            &reg.busybox,
+            &[(PINNED, &id)],
+            "cat /proc/sys/kernel/random/uuid; exec sleep 3600",
+            "Always",
+        ),
+    );
+    assert!(ok, "{out}");
+    let before = wait_for(&server, "pod", "survivor", "Running", running);
+    let container_id = |p: &Value| p["status"]["containerStatuses"][0]["containerID"].clone();
+
+    // Each run of the container prints a fresh random id.
+    let first_run = kubectl(&server, &["logs", "survivor"]);
+    assert_eq!(first_run.trim().len(), 36, "{first_run:?}");
+
+    server.restart().expect("server restarts");
+    // The node cleans up the dead process's container and runs the pod again.
+    let deadline = Instant::now() + PATIENCE;
+    let second_run = loop {
+        let out = server.kubectl(&["logs", "survivor"]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.trim().len() == 36 && text != first_run {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod never ran again: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(second_run, first_run);
+    let after = wait_for(&server, "pod", "survivor", "Running", running);
+    assert_eq!(container_id(&after), container_id(&before));
+    let disk = disk(&server, &id);
+    assert_eq!(run_support::loops_backed_by(&disk), 1);
+
+    kubectl(&server, &["delete", "pod", "survivor", "--grace-period=1"]);
+    wait_gone(&server, "pod", "survivor");
+    let dir = server
+        .data_dir()
+        .join("pods")
+        .join(after["metadata"]["uid"].as_str().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    while (dir.exists() || run_support::loops_backed_by(&disk) > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(
+        run_support::loops_backed_by(&disk),
+        0,
+        "cache disk still attached"
+    );
+}
