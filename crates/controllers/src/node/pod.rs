@@ -254,7 +254,12 @@ async fn resolve_cache(
     };
     let cache_name = cache.metadata.name.clone().unwrap_or_default();
     let phase = cache.status.as_ref().and_then(|s| s.phase);
-    if phase != Some(Phase::Ready) {
+    // While a Ready cache is rebuilt (Updating) or after its rebuild failed (UpdateFailed), its
+    // previous disk still serves pods.
+    if !matches!(
+        phase,
+        Some(Phase::Ready | Phase::Updating | Phase::UpdateFailed)
+    ) {
         node.events.normal(
             reference,
             "ImageCacheNotComplete",
