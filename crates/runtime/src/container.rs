@@ -45,7 +45,8 @@ pub enum ContainerIo {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitInfo {
-    /// Exit code; 128 + signal number when killed by a signal.
+    /// Exit code; 128 + signal number when killed by a signal; -1 when unknown (the process
+    /// was not started by this process, so its status could not be collected).
     pub code: i32,
     /// The signal that killed it, if any.
     pub signal: Option<i32>,
@@ -316,19 +317,13 @@ impl Container {
             })?
             .map_err(RuntimeError::io("waiting for", format!("/proc/{pid}")))?;
         let finished_at = jiff::Timestamp::now().to_string();
-        let info = if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            ExitInfo {
-                code: 128 + sig,
-                signal: Some(sig),
-                finished_at,
-            }
-        } else {
-            ExitInfo {
-                code: libc::WEXITSTATUS(status),
+        let info = match status {
+            None => ExitInfo {
+                code: -1,
                 signal: None,
                 finished_at,
-            }
+            },
+            Some(status) => exit_info(status, finished_at),
         };
         debug!(container = %self.id, code = info.code, "container exited");
         Ok(info)
@@ -376,15 +371,16 @@ pub(crate) async fn remove_container(
     Ok(())
 }
 
-/// Blocks until `pid` (our child, as subreaper) exits; returns its wait status. When it is not
-/// our child (ECHILD), polls until it is gone and reports status 0 with no code known.
-fn wait_pid(pid: i32) -> std::io::Result<i32> {
+/// Blocks until `pid` (our child, as subreaper) exits; returns its wait status, or `None` when
+/// it is not our child (ECHILD: another process started it) and its status cannot be known; then
+/// it polls until the process is gone.
+fn wait_pid(pid: i32) -> std::io::Result<Option<i32>> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status into a local.
         let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
         if rc == pid {
-            return Ok(status);
+            return Ok(Some(status));
         }
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
@@ -393,9 +389,27 @@ fn wait_pid(pid: i32) -> std::io::Result<i32> {
                 while Path::new(&format!("/proc/{pid}")).exists() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                return Ok(0);
+                return Ok(None);
             }
             _ => return Err(err),
+        }
+    }
+}
+
+/// Exit code (128 + signal when killed) of a wait status.
+fn exit_info(status: i32, finished_at: String) -> ExitInfo {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        ExitInfo {
+            code: 128 + sig,
+            signal: Some(sig),
+            finished_at,
+        }
+    } else {
+        ExitInfo {
+            code: libc::WEXITSTATUS(status),
+            signal: None,
+            finished_at,
         }
     }
 }

@@ -96,9 +96,7 @@ impl Runc {
 
     /// `runc start`.
     pub async fn start(&self, id: &str, runc_log: &Path) -> Result<(), RuntimeError> {
-        self.simple("start", id, &[], Some(runc_log))
-            .await
-            .map(|_| ())
+        self.simple("start", id, Some(runc_log)).await
     }
 
     /// `runc state`; `None` when runc does not know the container.
@@ -160,13 +158,11 @@ impl Runc {
         &self,
         action: &'static str,
         id: &str,
-        flags: &[&str],
         log: Option<&Path>,
     ) -> Result<(), RuntimeError> {
         let out = self
             .command(log)
             .arg(action)
-            .args(flags)
             .arg(id)
             .output()
             .await

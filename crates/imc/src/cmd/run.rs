@@ -192,6 +192,10 @@ async fn start_and_wait(
     let removed = container.remove().await;
     let exit = exit?;
     removed?;
+    if exit.code < 0 {
+        tracing::warn!("the container's exit status could not be collected");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
 }
 
