@@ -15,8 +15,8 @@ pub struct Machine {
     pub memory_gib: u64,
     pub kernel: String,
     pub containerd: String,
-    /// `git describe` of the imc tree the harness was run from.
-    pub imc_commit: String,
+    /// `git describe` of the tree the harness was run from (the imc binary may differ).
+    pub harness_commit: String,
 }
 
 impl Machine {
@@ -43,20 +43,20 @@ impl Machine {
             memory_gib: (mem_kib + (1 << 19)) >> 20,
             kernel: output("uname", &["-r"]),
             containerd: output("containerd", &["--version"]),
-            imc_commit: output("git", &["describe", "--always", "--dirty"]),
+            harness_commit: output("git", &["describe", "--always", "--dirty"]),
         }
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "{} · {} ({} cores) · {} GiB · Linux {} · {} · imc {}",
+            "{} · {} ({} cores) · {} GiB · Linux {} · {} · harness tree {}",
             self.date,
             self.cpu,
             self.cores,
             self.memory_gib,
             self.kernel,
             self.containerd,
-            self.imc_commit
+            self.harness_commit
         )
     }
 }

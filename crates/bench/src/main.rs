@@ -133,6 +133,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = pull_bench::run(&options)?;
             println!("\n{}", report.machine.summary());
             println!(
+                "imc binary {} · load average {}",
+                report.imc, report.load_average
+            );
+            println!(
                 "image {} ({} MB compressed layers)\n",
                 report.image,
                 reference_image::mb(report.compressed_bytes)

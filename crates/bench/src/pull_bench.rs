@@ -39,6 +39,10 @@ pub struct PullOptions {
 pub struct PullReport {
     pub machine: Machine,
     pub image: String,
+    /// The imc binary measured.
+    pub imc: String,
+    /// Load average (1 min) at the end of the run: other work on the machine skews figures.
+    pub load_average: String,
     pub compressed_bytes: u64,
     pub transfer_bytes: u64,
     pub bandwidth_bytes_per_sec: u64,
@@ -313,6 +317,11 @@ pub fn run(options: &PullOptions) -> anyhow::Result<PullReport> {
     Ok(PullReport {
         machine: Machine::describe(),
         image: format!("{REPOSITORY}:{TAG}@{}", image.manifest.digest),
+        imc: options.imc.display().to_string(),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next().map(str::to_owned))
+            .unwrap_or_default(),
         compressed_bytes: image.compressed_size(),
         transfer_bytes: image.transfer_size(),
         bandwidth_bytes_per_sec: options.bandwidth,
