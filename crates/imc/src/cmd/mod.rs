@@ -6,6 +6,7 @@ mod image;
 mod registry_args;
 mod run;
 mod server;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Show which ImageCache a pod would start from, with every candidate's score.
     ExplainMatch(explain_match::ExplainMatchArgs),
+    /// Cluster mode: serve pod admission (cache choice) as an HTTPS AdmissionReview webhook.
+    Webhook(webhook::WebhookArgs),
 }
 
 /// Arguments every command that touches local state takes.
@@ -75,5 +78,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a).await,
         Command::Server(a) => server::run(a).await,
         Command::ExplainMatch(a) => explain_match::run(a).await,
+        Command::Webhook(a) => webhook::run(a).await,
     }
 }

@@ -1,0 +1,106 @@
+//! `imc webhook`: pod admission for cluster mode, served as an HTTPS `AdmissionReview` webhook
+//! (a MutatingWebhookConfiguration points `pods` CREATE at `POST /mutate`). It is the same
+//! admission function `imc server` registers at its hook point.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use imc_controllers::admission_hook::{CacheView, PodAdmission};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(clap::Args, Debug)]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain the webhook serves (the cluster's caBundle must trust it).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the certificate.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// The node admitted pods are bound to (the `imc node` of the cluster).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: String,
+}
+
+pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
+    imc_apiserver::install_crypto_provider();
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let certs = CertificateDer::pem_slice_iter(&read(&args.tls_cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("certificate {}", args.tls_cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&args.tls_key)?)
+        .with_context(|| format!("private key {}", args.tls_key.display()))?;
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("serving certificate and key")?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+    // The cluster's API (KUBECONFIG or the in-cluster service account).
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let admission = Arc::new(
+        PodAdmission::new(
+            CacheView::watch(client.clone()),
+            args.node_name.clone(),
+            // The webhook runs apart from the node's layer store: no layer sizes known.
+            Arc::new(|_| Vec::new()),
+        )
+        .with_client(client),
+    );
+    let app = Router::new().route(
+        "/mutate",
+        post(move |body: Bytes| {
+            let admission = admission.clone();
+            async move { axum::Json(admission.review_json(&body)) }
+        }),
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "admission webhook listening");
+    // Printed on stdout so scripts (and tests) can pick the address up.
+    println!("listening on https://{addr}/mutate");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+            };
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
