@@ -68,6 +68,9 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// Another server holds the data directory.
+    #[error("{path} is in use by another imc server")]
+    DataDirInUse { path: String },
     /// Creating certificates failed.
     #[error("creating certificates: {0}")]
     Certificate(#[from] rcgen::Error),

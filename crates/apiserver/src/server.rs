@@ -59,11 +59,38 @@ pub struct Server {
     addr: SocketAddr,
     kubeconfig: PathBuf,
     event_ttl: std::time::Duration,
+    /// Held for the server's lifetime: one server per data directory.
+    _lock: std::fs::File,
 }
 
 /// Installs ring as the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Takes the data directory's lock, so that a second server cannot serve (and overwrite the
+/// kubeconfig of) the same state. The kernel drops it when the process dies, even by SIGKILL.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("apiserver.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ApiError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ApiError::DataDirInUse {
+            path: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ApiError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 impl Server {
@@ -76,6 +103,7 @@ impl Server {
             path: dir.display().to_string(),
             source,
         })?;
+        let lock = lock_data_dir(dir)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ApiError::Io {
@@ -116,6 +144,7 @@ impl Server {
             addr,
             kubeconfig,
             event_ttl,
+            _lock: lock,
         })
     }
 

@@ -159,3 +159,33 @@ async fn events_expire_after_their_ttl() {
     .await
     .expect("the expired event was never deleted");
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::bind(ServerConfig::new(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let second = Server::bind(ServerConfig::new(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await;
+    match second {
+        Err(e) => assert!(
+            e.to_string().contains("in use by another imc server"),
+            "{e}"
+        ),
+        Ok(_) => panic!("two servers share one data directory"),
+    }
+    drop(first);
+    Server::bind(ServerConfig::new(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .expect("the lock is released with the first server");
+}
