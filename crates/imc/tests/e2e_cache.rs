@@ -728,3 +728,74 @@ fn failed_rebuild_is_update_failed_and_the_old_disk_keeps_serving() {
     );
     assert!(m.contains("imc_downloaded_bytes_total "), "{m}");
 }
+
+#[test]
+fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
+    let reg = seed_registry();
+    let proxy = Proxy::start(&reg.registry.host()).unwrap();
+    let server = start_server(&proxy.host_port(), &[]);
+    create(
+        &server,
+        &manifest("first", &["eci_open/busybox:1.30"], "", ""),
+    );
+    let first = wait_phase(&server, "first", "Ready");
+    assert_eq!(blob_gets(&proxy, &reg.base), 1);
+
+    // The layer store forgets the image; only the first cache's disk still holds its layer.
+    let out = imc()
+        .args(["image", "rm", "--data-dir"])
+        .arg(server.data_dir())
+        .arg(format!("{SEED_HOST}/eci_open/busybox:1.30"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base_tree = server
+        .data_dir()
+        .join(format!("layers/sha256/{}", reg.base.diff_id.hex()));
+    assert!(!base_tree.exists());
+
+    create(
+        &server,
+        &manifest(
+            "reusing",
+            &["eci_open/busybox:1.30", "eci_open/extra:1"],
+            "",
+            "    k8s.aliyun.com/eci-image-cache: \"true\"\n",
+        ),
+    );
+    let reusing = wait_phase(&server, "reusing", "Ready");
+    assert_eq!(reusing["status"]["reusedLayers"], 2, "{reusing:#}");
+    assert_eq!(
+        reusing["status"]["downloadedBytes"],
+        reg.extra_top.blob.len() as u64
+    );
+    assert_eq!(
+        blob_gets(&proxy, &reg.base),
+        1,
+        "base taken from the first cache"
+    );
+    let index = inspect(&disk(&server, &cache_id(&reusing)));
+    assert_eq!(index["layers"].as_array().unwrap().len(), 2, "{index:#}");
+
+    // Without the annotation the layer is downloaded again.
+    create(
+        &server,
+        &manifest("plain", &["eci_open/busybox:1.30"], "", ""),
+    );
+    let plain = wait_phase(&server, "plain", "Ready");
+    assert_eq!(plain["status"]["reusedLayers"], 0, "{plain:#}");
+    assert_eq!(
+        plain["status"]["downloadedBytes"],
+        reg.base.blob.len() as u64
+    );
+    assert_eq!(blob_gets(&proxy, &reg.base), 2);
+
+    // The build released the first cache's disk: deleting it does not wait.
+    kubectl(&server, &["delete", "imagecache", "first"]);
+    wait_gone(&server, "first");
+    assert!(!disk(&server, &cache_id(&first)).exists());
+}

@@ -1,16 +1,19 @@
 //! One cache build, run as its own task (it takes minutes; reconcile returns at once): pull every
 //! image into the layer store (layers held already are not downloaded), write the disk, then flip
-//! the status to `Ready`. Transient registry failures are retried here with backoff; the status
+//! the status to `Ready`. With the reuse annotation, layers the store lacks but another Ready
+//! cache's disk holds are taken from that disk (see `reuse`). Transient registry failures are retried here with backoff; the status
 //! says so meanwhile.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imc_api::annotations::{ENABLE_REUSE, IMAGE_CACHE, is_true};
 use imc_api::image_cache::CachedImage;
 use imc_api::{CacheId, ImageCache, Reference};
 use imc_layers::Puller;
 use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
+use kube::ResourceExt;
 use tracing::Instrument;
 
 use super::controller::CacheController;
@@ -18,6 +21,7 @@ use super::disk;
 use super::error::CacheError;
 use super::progress::Tracker;
 use super::pull_config::pull_config;
+use super::reuse::Borrowed;
 use crate::cache_status::BuildOutcome;
 
 /// How often progress is written to the status at most.
@@ -101,11 +105,32 @@ async fn build_once(
 
     // Resolving first gives the total for the progress bar and fails fast on a missing image.
     let mut total = 0u64;
+    let mut missing = Vec::new();
     for reference in &references {
         let resolved = client.resolve(reference, &platform).await?;
         total += resolved.layers.iter().map(|l| l.blob.size).sum::<u64>();
+        missing.extend(
+            resolved
+                .layers
+                .iter()
+                .filter(|l| !ctx.layers.has_layer(&l.diff_id))
+                .map(|l| (l.blob.digest.to_string(), l.diff_id.clone())),
+        );
     }
     tracker.reset(total);
+    let reuse = is_true(Some(cache.annotations()), &[IMAGE_CACHE, ENABLE_REUSE]);
+    let borrowed = Arc::new(if reuse && !missing.is_empty() {
+        Borrowed::collect(
+            &ctx.client,
+            &ctx.settings.data_dir,
+            &ctrl.attacher,
+            cache,
+            &missing,
+        )
+        .await
+    } else {
+        Borrowed::none()
+    });
     let writer = {
         let ctrl = ctrl.clone();
         let tracker = tracker.clone();
@@ -128,8 +153,9 @@ async fn build_once(
     let mut outcome = BuildOutcome::default();
     let mut build_images = Vec::with_capacity(references.len());
     for (reference, image) in references.iter().zip(&cache.spec.images) {
+        let from_other_caches = |d: &imc_api::Digest| borrowed.has(d);
         let report = puller
-            .pull(reference, &platform, tracker.as_ref())
+            .pull_with(reference, &platform, &from_other_caches, tracker.as_ref())
             .await
             .map_err(|source| CacheError::Pull {
                 image: reference.to_string(),
@@ -169,7 +195,15 @@ async fn build_once(
         cause,
     })?;
     let store = ctx.layers.clone();
-    let builder = SnapshotBuilder::new(move |d| store.layer_path(d));
+    let lent = borrowed.clone();
+    let builder = SnapshotBuilder::new(move |d| {
+        if !store.has_layer(d)
+            && let Some(dir) = lent.layer_dir(d)
+        {
+            return dir;
+        }
+        store.layer_path(d)
+    });
     let options = BuildOptions {
         output: job.disk.clone(),
         size_limit: (cache.spec.size_gib().max(0) as u64).saturating_mul(ctx.settings.gib_bytes),

@@ -42,7 +42,7 @@ struct Build {
 pub struct CacheController {
     pub(super) ctx: Arc<Context>,
     recorder: Recorder,
-    attacher: Attacher,
+    pub(super) attacher: Attacher,
     builds: Mutex<HashMap<String, Build>>,
     /// Ids this process assigned, by object uid: a reconcile that still sees the object without
     /// its id (the watch lags behind our own write) writes the same id again, never a new one.

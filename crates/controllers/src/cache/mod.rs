@@ -15,6 +15,7 @@ pub mod disk;
 mod error;
 mod progress;
 mod pull_config;
+mod reuse;
 pub mod spec_change;
 
 use std::sync::Arc;
