@@ -547,3 +547,83 @@ fn config_layer(layout: &OciLayout) -> anyhow::Result<LayerSummary> {
     )?;
     layer.finish(layout)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn sha256(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    fn build(layout: &OciLayout, tree: &Path) -> LayerSummary {
+        let mut layer = LayerWriter::new(layout, "test").expect("layer");
+        layer.tree(tree, Path::new("")).expect("tree");
+        layer
+            .file("app/x.bin", 0o644, 100_000, RandomBytes::new(1, 100_000))
+            .expect("file");
+        layer.finish(layout).expect("finish")
+    }
+
+    #[test]
+    fn a_layer_streams_to_a_blob_whose_digests_match_its_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("usr/lib")).expect("mkdir");
+        fs::create_dir_all(tree.join("usr/bin")).expect("mkdir");
+        fs::write(tree.join("usr/lib/a.so"), b"\x7fELF").expect("write");
+        fs::set_permissions(tree.join("usr/lib/a.so"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        symlink("../lib/a.so", tree.join("usr/bin/link")).expect("symlink");
+        let layout = OciLayout::create(&dir.path().join("layout")).expect("layout");
+
+        let summary = build(&layout, &tree);
+        let blob = fs::read(layout.blob_path(&summary.blob.digest)).expect("blob");
+        assert_eq!(sha256(&blob), summary.blob.digest);
+        assert_eq!(blob.len() as u64, summary.blob.size);
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(blob.as_slice())
+            .read_to_end(&mut tar_bytes)
+            .expect("gunzip");
+        assert_eq!(
+            sha256(&tar_bytes),
+            summary.tar.digest,
+            "the diffID is the tar's digest"
+        );
+        assert_eq!(summary.files, 2);
+
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let header = entry.header();
+            assert_eq!(header.mtime().expect("mtime"), MTIME);
+            assert_eq!(header.uid().expect("uid"), 0);
+            let path = entry.path().expect("path").to_string_lossy().into_owned();
+            let link = entry
+                .link_name()
+                .expect("link")
+                .map(|l| l.to_string_lossy().into_owned());
+            seen.push((path, header.mode().expect("mode"), link));
+        }
+        let expect = |p: &str, m: u32, l: Option<&str>| (p.to_owned(), m, l.map(str::to_owned));
+        assert_eq!(
+            seen,
+            vec![
+                expect("usr/", 0o755, None),
+                expect("usr/bin/", 0o755, None),
+                expect("usr/bin/link", 0o777, Some("../lib/a.so")),
+                expect("usr/lib/", 0o755, None),
+                expect("usr/lib/a.so", 0o755, None),
+                expect("app/", 0o755, None),
+                expect("app/x.bin", 0o644, None),
+            ]
+        );
+
+        // Same input, same bytes: the reference image's digests are stable.
+        assert_eq!(build(&layout, &tree).blob.digest, summary.blob.digest);
+    }
+}
