@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use imc_api::annotations::{ENABLE_REUSE, IMAGE_CACHE, is_true};
@@ -40,12 +41,16 @@ pub struct BuildJob {
     pub disk: PathBuf,
     /// The progress the status showed when this build (re)started.
     pub progress_floor: u32,
+    /// Set when the build is called off (cache deleted, newer generation).
+    pub cancelled: Arc<AtomicBool>,
 }
 
 /// Runs `job` until it is Ready or failed for good.
 pub async fn run(ctrl: Arc<CacheController>, job: BuildJob) {
     let span = tracing::info_span!("cache_build", cache = %job.name, id = %job.id, generation = job.generation);
     async {
+        // Waiting for a slot leaves the cache Creating at its current progress.
+        let _slot = ctrl.build_slots.acquire().await;
         let tracker = Arc::new(Tracker::new(job.progress_floor));
         let mut retry = FIRST_RETRY;
         loop {
@@ -211,12 +216,26 @@ async fn build_once(
         // Staging hard-links from the layer store, so it must be on the same filesystem.
         work_dir: ctx.settings.data_dir.join("tmp"),
     };
-    let report = tokio::task::spawn_blocking(move || builder.build(&build_images, &options))
-        .await
-        .map_err(|e| CacheError::Task {
-            cache: job.name.clone(),
-            reason: e.to_string(),
-        })??;
+    let cancelled = job.cancelled.clone();
+    let name = job.name.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let report = builder.build(&build_images, &options)?;
+        // An aborted build's disk write runs to its end on this thread: drop what it wrote.
+        if cancelled.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&options.output);
+            let _ = std::fs::remove_dir_all(&options.output);
+            return Err(CacheError::Task {
+                cache: name,
+                reason: "cancelled".to_owned(),
+            });
+        }
+        Ok(report)
+    })
+    .await
+    .map_err(|e| CacheError::Task {
+        cache: job.name.clone(),
+        reason: e.to_string(),
+    })??;
     drop(writer);
     // Pods see the new disk from here on; the status says Ready right after.
     disk::publish(&ctx.settings.data_dir, job.id.as_str(), job.generation)?;

@@ -2,6 +2,7 @@
 //! finalizer that removes a cache's disks once no pod uses them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,22 @@ struct Build {
     generation: i64,
     /// `None` once the task ended.
     task: Option<tokio::task::AbortHandle>,
+    /// Set before the task is aborted, so a disk write already under way is thrown away.
+    cancelled: Arc<AtomicBool>,
 }
+
+impl Build {
+    fn cancel(self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Some(task) = self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Builds running at once at most (pulls are parallel inside a build already; disk writes are
+/// CPU-bound).
+const MAX_PARALLEL_BUILDS: usize = 3;
 
 /// What reconcile gets: the shared [`Context`] plus the controller's own state.
 pub struct CacheController {
@@ -44,6 +60,8 @@ pub struct CacheController {
     recorder: Recorder,
     pub(super) attacher: Attacher,
     builds: Mutex<HashMap<String, Build>>,
+    /// Limits how many builds run at once; the others wait (still `Creating`, 0%).
+    pub(super) build_slots: tokio::sync::Semaphore,
     /// Ids this process assigned, by object uid: a reconcile that still sees the object without
     /// its id (the watch lags behind our own write) writes the same id again, never a new one.
     assigned: Mutex<HashMap<String, CacheId>>,
@@ -88,6 +106,7 @@ impl CacheController {
             recorder,
             attacher,
             builds: Mutex::default(),
+            build_slots: tokio::sync::Semaphore::new(MAX_PARALLEL_BUILDS),
             assigned: Mutex::default(),
         }
     }
@@ -295,8 +314,8 @@ impl CacheController {
             {
                 return Ok(());
             }
-            if let Some(old) = builds.remove(&name).and_then(|b| b.task) {
-                old.abort();
+            if let Some(old) = builds.remove(&name) {
+                old.cancel();
             }
         }
         let now = self.ctx.settings.now();
@@ -350,6 +369,7 @@ impl CacheController {
         self.event(cache, EventType::Normal, reason, note, "Build")
             .await;
         let disk = disk::generation_path(&self.ctx.settings.data_dir, id.as_str(), generation);
+        let cancelled = Arc::new(AtomicBool::new(false));
         let job = BuildJob {
             name: name.clone(),
             generation,
@@ -357,6 +377,7 @@ impl CacheController {
             id: id.clone(),
             disk,
             progress_floor: floor,
+            cancelled: cancelled.clone(),
         };
         let task = tokio::spawn(build::run(self.clone(), job));
         self.builds().insert(
@@ -364,6 +385,7 @@ impl CacheController {
             Build {
                 generation,
                 task: Some(task.abort_handle()),
+                cancelled,
             },
         );
         Ok(())
@@ -523,8 +545,8 @@ impl CacheController {
     /// it. Until then the finalizer stays (the error requeues).
     async fn cleanup(&self, cache: Arc<ImageCache>) -> Result<Action, CacheError> {
         let name = cache.name_any();
-        if let Some(task) = self.builds().remove(&name).and_then(|b| b.task) {
-            task.abort();
+        if let Some(build) = self.builds().remove(&name) {
+            build.cancel();
         }
         if let Some(uid) = cache.uid() {
             self.assigned
