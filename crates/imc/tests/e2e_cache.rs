@@ -799,3 +799,35 @@ fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
     wait_gone(&server, "first");
     assert!(!disk(&server, &cache_id(&first)).exists());
 }
+
+#[test]
+fn deleting_a_cache_while_it_builds_stops_the_build_and_leaves_no_disk() {
+    let reg = seed_registry();
+    let proxy = Proxy::start(&reg.registry.host()).unwrap();
+    proxy.add_fault(
+        reg.slow_top.digest.hex(),
+        Fault::Slow {
+            bytes_per_sec: 128 * 1024,
+        },
+    );
+    let server = start_server(&proxy.host_port(), &[]);
+    create(&server, &manifest("doomed", &["eci_open/slow:1"], "", ""));
+    let creating = wait_phase(&server, "doomed", "Creating");
+    let id = cache_id(&creating);
+    kubectl(&server, &["delete", "imagecache", "doomed"]);
+    wait_gone(&server, "doomed");
+    let leftovers: Vec<String> = std::fs::read_dir(server.data_dir().join("caches"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The name is free again and a new cache under it builds from scratch with a new id.
+    proxy.clear_faults();
+    create(&server, &manifest("doomed", &["eci_open/slow:1"], "", ""));
+    let again = wait_phase(&server, "doomed", "Ready");
+    assert_ne!(cache_id(&again), id, "ids are never reused");
+}
