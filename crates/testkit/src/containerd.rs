@@ -338,10 +338,13 @@ mod tests {
             "{listed}"
         );
 
+        // runc keeps state per namespace under /run/containerd/runc, shared by every containerd
+        // on the host: a unique id keeps concurrent test runs apart.
+        let id = format!("imc-testkit-run-{}", std::process::id());
         let (_, output) = containerd
             .run(
                 &reference,
-                "imc-testkit-run",
+                &id,
                 &[
                     "/bin/sh",
                     "-c",
