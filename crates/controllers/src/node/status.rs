@@ -3,9 +3,12 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, PodCondition, PodStatus,
+    ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Pods have their own network namespace with loopback only; the node reaches them through it.
+const LOOPBACK: &str = "127.0.0.1";
 
 /// The state of one container as the node sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,8 +181,14 @@ pub fn pod_status(view: &PodView) -> PodStatus {
                 .collect(),
         ),
         start_time: Some(time(view.start_time)),
-        host_ip: Some("127.0.0.1".to_owned()),
-        pod_ip: Some("127.0.0.1".to_owned()),
+        host_ip: Some(LOOPBACK.to_owned()),
+        host_ips: Some(vec![HostIP {
+            ip: LOOPBACK.to_owned(),
+        }]),
+        pod_ip: Some(LOOPBACK.to_owned()),
+        pod_ips: Some(vec![PodIP {
+            ip: LOOPBACK.to_owned(),
+        }]),
         ..Default::default()
     }
 }
