@@ -408,11 +408,11 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
 fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
     let reg = seed_registry();
     let proxy = Proxy::start(&reg.registry.host()).unwrap();
-    // The big layer trickles in; the base layer arrives at once.
+    // The big layer trickles in (about 24 s); the base layer arrives at once.
     proxy.add_fault(
         reg.slow_top.digest.hex(),
         Fault::Slow {
-            bytes_per_sec: 256 * 1024,
+            bytes_per_sec: 128 * 1024,
         },
     );
     let mut server = start_server(&proxy.host_port(), &[]);
