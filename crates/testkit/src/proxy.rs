@@ -730,49 +730,33 @@ async fn serve_connection(shared: &Shared, client: TcpStream) -> io::Result<()> 
             continue;
         }
 
-        let (upstream_read, upstream_write) = match &mut upstream {
-            Some(connection) => connection,
-            None => {
-                tokio::time::sleep(latency).await;
-                let stream = TcpStream::connect(&shared.upstream).await?;
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                upstream.insert((BufReader::new(r), w))
-            }
-        };
-        upstream_write
-            .write_all(&request.encode(&["expect"]))
-            .await?;
-        relay_body(
-            &mut client_read,
-            request_framing,
-            &mut Outbound::to_upstream(upstream_write),
-        )
-        .await?;
-        upstream_write.flush().await?;
-        tokio::time::sleep(latency).await;
-
-        // Relay interim 1xx responses, then the final one.
-        let response = loop {
-            let raw = read_head(upstream_read).await?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "upstream closed before answering",
-                )
-            })?;
-            let head = Head::parse(&raw)?;
-            let status = head.status()?;
-            if (100..200).contains(&status) && status != 101 {
-                if status != 100 {
-                    Outbound::to_client(&mut client_write, shared, Actions::default())
-                        .send_meta(&raw)
-                        .await?;
+        let mut attempt = 0;
+        let (raw, head, status) = loop {
+            attempt += 1;
+            let reused = upstream.is_some();
+            let exchanged = exchange(
+                shared,
+                &mut upstream,
+                &request,
+                request_framing,
+                &mut client_read,
+                &mut client_write,
+            )
+            .await;
+            match exchanged {
+                Ok(response) => break response,
+                // A kept-alive upstream connection may have been closed while idle; a request
+                // without a body can safely go again on a new one.
+                Err(error) if reused && attempt == 1 && request_framing == Framing::Length(0) => {
+                    debug!(%error, "upstream connection went away; retrying on a new one");
+                    upstream = None;
                 }
-                continue;
+                Err(error) => return Err(error),
             }
-            break (raw, head, status);
         };
-        let (raw, head, status) = response;
+        let Some((upstream_read, _)) = upstream.as_mut() else {
+            return Err(io::Error::other("no upstream connection after a response"));
+        };
         let no_body = request.method() == "HEAD" || status == 204 || status == 304;
         let framing = if no_body {
             Framing::Length(0)
@@ -791,6 +775,59 @@ async fn serve_connection(shared: &Shared, client: TcpStream) -> io::Result<()> 
             client_write.shutdown().await?;
             return Ok(());
         }
+    }
+}
+
+/// Sends one request upstream (connecting first when needed) and reads the final response head,
+/// relaying interim 1xx responses to the client.
+async fn exchange(
+    shared: &Shared,
+    upstream: &mut Option<Upstream>,
+    request: &Head,
+    request_framing: Framing,
+    client_read: &mut BufReader<OwnedReadHalf>,
+    client_write: &mut OwnedWriteHalf,
+) -> io::Result<(Vec<u8>, Head, u16)> {
+    let latency = shared.shaping().latency;
+    let (upstream_read, upstream_write) = match upstream {
+        Some(connection) => connection,
+        None => {
+            tokio::time::sleep(latency).await;
+            let stream = TcpStream::connect(&shared.upstream).await?;
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            upstream.insert((BufReader::new(r), w))
+        }
+    };
+    upstream_write
+        .write_all(&request.encode(&["expect"]))
+        .await?;
+    relay_body(
+        client_read,
+        request_framing,
+        &mut Outbound::to_upstream(upstream_write),
+    )
+    .await?;
+    upstream_write.flush().await?;
+    tokio::time::sleep(latency).await;
+    loop {
+        let raw = read_head(upstream_read).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed before answering",
+            )
+        })?;
+        let head = Head::parse(&raw)?;
+        let status = head.status()?;
+        if (100..200).contains(&status) && status != 101 {
+            if status != 100 {
+                Outbound::to_client(client_write, shared, Actions::default())
+                    .send_meta(&raw)
+                    .await?;
+            }
+            continue;
+        }
+        return Ok((raw, head, status));
     }
 }
 
@@ -1390,6 +1427,44 @@ mod tests {
                 .requests()
                 .iter()
                 .any(|r| r.method == "PATCH" || r.method == "PUT")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_is_retried_when_the_idle_upstream_connection_closed() {
+        // An upstream that answers one request per connection and then closes it, although it
+        // announced keep-alive, as a server whose idle timeout passed would.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                if read_head(&mut read).await.ok().flatten().is_some() {
+                    let _ = write
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            }
+        });
+        let proxy = Proxy::start(&addr.to_string()).expect("proxy");
+        let client = client();
+        for _ in 0..2 {
+            let response = client.get(url(&proxy, "/v2/")).send().await.expect("get");
+            assert_eq!(response.text().await.expect("body"), "ok");
+        }
+        assert_eq!(
+            proxy.stats().connections,
+            1,
+            "the client kept its connection"
+        );
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            2,
+            "the proxy reconnected upstream"
         );
     }
 
