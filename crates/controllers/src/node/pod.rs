@@ -453,18 +453,25 @@ impl PodRun {
     }
 }
 
-/// The runtime's view of a Kubernetes container.
-fn runtime_spec(c: &k8s_openapi::api::core::v1::Container) -> ContainerSpec {
-    ContainerSpec {
+/// The runtime's view of a Kubernetes container, and the names of env vars whose source is not
+/// supported (left out).
+fn runtime_spec(
+    pod: &Pod,
+    c: &k8s_openapi::api::core::v1::Container,
+) -> (ContainerSpec, Vec<String>) {
+    let mut env = Vec::new();
+    let mut unsupported = Vec::new();
+    for e in c.env.iter().flatten() {
+        match env_value(pod, e) {
+            Some(v) => env.push((e.name.clone(), v)),
+            None => unsupported.push(e.name.clone()),
+        }
+    }
+    let spec = ContainerSpec {
         name: c.name.clone(),
         command: c.command.clone(),
         args: c.args.clone(),
-        env: c
-            .env
-            .iter()
-            .flatten()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-            .collect(),
+        env,
         working_dir: c.working_dir.clone(),
         port: c
             .ports
@@ -472,6 +479,36 @@ fn runtime_spec(c: &k8s_openapi::api::core::v1::Container) -> ContainerSpec {
             .flatten()
             .next()
             .and_then(|p| u16::try_from(p.container_port).ok()),
+    };
+    (spec, unsupported)
+}
+
+/// The value of an env var: literal, or from the pod's own fields (the downward API's
+/// `fieldRef`); None for sources the node does not read (secrets, config maps, resources).
+fn env_value(pod: &Pod, e: &k8s_openapi::api::core::v1::EnvVar) -> Option<String> {
+    let Some(from) = &e.value_from else {
+        return Some(e.value.clone().unwrap_or_default());
+    };
+    let path = from.field_ref.as_ref()?.field_path.as_str();
+    let meta = &pod.metadata;
+    match path {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone().or_else(|| Some("default".into())),
+        "metadata.uid" => meta.uid.clone(),
+        "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
+        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
+        "status.podIP" | "status.hostIP" => Some("127.0.0.1".into()),
+        _ => {
+            let key = path
+                .strip_prefix("metadata.labels['")
+                .map(|k| (k, &meta.labels))
+                .or_else(|| {
+                    path.strip_prefix("metadata.annotations['")
+                        .map(|k| (k, &meta.annotations))
+                })?;
+            let name = key.0.strip_suffix("']")?;
+            Some(key.1.as_ref()?.get(name).cloned().unwrap_or_default())
+        }
     }
 }
 
@@ -500,7 +537,7 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
         if stop.borrow().is_some() {
             return false;
         }
-        let spec = runtime_spec(&k8s);
+        let (spec, _) = runtime_spec(&run.pod, &k8s);
         let image_name = k8s.image.clone().unwrap_or_default();
         let fail = |message: String| {
             run.node
@@ -560,7 +597,18 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
     let Some(k8s) = run.container_spec(idx).cloned() else {
         return;
     };
-    let spec = runtime_spec(&k8s);
+    let (spec, unsupported) = runtime_spec(&run.pod, &k8s);
+    if !unsupported.is_empty() {
+        run.node.events.warning(
+            &run.reference,
+            "UnsupportedEnvSource",
+            format!(
+                "container {}: env {} left unset (only literal values and fieldRef are read)",
+                spec.name,
+                unsupported.join(", ")
+            ),
+        );
+    }
     let image_name = k8s.image.clone().unwrap_or_default();
     let span = info_span!("container", container = %spec.name, image = %image_name);
     async move {
@@ -748,5 +796,48 @@ async fn create_auto_cache(client: kube::Client, uid: String, images: Vec<String
         Ok(_) => info!(cache = %name, "created an image cache for the missed pod"),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => warn!(cache = %name, error = %e, "creating the auto image cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_from_the_pod() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "uid": "u-1", "labels": {"app": "shop"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "env": [
+                {"name": "LITERAL", "value": "x"},
+                {"name": "EMPTY"},
+                {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+            ]}]}
+        }))
+        .unwrap();
+        let container = pod.spec.as_ref().unwrap().containers[0].clone();
+        let (spec, unsupported) = runtime_spec(&pod, &container);
+        let env: Vec<(&str, &str)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("LITERAL", "x"),
+                ("EMPTY", ""),
+                ("NAME", "web"),
+                ("NS", "default"),
+                ("NODE", "n1"),
+                ("IP", "127.0.0.1"),
+                ("APP", "shop"),
+            ]
+        );
+        assert_eq!(unsupported, vec!["SECRET"]);
     }
 }
