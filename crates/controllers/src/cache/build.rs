@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use imc_api::annotations::{ENABLE_REUSE, IMAGE_CACHE, is_true};
-use imc_api::image_cache::CachedImage;
+use imc_api::image_cache::{CachedImage, Phase};
 use imc_api::{CacheId, ImageCache, Reference};
 use imc_layers::Puller;
 use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
@@ -39,6 +39,8 @@ pub struct BuildJob {
     pub id: CacheId,
     /// Where the disk of this generation goes (published as `<id>.erofs` when complete).
     pub disk: PathBuf,
+    /// `Creating` for a first build, `Updating` for a rebuild.
+    pub phase: Phase,
     /// The progress the status showed when this build (re)started.
     pub progress_floor: u32,
     /// Set when the build is called off (cache deleted, newer generation).
@@ -141,6 +143,7 @@ async fn build_once(
         let tracker = tracker.clone();
         let name = job.name.clone();
         let floor = job.progress_floor;
+        let phase = job.phase;
         AbortOnDrop(tokio::spawn(async move {
             let mut shown = floor;
             loop {
@@ -148,7 +151,7 @@ async fn build_once(
                 let now = tracker.percent();
                 if now > shown {
                     shown = now;
-                    ctrl.patch_progress(&name, now).await;
+                    ctrl.patch_progress(&name, phase, now).await;
                 }
             }
         }))

@@ -376,6 +376,7 @@ impl CacheController {
             cache: cache.clone(),
             id: id.clone(),
             disk,
+            phase,
             progress_floor: floor,
             cancelled: cancelled.clone(),
         };
@@ -508,10 +509,26 @@ impl CacheController {
         .await;
     }
 
-    pub(super) async fn patch_progress(&self, name: &str, percent: u32) {
-        let patch = json!({"status": {"progress": format!("{percent}%")}});
-        if let Err(e) = self.patch(name, patch, "writing progress").await {
-            tracing::debug!(error = %e, "cannot write progress");
+    /// Writes the progress of a build, only while the cache is still in the build's `phase` (a
+    /// late write never lowers the 100% of a cache that became Ready meanwhile).
+    pub(super) async fn patch_progress(&self, name: &str, phase: Phase, percent: u32) {
+        let patch = json!([
+            {"op": "test", "path": "/status/phase", "value": phase.as_str()},
+            {"op": "replace", "path": "/status/progress", "value": format!("{percent}%")},
+        ]);
+        let patch: json_patch::Patch = match serde_json::from_value(patch) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the progress patch");
+                return;
+            }
+        };
+        let result = self
+            .api()
+            .patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "progress not written");
         }
     }
 
