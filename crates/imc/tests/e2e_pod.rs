@@ -520,6 +520,29 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         3
     );
 
+    // Env from literals and the pod's own fields; $(VAR) expanded in the command.
+    let mut envy = pod_manifest(
+        "envy",
+        &reg.busybox,
+        &[],
+        "echo $(GREETING) from $(POD) on $NODE",
+        "Never",
+    );
+    envy["spec"]["containers"][0]["env"] = json!([
+        {"name": "GREETING", "value": "hello"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    ]);
+    let (ok, out) = create(&server, &envy);
+    assert!(ok, "{out}");
+    wait_for(&server, "pod", "envy", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(
+        kubectl(&server, &["logs", "envy"]),
+        format!("hello from envy on {NODE}\n")
+    );
+
     // Init containers run to completion first; a failing one fails the pod.
     let with_init = |name: &str, init_script: &str| {
         let mut m = pod_manifest(name, &reg.busybox, &[], "echo main ran", "Never");
@@ -543,7 +566,7 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         "{describe}"
     );
 
-    let all = ["talker", "doomed", "retried", "init-ok", "init-bad"];
+    let all = ["talker", "doomed", "retried", "envy", "init-ok", "init-bad"];
     for name in all {
         kubectl(&server, &["delete", "pod", name]);
     }

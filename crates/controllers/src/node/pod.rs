@@ -467,10 +467,14 @@ fn runtime_spec(
             None => unsupported.push(e.name.clone()),
         }
     }
+    let expand_all = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|l| l.iter().map(|a| expand(a, &env)).collect::<Vec<_>>())
+    };
     let spec = ContainerSpec {
         name: c.name.clone(),
-        command: c.command.clone(),
-        args: c.args.clone(),
+        command: expand_all(&c.command),
+        args: expand_all(&c.args),
         env,
         working_dir: c.working_dir.clone(),
         port: c
@@ -481,6 +485,32 @@ fn runtime_spec(
             .and_then(|p| u16::try_from(p.container_port).ok()),
     };
     (spec, unsupported)
+}
+
+/// Kubernetes' `$(VAR)` expansion of command and args: a defined variable is replaced, `$$` is a
+/// literal `$`, anything else is left as written.
+fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, v)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The value of an env var: literal, or from the pod's own fields (the downward API's
@@ -839,5 +869,25 @@ mod tests {
             ]
         );
         assert_eq!(unsupported, vec!["SECRET"]);
+    }
+
+    #[test]
+    fn command_expansion() {
+        let env = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "two".to_owned()),
+        ];
+        let cases = [
+            ("$(A)", "1"),
+            ("x$(A)y$(B)z", "x1ytwoz"),
+            ("$$(A)", "$(A)"),
+            ("$(UNSET)", "$(UNSET)"),
+            ("$HOME and $", "$HOME and $"),
+            ("$(A", "$(A"),
+            ("a $$ b", "a $ b"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(expand(text, &env), want, "{text}");
+        }
     }
 }
