@@ -99,6 +99,18 @@ async fn start_and_wait(
     started: Instant,
     timings: &mut StartTimings,
 ) -> anyhow::Result<ExitCode> {
+    // Checked before attaching, so a bad flag leaves nothing to release.
+    let env = args
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => match std::env::var(e) {
+                Ok(v) => Ok((e.clone(), v)),
+                Err(_) => bail!("--env {e:?}: expected NAME=VALUE"),
+            },
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let me = std::process::id();
     let cache = match &args.cache {
         Some(disk) => {
@@ -122,17 +134,6 @@ async fn start_and_wait(
     };
     timings.layers_pulled = t.elapsed();
 
-    let env = args
-        .env
-        .iter()
-        .map(|e| match e.split_once('=') {
-            Some((k, v)) => Ok((k.to_string(), v.to_string())),
-            None => match std::env::var(e) {
-                Ok(v) => Ok((e.clone(), v)),
-                Err(_) => bail!("--env {e:?}: expected NAME=VALUE"),
-            },
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let spec = ContainerSpec {
         name: name.to_string(),
         command: (!args.command.is_empty()).then(|| args.command.clone()),
