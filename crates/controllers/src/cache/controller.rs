@@ -27,8 +27,11 @@ use crate::manager::Context;
 use crate::metrics::BuildOutcome as BuildMetric;
 use crate::retention;
 
-/// Longest wait between two reconciles of one cache (expiry, old-disk cleanup).
-const MAX_REQUEUE: Duration = Duration::from_secs(60);
+/// Longest wait between two reconciles of one cache (expiry is scheduled exactly; this bounds
+/// clock drift).
+const MAX_REQUEUE: Duration = Duration::from_secs(600);
+/// Retry delay while an old generation's disk is still used by pods.
+const OLD_DISK_REQUEUE: Duration = Duration::from_secs(30);
 /// Retry delay while a deleted cache's disk is still used by pods.
 const IN_USE_REQUEUE: Duration = Duration::from_secs(3);
 
@@ -169,6 +172,7 @@ impl CacheController {
             return Ok(Action::await_change());
         };
         let generation = cache.metadata.generation.unwrap_or(1);
+        let mut old_disks_in_use = false;
         match status.phase {
             None | Some(Phase::Pending) => {
                 self.start_build(&cache, &id, Phase::Creating, false)
@@ -184,7 +188,11 @@ impl CacheController {
                 self.start_build(&cache, &id, Phase::Updating, false)
                     .await?
             }
-            Some(Phase::Ready) => self.prune_old_disks(&name, &id),
+            // Only rebuilt caches have older disks.
+            Some(Phase::Ready) if status.observed_generation.unwrap_or(1) > 1 => {
+                old_disks_in_use = self.prune_old_disks(&name, &id)
+            }
+            Some(Phase::Ready) => {}
             Some(Phase::Failed | Phase::UpdateFailed) => {}
         }
         let wait = retention::expires_at(&cache)
@@ -193,6 +201,11 @@ impl CacheController {
                 Duration::from_secs(secs).min(MAX_REQUEUE)
             })
             .unwrap_or(MAX_REQUEUE);
+        let wait = if old_disks_in_use {
+            wait.min(OLD_DISK_REQUEUE)
+        } else {
+            wait
+        };
         Ok(Action::requeue(wait))
     }
 
@@ -545,17 +558,23 @@ impl CacheController {
             .map_err(CacheError::kube(name, action))
     }
 
-    /// Removes disks of earlier generations that no pod uses any more.
-    fn prune_old_disks(&self, name: &str, id: &CacheId) {
+    /// Removes disks of earlier generations that no pod uses any more; true when some remain.
+    fn prune_old_disks(&self, name: &str, id: &CacheId) -> bool {
+        let mut remain = false;
         for old in disk::old_disks(&self.ctx.settings.data_dir, id.as_str()) {
             match disk::remove_if_unused(&self.attacher, &old) {
                 Ok(0) => {}
                 Ok(users) => {
+                    remain = true;
                     tracing::debug!(cache = %name, disk = %old.display(), users, "old disk still in use")
                 }
-                Err(e) => tracing::warn!(cache = %name, error = %e, "cannot remove an old disk"),
+                Err(e) => {
+                    remain = true;
+                    tracing::warn!(cache = %name, error = %e, "cannot remove an old disk")
+                }
             }
         }
+        remain
     }
 
     /// Finalizer cleanup: stop the build, then remove every disk of the cache once no pod uses
