@@ -118,6 +118,9 @@ pub struct ResourceDef {
     pub custom: bool,
     /// Table columns after NAME.
     pub columns: Vec<Column>,
+    /// Priority of the NAME column: 0 shows it first; 1 shows it last, with `-o wide` only
+    /// (Events, as kubectl prints them).
+    pub name_priority: i32,
     /// Defaulting hook.
     pub default: Option<DefaultFn>,
     /// Validation hook.
@@ -146,6 +149,7 @@ impl ResourceDef {
             log_subresource: false,
             custom: false,
             columns: vec![age_column()],
+            name_priority: 0,
             default: None,
             validate: None,
             prepare_create: None,
@@ -268,6 +272,7 @@ impl Resources {
             Column::new("Object", Cell::Func(event_object)),
             Column::new("Message", Cell::Path(".message".into())),
         ];
+        event.name_priority = 1;
         r.register(event);
         let mut new_event =
             ResourceDef::new("events.k8s.io", "v1", "Event", "events", true).short(&["ev"]);

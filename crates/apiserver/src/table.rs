@@ -38,18 +38,33 @@ pub fn table<'a>(
     rv: Option<u64>,
     include: Include,
 ) -> Value {
-    let mut columns = vec![json!({
-        "name": "Name", "type": "string", "format": "name", "priority": 0,
+    let name_column = json!({
+        "name": "Name", "type": "string", "format": "name", "priority": def.name_priority,
         "description": "Name must be unique within a namespace.",
-    })];
-    columns.extend(def.columns.iter().map(|c| {
-        json!({"name": c.name, "type": c.type_, "format": "", "priority": c.priority, "description": c.description})
-    }));
+    });
+    let mut columns: Vec<Value> = def
+        .columns
+        .iter()
+        .map(|c| {
+            json!({"name": c.name, "type": c.type_, "format": "", "priority": c.priority, "description": c.description})
+        })
+        .collect();
+    let name_last = def.name_priority > 0;
+    if name_last {
+        columns.push(name_column);
+    } else {
+        columns.insert(0, name_column);
+    }
     let rows: Vec<Value> = items
         .into_iter()
         .map(|o| {
-            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
-            cells.extend(def.columns.iter().map(|c| c.value(o)));
+            let name = o.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            let mut cells: Vec<Value> = def.columns.iter().map(|c| c.value(o)).collect();
+            if name_last {
+                cells.push(name);
+            } else {
+                cells.insert(0, name);
+            }
             let mut row = json!({"cells": cells});
             match include {
                 Include::None => {}

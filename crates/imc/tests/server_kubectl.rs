@@ -484,6 +484,25 @@ fn watch_wide_pods_logs_and_unauthorized() {
         ok(&s, &["get", "sa", "-n", "kube-system", "-o", "name"]).trim(),
         "serviceaccount/default"
     );
+    let uid = ok(&s, &["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let event = format!(
+        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"web.1"}},"involvedObject":{{"kind":"Pod","name":"web","namespace":"default","uid":"{uid}"}},"reason":"Pulled","message":"image pulled","type":"Normal"}}"#
+    );
+    ok_stdin(&s, &["create", "-f", "-"], Some(&event));
+    let out = ok(&s, &["get", "events"]);
+    assert_eq!(
+        header(&out),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(
+        out.contains("pod/web") && out.contains("image pulled"),
+        "{out}"
+    );
+    let out = ok(&s, &["describe", "pod", "web"]);
+    assert!(
+        out.contains("Pulled") && out.contains("image pulled"),
+        "{out}"
+    );
     // kubectl's typed generators send protobuf bodies.
     ok(&s, &["create", "namespace", "team-a"]);
     assert_eq!(
