@@ -413,7 +413,7 @@ fn invalid_manifests_are_rejected_naming_the_field() {
 fn watch_wide_pods_logs_and_unauthorized() {
     let s = server();
     let mut watch = Command::new(KUBECTL)
-        .args(["get", "imc", "-w"])
+        .args(["get", "imc", "-w", "--request-timeout=60s"])
         .env("KUBECONFIG", s.kubeconfig())
         .env("HOME", s.data_dir())
         .stdout(Stdio::piped())
