@@ -506,7 +506,13 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
     assert_eq!(container_state(&pod, "terminated")["exitCode"], 3);
     let (ok, out) = create(
         &server,
-        &pod_manifest("retried", &reg.busybox, &[], "exit 3", "OnFailure"),
+        &pod_manifest(
+            "retried",
+            &reg.busybox,
+            &[],
+            "echo attempt; exit 3",
+            "OnFailure",
+        ),
     );
     assert!(ok, "{out}");
     let pod = wait_for(&server, "pod", "retried", "restarted", |p| {
@@ -518,6 +524,17 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
     assert_eq!(
         pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
         3
+    );
+    // The previous instance's log; a container never restarted has none.
+    assert_eq!(
+        kubectl(&server, &["logs", "retried", "--previous"]),
+        "attempt\n"
+    );
+    let out = server.kubectl(&["logs", "doomed", "--previous"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("previous terminated container"),
+        "{out:?}"
     );
 
     // Env from literals and the pod's own fields; $(VAR) expanded in the command.

@@ -50,6 +50,9 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// `--previous` on a container that has not been restarted.
+    #[error("previous terminated container {container:?} in pod {pod:?} not found")]
+    NoPrevious { pod: String, container: String },
     /// The container has no log yet (it never started).
     #[error("container {container:?} in pod {pod:?} is waiting to start")]
     NotStarted { pod: String, container: String },

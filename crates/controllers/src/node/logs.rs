@@ -19,6 +19,13 @@ pub struct LogRequest {
     pub follow: bool,
     /// Only the last N lines.
     pub tail_lines: Option<i64>,
+    /// The previous instance's log (of a restarted container).
+    pub previous: bool,
+}
+
+/// File name, in the pod dir, of the log of a container's previous instance.
+pub(crate) fn previous_log_name(container: &str) -> String {
+    format!("{container}.previous.log")
 }
 
 /// How often a followed log is checked for new output.
@@ -153,6 +160,7 @@ mod tests {
                 container: "app".into(),
                 follow: true,
                 tail_lines: Some(1),
+                previous: false,
             },
             Arc::new(move || r.load(Ordering::SeqCst)),
         )

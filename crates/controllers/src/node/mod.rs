@@ -170,21 +170,30 @@ impl Node {
         pod_name: &str,
         request: LogRequest,
     ) -> Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static, NodeError> {
-        let path = self
-            .ctx
-            .settings
-            .data_dir
-            .join("pods")
-            .join(pod_uid)
-            .join(&request.container)
-            .join("container.log");
+        let pod_dir = self.ctx.settings.data_dir.join("pods").join(pod_uid);
+        let path = if request.previous {
+            pod_dir.join(logs::previous_log_name(&request.container))
+        } else {
+            pod_dir.join(&request.container).join("container.log")
+        };
+        if request.previous && !path.is_file() {
+            return Err(NodeError::NoPrevious {
+                pod: pod_name.to_owned(),
+                container: request.container,
+            });
+        }
         if !path.is_file() {
             return Err(NodeError::NotStarted {
                 pod: pod_name.to_owned(),
                 container: request.container,
             });
         }
+        // A previous instance's log is complete: never followed.
         let running = self.running.clone();
+        let request = LogRequest {
+            follow: request.follow && !request.previous,
+            ..request
+        };
         let key = (pod_uid.to_owned(), request.container.clone());
         logs::stream(
             path,

@@ -770,6 +770,11 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
             if ran.elapsed() >= BACKOFF_RESET {
                 backoff = INITIAL_BACKOFF;
             }
+            // Kept for `kubectl logs --previous`; the container dir goes with the container.
+            let previous = run.sandbox.dir.join(super::logs::previous_log_name(&spec.name));
+            if let Err(e) = std::fs::rename(&container.log_path, &previous) {
+                debug!(error = %e, "keeping the previous instance's log");
+            }
             if let Err(e) = container.remove().await {
                 warn!(error = %e, "removing the container before its restart");
             }

@@ -143,6 +143,7 @@ impl imc_apiserver::PodLogs for NodeLogs {
                 container,
                 follow: options.follow,
                 tail_lines: options.tail_lines,
+                previous: options.previous,
             };
             let stream = node
                 .logs(&uid, &name, request)
