@@ -253,6 +253,24 @@ fn apply_label_annotate_patch() {
     );
     assert!(err.contains("spec.imageCacheSize"), "{err}");
 
+    // kubectl diff: a server-side dry-run apply compared with the live object.
+    let changed = format!("{ssa}  retentionDays: 11\n");
+    let out = s
+        .kubectl_stdin(&["diff", "-f", "-"], Some(&changed))
+        .unwrap();
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{diff}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        diff.contains("-  retentionDays: 9") && diff.contains("+  retentionDays: 11"),
+        "{diff}"
+    );
+    assert_eq!(jp("{.spec.retentionDays}"), "9");
+
     // --dry-run=server validates and answers, and stores nothing.
     let dry = APPLIED.replace("name: applied", "name: dry");
     let out = ok_stdin(&s, &["apply", "--dry-run=server", "-f", "-"], Some(&dry));
