@@ -340,6 +340,28 @@ fn pinned_pods_on_a_creating_or_unknown_cache_are_denied() {
     );
     assert!(get(&server, "pod", "early").is_none());
     assert!(get(&server, "pod", "lost").is_none());
+
+    // A pod deleted while its image trickles in is stopped without waiting for the pull (at
+    // this rate the pull would outlast the test's patience).
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("patient", &slow_image, &[], "true", "Never"),
+    );
+    assert!(ok, "{out}");
+    wait_for(&server, "pod", "patient", "pulling", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let describe = kubectl(&server, &["describe", "pod", "patient"]);
+        if describe.contains("Pulling") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never pulling: {describe}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kubectl(&server, &["delete", "pod", "patient", "--wait=false"]);
+    wait_gone(&server, "pod", "patient");
 }
 
 #[test]

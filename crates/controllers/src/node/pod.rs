@@ -325,11 +325,11 @@ impl PodRun {
         &self,
         idx: usize,
         spec: &ContainerSpec,
-        image_name: &str,
-        reference: &Reference,
-        policy: PullPolicy,
+        image: &WantedImage,
         first: bool,
-    ) -> Result<Container, NodeError> {
+        stop: &mut watch::Receiver<Option<i64>>,
+    ) -> Result<Option<Container>, NodeError> {
+        let (image_name, reference, policy) = (image.name.as_str(), &image.reference, image.policy);
         let started = Instant::now();
         let node = &self.node;
         let me = std::process::id();
@@ -366,18 +366,30 @@ impl PodRun {
                 attached.as_ref(),
             )
             .await
-        }
-        .await;
+        };
+        // A pod deleted while its image is pulled stops at once; the start itself is never
+        // interrupted (it is short, and a half-made container would need recovery).
+        let obtained = tokio::select! {
+            r = obtained => Some(r),
+            _ = async { stop.wait_for(Option::is_some).await.is_ok() } => None,
+        };
         timings.layers_pulled = t.elapsed();
+        let release = || {
+            if let Some(a) = &attached
+                && let Err(r) = node.runtime.attacher().release(&a.id, &a.user)
+            {
+                warn!(error = %r, "releasing the cache disk of a container not started");
+            }
+        };
         let got = match obtained {
-            Ok(g) => g,
-            Err(e) => {
-                if let Some(a) = &attached
-                    && let Err(r) = node.runtime.attacher().release(&a.id, &a.user)
-                {
-                    warn!(error = %r, "releasing the cache disk after a failed pull");
-                }
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
+                release();
                 return Err(e);
+            }
+            None => {
+                release();
+                return Ok(None);
             }
         };
         node.events.normal(
@@ -428,7 +440,7 @@ impl PodRun {
         if idx != INIT {
             self.record_start();
         }
-        Ok(container)
+        Ok(Some(container))
     }
 
     /// Records the pod start latency (API create → first container started) once.
@@ -451,6 +463,14 @@ impl PodRun {
             self.node.ctx.metrics.pod_started(used, seconds);
         }
     }
+}
+
+/// The image a container asks for.
+struct WantedImage {
+    /// As written in the pod.
+    name: String,
+    reference: Reference,
+    policy: PullPolicy,
 }
 
 /// The runtime's view of a Kubernetes container, and the names of env vars whose source is not
@@ -584,12 +604,14 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
                 ));
             }
         };
-        let policy = PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference);
-        let container = match run
-            .start_instance(INIT, &spec, &image_name, &reference, policy, false)
-            .await
-        {
-            Ok(c) => c,
+        let wanted = WantedImage {
+            policy: PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference),
+            name: image_name.clone(),
+            reference,
+        };
+        let container = match run.start_instance(INIT, &spec, &wanted, false, stop).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return false,
             Err(e) => return fail(format!("init container {}: {e}", spec.name)),
         };
         let exit = {
@@ -664,7 +686,11 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                 return;
             }
         };
-        let policy = PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference);
+        let wanted = WantedImage {
+            policy: PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference),
+            name: image_name.clone(),
+            reference,
+        };
         let mut backoff = INITIAL_BACKOFF;
         let mut first = true;
         loop {
@@ -672,10 +698,11 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                 return;
             }
             let container = match run
-                .start_instance(idx, &spec, &image_name, &reference, policy, first)
+                .start_instance(idx, &spec, &wanted, first, &mut stop)
                 .await
             {
-                Ok(c) => c,
+                Ok(Some(c)) => c,
+                Ok(None) => return,
                 Err(e) => {
                     let (reason, note) = match &e {
                         NodeError::Pull { .. } | NodeError::Registry { .. } => {
