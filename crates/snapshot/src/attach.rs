@@ -122,6 +122,9 @@ impl Attacher {
             mount_disk(&disk, &mount_point)?;
             debug!(disk = %disk.display(), mount_point = %mount_point.display(), "cache disk attached");
             refs.disk = disk.clone();
+            // Users recorded for an earlier mount that is gone (e.g. before a reboot) cannot
+            // be using this one.
+            refs.users.retain(|u| u.is_alive());
         }
         refs.users.retain(|u| u.name != user.name);
         let name = user.name.clone();
