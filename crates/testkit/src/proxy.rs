@@ -9,6 +9,22 @@
 //! The proxy runs on its own thread with its own tokio runtime, so it serves requests whether the
 //! test drives it from async or blocking code, and a busy test runtime cannot distort its timing.
 //! It stops when the [`Proxy`] is dropped.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use imc_testkit::proxy::{Fault, Proxy, Shaping};
+//!
+//! let registry = "127.0.0.1:5000"; // e.g. TestRegistry::host()
+//! let proxy = Proxy::start_with(registry, Shaping::link(8_000_000, Duration::from_millis(20)))?;
+//! proxy.add_fault("/blobs/", Fault::ResetAfter { bytes: 1 << 20, times: 1 });
+//! proxy.add_fault("/blobs/", Fault::Status { code: 500, times: 1 });
+//! // ... pull `{proxy.host_port()}/repo:tag` with plain HTTP ...
+//! let stats = proxy.stats();
+//! println!("{} requests, {} with Range, {} faults", stats.requests, stats.range_requests, stats.faults_injected);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io;
 use std::net::SocketAddr;
