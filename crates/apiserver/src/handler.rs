@@ -382,28 +382,31 @@ impl ApiServer {
 
     /// Creates an object (POST).
     pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
-        self.create_inner(def, ns, obj, false, false).await
+        self.create_with(def, ns, obj, PatchTarget::default()).await
     }
 
-    /// Everything a create does except storing (`dryRun=All`).
-    pub async fn create_dry_run(
+    /// Creates an object on behalf of a field manager, or only tries to (`dryRun=All`).
+    pub async fn create_with(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         obj: Value,
+        target: PatchTarget<'_>,
     ) -> Result<Value> {
-        self.create_inner(def, ns, obj, false, true).await
+        self.create_inner(def, ns, obj, false, target).await
     }
 
-    /// Creates an object; `keep_managed` keeps the managedFields server-side apply computed.
+    /// Creates an object; `keep_managed` keeps the managedFields server-side apply computed,
+    /// otherwise every field is recorded as set by the target's manager.
     async fn create_inner(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         mut obj: Value,
         keep_managed: bool,
-        dry_run: bool,
+        target: PatchTarget<'_>,
     ) -> Result<Value> {
+        let dry_run = target.dry_run;
         Self::check_type(def, &mut obj)?;
         let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
         let ns = if def.namespaced {
@@ -466,6 +469,9 @@ impl ApiServer {
             self.admission
                 .admit(def, Operation::Create, None, &mut o, None)?;
             Self::validate(def, &o)?;
+            if !keep_managed {
+                o = self.record_update(def, &json!({}), o, None, target.manager);
+            }
             let key = Self::key(def, ns.as_deref(), &name);
             if dry_run {
                 if self.store.get(&key).is_some() {
@@ -625,7 +631,11 @@ impl ApiServer {
         incoming: Value,
         target: PatchTarget<'_>,
     ) -> Result<Value> {
-        let PatchTarget { sub, dry_run, .. } = target;
+        let PatchTarget {
+            sub,
+            dry_run,
+            manager,
+        } = target;
         let key = Self::key(def, ns, name);
         let current = self
             .store
@@ -636,7 +646,9 @@ impl ApiServer {
             v => v,
         };
         let old = def.from_storage(&current);
-        let next = self.prepare_update(def, &old, incoming, sub)?;
+        let next = self
+            .prepare_update(def, &old, incoming, sub)?
+            .map(|new| self.record_update(def, &old, new, sub, manager));
         self.commit(def, key, next, expect, dry_run).await
     }
 
@@ -680,6 +692,31 @@ impl ApiServer {
                 Ok(def.from_storage(&removed))
             }
         }
+    }
+
+    /// Notes which fields a non-apply write changed, under its field manager.
+    fn record_update(
+        &self,
+        def: &ResourceDef,
+        old: &Value,
+        mut new: Value,
+        sub: Option<&str>,
+        manager: Option<&str>,
+    ) -> Value {
+        let scope = match (sub, def.status_subresource) {
+            (Some("status"), _) => Some(true),
+            (None, true) => Some(false),
+            _ => None,
+        };
+        let set = crate::managed_fields::changed_set(old, &new, scope);
+        crate::managed_fields::record_update(
+            &mut new,
+            manager.unwrap_or("unknown"),
+            &def.api_version(),
+            sub,
+            set,
+        );
+        new
     }
 
     /// Patches an object (PATCH). Retries on concurrent writes like Kubernetes' guaranteed update.
@@ -730,7 +767,12 @@ impl ApiServer {
                             set,
                         );
                     }
-                    return self.create_inner(def, ns, obj, true, dry_run).await;
+                    let target = PatchTarget {
+                        sub: None,
+                        manager,
+                        dry_run,
+                    };
+                    return self.create_inner(def, ns, obj, true, target).await;
                 }
                 return Err(Self::not_found(def, name));
             };
@@ -776,6 +818,10 @@ impl ApiServer {
                 });
             }
             let next = self.prepare_update(def, &old, new, sub)?;
+            let next = match patch_type {
+                PatchType::Apply => next,
+                _ => next.map(|new| self.record_update(def, &old, new, sub, manager)),
+            };
             match self
                 .commit(def, key.clone(), next, rv_of(&current), dry_run)
                 .await

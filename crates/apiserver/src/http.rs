@@ -285,11 +285,12 @@ async fn route(
         (&Method::POST, None) => {
             let obj = parse_body(&body)?;
             check_fields(&obj)?;
-            let created = if dry_run {
-                api.create_dry_run(&def, ns, obj).await?
-            } else {
-                api.create(&def, ns, obj).await?
+            let target = crate::handler::PatchTarget {
+                sub: None,
+                manager: query.get("fieldManager").map(String::as_str),
+                dry_run,
             };
+            let created = api.create_with(&def, ns, obj, target).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (&Method::DELETE, None) => {
@@ -344,7 +345,7 @@ async fn route(
             check_fields(&obj)?;
             let target = crate::handler::PatchTarget {
                 sub,
-                manager: None,
+                manager: query.get("fieldManager").map(String::as_str),
                 dry_run,
             };
             Ok(ok(api.update(&def, ns, name, obj, target).await?))

@@ -120,9 +120,110 @@ fn entries(obj: &Value) -> Vec<Value> {
 }
 
 fn is_entry(e: &Value, manager: &str, sub: Option<&str>) -> bool {
+    is_op(e, manager, "Apply", sub)
+}
+
+fn is_op(e: &Value, manager: &str, operation: &str, sub: Option<&str>) -> bool {
     e["manager"] == json!(manager)
-        && e["operation"] == json!("Apply")
+        && e["operation"] == json!(operation)
         && e.get("subresource").and_then(Value::as_str) == sub
+}
+
+/// The fields an update changed (set or altered; not removed), in FieldsV1 form, within the
+/// same scope as [`field_set`].
+pub fn changed_set(old: &Value, new: &Value, status_scope: Option<bool>) -> Value {
+    let scoped = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| {
+                matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
+            });
+        }
+        v
+    };
+    let full = field_set(&scoped(new), status_scope);
+    prune_unchanged(&full, &scoped(old), &scoped(new))
+}
+
+fn prune_unchanged(set: &Value, old: &Value, new: &Value) -> Value {
+    let mut out = Map::new();
+    let Some(set) = set.as_object() else {
+        return Value::Object(out);
+    };
+    for (k, sub) in set {
+        let Some(name) = k.strip_prefix("f:") else {
+            continue;
+        };
+        let (o, n) = (old.get(name), new.get(name));
+        if o == n {
+            continue;
+        }
+        let leaf = sub.as_object().is_none_or(Map::is_empty);
+        if leaf || o.is_none() {
+            out.insert(k.clone(), sub.clone());
+        } else {
+            let pruned = prune_unchanged(sub, o.unwrap_or(&Value::Null), n.unwrap_or(&Value::Null));
+            if pruned.as_object().is_some_and(|m| !m.is_empty()) {
+                out.insert(k.clone(), pruned);
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn union(a: &Value, b: &Value) -> Value {
+    let (Some(am), Some(bm)) = (a.as_object(), b.as_object()) else {
+        return json!({});
+    };
+    let mut out = am.clone();
+    for (k, bv) in bm {
+        let merged = match out.get(k) {
+            // A leaf on either side owns the whole subtree.
+            Some(av) if av.as_object().is_some_and(Map::is_empty) => json!({}),
+            Some(_) if bv.as_object().is_some_and(Map::is_empty) => json!({}),
+            Some(av) => union(av, bv),
+            None => bv.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    Value::Object(out)
+}
+
+/// Records that `manager` changed the fields in `set` through an update (PUT or a non-apply
+/// PATCH): such fields are no longer removed when an apply manager leaves them out.
+pub fn record_update(
+    obj: &mut Value,
+    manager: &str,
+    api_version: &str,
+    sub: Option<&str>,
+    set: Value,
+) {
+    if set.as_object().is_none_or(Map::is_empty) {
+        return;
+    }
+    let mut all = entries(obj);
+    match all.iter_mut().find(|e| is_op(e, manager, "Update", sub)) {
+        Some(e) => {
+            e["fieldsV1"] = union(&e["fieldsV1"], &set);
+            e["time"] = json!(clock::now_time());
+        }
+        None => {
+            let mut entry = json!({
+                "manager": manager, "operation": "Update", "apiVersion": api_version,
+                "time": clock::now_time(), "fieldsType": "FieldsV1", "fieldsV1": set,
+            });
+            if let Some(s) = sub {
+                entry["subresource"] = json!(s);
+            }
+            all.push(entry);
+        }
+    }
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("managedFields".into(), Value::Array(all));
+    }
 }
 
 /// Applies `manager`'s new field set to `obj` (already merged with the configuration): removes
@@ -144,7 +245,7 @@ pub fn apply(
     for path in dropped(&old, &set) {
         let shared = all
             .iter()
-            .filter(|e| !is_entry(e, manager, sub) && e["operation"] == json!("Apply"))
+            .filter(|e| !is_entry(e, manager, sub))
             .any(|e| covers(&e["fieldsV1"], &path));
         if !shared {
             remove(obj, &path);
@@ -207,6 +308,38 @@ mod tests {
             1
         );
         assert_eq!(obj["metadata"]["labels"]["x"], "1");
+    }
+
+    #[test]
+    fn a_field_an_update_changed_survives_the_appliers_omission() {
+        let applied = json!({"status": {"phase": "Failed", "reason": "Boom"}});
+        let mut obj = json!({"metadata": {}, "status": {"phase": "Failed", "reason": "Boom"}});
+        apply(
+            &mut obj,
+            &json!({}),
+            "ctl",
+            "v1",
+            Some("status"),
+            field_set(&applied, Some(true)),
+        );
+        // Another writer changes the reason with a merge patch.
+        let old = obj.clone();
+        obj["status"]["reason"] = json!("Other");
+        let set = changed_set(&old, &obj, Some(true));
+        assert_eq!(set, json!({"f:status": {"f:reason": {}}}));
+        record_update(&mut obj, "node", "v1", Some("status"), set);
+        let previous = obj.clone();
+        let next = json!({"status": {"phase": "Ready"}});
+        crate::patch::merge(&mut obj, &next);
+        apply(
+            &mut obj,
+            &previous,
+            "ctl",
+            "v1",
+            Some("status"),
+            field_set(&next, Some(true)),
+        );
+        assert_eq!(obj["status"], json!({"phase": "Ready", "reason": "Other"}));
     }
 
     #[test]
