@@ -5,7 +5,9 @@
 //! The same [`PodAdmission::admit`] serves the embedded server's hook point and, through
 //! [`PodAdmission::review`], an HTTPS `AdmissionReview` webhook in cluster mode.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use imc_api::annotations::MATCHED_IMAGE_CACHE;
@@ -31,7 +33,15 @@ struct Snapshot {
 #[derive(Clone, Default)]
 pub struct CacheView {
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// Bumped by every [`CacheView::set`]; 0 until the first complete list arrived.
+    version: Arc<AtomicU64>,
 }
+
+/// How long admission waits for the first list of caches (just after start-up).
+const LOAD_WAIT: Duration = Duration::from_secs(10);
+/// How long a denial waits for the view to change before it stands: a cache that became Ready
+/// an instant ago may not have reached the watch yet.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 impl CacheView {
     /// A view kept current by a watcher on ImageCaches through `client` (runs until the process
@@ -68,6 +78,36 @@ impl CacheView {
         let index = CacheIndex::new(caches.iter().filter_map(admission::cache_entry).collect());
         let snapshot = Arc::new(Snapshot { caches, index });
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes seen so far (0: not loaded yet).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Blocks (at most `max`) until the view's version passes `seen`; true if it did. Admission
+    /// functions are synchronous: on a multi-threaded runtime the wait hands this worker's
+    /// other tasks (the watch among them) to another thread.
+    pub fn wait_past(&self, seen: u64, max: Duration) -> bool {
+        let wait = || {
+            let deadline = Instant::now() + max;
+            while self.version() <= seen && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.version() > seen
+        };
+        if self.version() > seen {
+            return true;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            // A single-threaded runtime would stall its own watch: no waiting there.
+            Ok(_) => false,
+            Err(_) => wait(),
+        }
     }
 
     /// The cache whose `status.imageCacheId` is `id`, as last seen.
@@ -176,9 +216,27 @@ impl PodAdmission {
             Ok(p) => p,
             Err(e) => return resp.deny(format!("pod cannot be read: {e}")),
         };
-        let snapshot = self.view.current();
-        let decision =
-            admission::decide(&pod, &snapshot.caches, &snapshot.index, &*self.known_layers);
+        let uses_caches =
+            admission::pinned_cache_id(&pod).is_some() || admission::wants_automatic(&pod);
+        if uses_caches && !self.view.wait_past(0, LOAD_WAIT) {
+            return resp.deny("image caches are not loaded yet; retry in a moment");
+        }
+        let decide = || {
+            let version = self.view.version();
+            let snapshot = self.view.current();
+            let decision =
+                admission::decide(&pod, &snapshot.caches, &snapshot.index, &*self.known_layers);
+            (decision, version)
+        };
+        let (mut decision, version) = decide();
+        // A denial of a pinned cache may come from a view a moment behind the API (the cache
+        // turned Ready just now): give the watch a moment, then decide again.
+        if matches!(decision, Decision::Deny { .. })
+            && admission::pinned_cache_id(&pod).is_some()
+            && self.view.wait_past(version, CATCH_UP_WAIT)
+        {
+            decision = decide().0;
+        }
         debug!(pod = %req.name, ?decision, "pod admission");
         match decision {
             Decision::Deny { message } => resp.deny(message),
@@ -408,6 +466,53 @@ mod tests {
                 .unwrap()
                 .contains("not an AdmissionReview"),
             "{out}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_the_view_to_change() {
+        let view = CacheView::default();
+        assert_eq!(view.version(), 0);
+        assert!(!view.wait_past(0, Duration::from_millis(20)));
+        let v = view.clone();
+        let t = std::thread::spawn(move || v.set(Vec::new()));
+        assert!(view.wait_past(0, Duration::from_secs(30)));
+        t.join().unwrap();
+        assert_eq!(view.version(), 1);
+    }
+
+    #[test]
+    fn unloaded_view_denies_cache_pods_but_admits_others() {
+        let a = PodAdmission::new(CacheView::default(), "n", Arc::new(|_| Vec::new()));
+        let req = |annotations: Value| -> AdmissionRequest<DynamicObject> {
+            let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "operation": "CREATE", "userInfo": {}, "name": "p", "namespace": "default",
+                    "object": {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "p", "annotations": annotations},
+                               "spec": {"containers": [{"name": "c", "image": "r.io/a:1"}]}}}
+            }))
+            .unwrap();
+            review.try_into().unwrap()
+        };
+        assert!(a.admit(&req(json!({}))).allowed);
+        // On a single-threaded runtime admission cannot wait for the watch: it denies at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let denied =
+            rt.block_on(async { a.admit(&req(json!({"k8s.aliyun.com/eci-image-cache": "true"}))) });
+        assert!(!denied.allowed);
+        assert_eq!(
+            denied.result.message,
+            "image caches are not loaded yet; retry in a moment"
         );
     }
 }

@@ -855,6 +855,13 @@ fn pods_run_again_after_the_server_is_killed_and_deleting_them_cleans_up() {
     assert_eq!(first_run.trim().len(), 36, "{first_run:?}");
 
     server.restart().expect("server restarts");
+    // Right after the start, admission waits for its first list of caches rather than calling
+    // the cache unknown.
+    let (ok, out) = create(
+        &server,
+        &pod_manifest("newcomer", &reg.busybox, &[(PINNED, &id)], "true", "Never"),
+    );
+    assert!(ok, "{out}");
     // The node cleans up the dead process's container and runs the pod again.
     let deadline = Instant::now() + PATIENCE;
     let second_run = loop {
@@ -875,8 +882,15 @@ fn pods_run_again_after_the_server_is_killed_and_deleting_them_cleans_up() {
     let disk = disk(&server, &id);
     assert_eq!(run_support::loops_backed_by(&disk), 1);
 
-    kubectl(&server, &["delete", "pod", "survivor", "--grace-period=1"]);
+    wait_for(&server, "pod", "newcomer", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    kubectl(
+        &server,
+        &["delete", "pod", "survivor", "newcomer", "--grace-period=1"],
+    );
     wait_gone(&server, "pod", "survivor");
+    wait_gone(&server, "pod", "newcomer");
     let dir = server
         .data_dir()
         .join("pods")
