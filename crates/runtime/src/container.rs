@@ -57,17 +57,22 @@ pub struct ExitInfo {
 /// One container start.
 #[derive(Debug)]
 pub struct StartRequest<'a> {
+    /// The pod the container joins (its network namespace and directory).
     pub sandbox: &'a PodSandbox,
+    /// What to run.
     pub container: ContainerSpec,
+    /// The image, with every layer present on this host.
     pub image: PreparedImage,
     /// The cache disk the image's layers partly or fully come from (already attached for this
     /// container; released when it is removed).
     pub cache: Option<AttachedCache>,
+    /// Where stdout/stderr go.
     pub io: ContainerIo,
     /// The process whose death means the container is abandoned (recovery kills it).
     pub owner_pid: u32,
     /// When the start began and the timings of the steps done by the caller (attach, pull).
     pub started: Instant,
+    /// Timings of the caller's steps (attach, layers pulled); the start fills in the rest.
     pub timings: StartTimings,
 }
 
@@ -291,10 +296,13 @@ impl Runtime {
 pub struct Container {
     /// runc container id (`<pod uid>-<name>`).
     pub id: String,
+    /// Uid of its pod.
     pub pod_uid: String,
+    /// Container name in the pod.
     pub name: String,
     /// `DIR/pods/<uid>/<name>`: bundle, upper/work dirs, logs.
     pub dir: PathBuf,
+    /// The overlay mount the process runs in.
     pub rootfs: PathBuf,
     /// stdout/stderr with [`ContainerIo::Log`].
     pub log_path: PathBuf,

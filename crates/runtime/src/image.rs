@@ -14,10 +14,15 @@ use crate::RuntimeError;
 /// The parts of an OCI image config a container start uses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageConfig {
+    /// `Entrypoint`.
     pub entrypoint: Vec<String>,
+    /// `Cmd`.
     pub cmd: Vec<String>,
+    /// `Env` (`NAME=value`).
     pub env: Vec<String>,
+    /// `WorkingDir`, when set and not empty.
     pub working_dir: Option<String>,
+    /// `User` (`uid`, `uid:gid`, `name`, `name:group`), when set and not empty.
     pub user: Option<String>,
     /// Exposed ports (`8080/tcp` etc.), sorted.
     pub exposed_ports: Vec<String>,
@@ -77,6 +82,7 @@ impl ImageConfig {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerSource {
+    /// The layer's diffID.
     pub diff_id: Digest,
     /// The unpacked tree (read-only: a cache mount or a layer store dir).
     pub dir: PathBuf,

@@ -12,10 +12,15 @@ use crate::RuntimeError;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerStatus {
+    /// Being created.
     Creating,
+    /// Created, process not started yet.
     Created,
+    /// Process running.
     Running,
+    /// Frozen.
     Paused,
+    /// Process exited.
     Stopped,
 }
 

@@ -10,7 +10,9 @@ use crate::RuntimeError;
 /// The numeric identity the container process runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ResolvedUser {
+    /// User id.
     pub uid: u32,
+    /// Primary group id.
     pub gid: u32,
 }
 
