@@ -122,7 +122,7 @@ impl Node {
                         pod.metadata.namespace.as_deref().unwrap_or("default"),
                     );
                     let name = pod.metadata.name.clone().unwrap_or_default();
-                    tokio::spawn(async move { confirm_deletion(&api, &name).await });
+                    tokio::spawn(async move { confirm_deletion(&api, &name, &uid).await });
                 }
             }
             return;
@@ -209,15 +209,21 @@ impl Node {
     }
 }
 
-/// Deletes a pod whose containers are gone (grace period 0 confirms a graceful deletion).
-async fn confirm_deletion(api: &Api<Pod>, name: &str) {
+/// Deletes a pod whose containers are gone (grace period 0 confirms a graceful deletion). The
+/// uid precondition spares a new pod of the same name.
+async fn confirm_deletion(api: &Api<Pod>, name: &str, uid: &str) {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
         ..Default::default()
     };
     match api.delete(name, &params).await {
         Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        // Gone already, or the name now belongs to a new pod.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => warn!(pod = %name, error = %e, "removing the deleted pod"),
     }
 }

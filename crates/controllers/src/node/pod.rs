@@ -123,7 +123,7 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
             let _ = stop.wait_for(Option::is_some).await;
             drop(status_tx);
             let _ = writer.await;
-            confirm_deletion(&api, &name).await;
+            confirm_deletion(&api, &name, &uid).await;
             return;
         }
     };
@@ -182,7 +182,7 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
         }
     }
     info!("pod stopped and cleaned up");
-    confirm_deletion(&api, &name).await;
+    confirm_deletion(&api, &name, &uid).await;
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
