@@ -526,6 +526,17 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         p["status"]["phase"] == "Failed"
     });
     assert_eq!(container_state(&pod, "terminated")["exitCode"], 3);
+    // A process that cannot start fails a Never pod (exit code 128) with the runtime's reason.
+    let mut unstartable = pod_manifest("unstartable", &reg.busybox, &[], "", "Never");
+    unstartable["spec"]["containers"][0]["command"] = json!(["/no/such/binary"]);
+    let (ok, out) = create(&server, &unstartable);
+    assert!(ok, "{out}");
+    let pod = wait_for(&server, "pod", "unstartable", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(container_state(&pod, "terminated")["exitCode"], 128);
+    let describe = kubectl(&server, &["describe", "pod", "unstartable"]);
+    assert!(describe.contains("/no/such/binary"), "{describe}");
     let (ok, out) = create(
         &server,
         &pod_manifest(
@@ -605,7 +616,15 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         "{describe}"
     );
 
-    let all = ["talker", "doomed", "retried", "envy", "init-ok", "init-bad"];
+    let all = [
+        "talker",
+        "doomed",
+        "unstartable",
+        "retried",
+        "envy",
+        "init-ok",
+        "init-bad",
+    ];
     for name in all {
         kubectl(&server, &["delete", "pod", name]);
     }

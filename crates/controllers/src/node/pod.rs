@@ -712,6 +712,22 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                         _ => ("CreateContainerError", format!("Error: {e}")),
                     };
                     run.node.events.warning(&run.reference, "Failed", note.clone());
+                    if matches!(e, NodeError::Runtime(_)) && run.restart_policy == "Never" {
+                        // The process could not start and will not be retried: it ended, as
+                        // kubelet reports it, with exit code 128.
+                        let now = Timestamp::now();
+                        run.update(idx, |c| {
+                            c.state = Observed::Terminated {
+                                exit_code: 128,
+                                signal: None,
+                                started_at: now,
+                                finished_at: now,
+                            };
+                            c.will_restart = false;
+                        });
+                        let _ = stop.wait_for(Option::is_some).await;
+                        return;
+                    }
                     run.update(idx, |c| {
                         c.state = Observed::Waiting {
                             reason: reason.into(),
