@@ -601,6 +601,53 @@ fn expired_cache_is_deleted_with_its_disk() {
         jiff::SignedDuration::from_hours(24)
     );
 
+    // An auto-created cache expires 7 days after creation, or 30 days after its last match.
+    create(
+        &server,
+        "apiVersion: eci.alibabacloud.com/v1\nkind: ImageCache\nmetadata:\n  name: auto-create-for-test\n  labels:\n    imc.dev/auto-created: \"true\"\nspec:\n  images:\n  - registry.cn-shanghai.aliyuncs.com/eci_open/busybox:1.30\n",
+    );
+    let auto = wait_phase(&server, "auto-create-for-test", "Ready");
+    let auto_created: jiff::Timestamp = auto["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let auto_expires: jiff::Timestamp = auto["status"]["expireDateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        auto_expires.duration_since(auto_created),
+        jiff::SignedDuration::from_hours(7 * 24)
+    );
+    // Matched 29 days ago: one day left.
+    let matched_at =
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 29 * 24 * 3600).unwrap();
+    let matched = matched_at.to_string();
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "imagecache",
+            "auto-create-for-test",
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"status":{{"lastMatchedTime":"{matched}"}}}}"#),
+        ],
+    );
+    let want = matched_at
+        .checked_add(jiff::SignedDuration::from_hours(30 * 24))
+        .unwrap()
+        .to_string();
+    let rematched = wait_for(&server, "auto-create-for-test", "re-dated", |o| {
+        o["status"]["expireDateTime"] == want.as_str()
+    });
+    assert_eq!(rematched["status"]["lastMatchedTime"], matched.as_str());
+    assert_eq!(phase(&rematched), "Ready");
+
     // Two days later (the controllers' clock moved forward), the cache is gone.
     server.set_extra_args(&mirror_args(
         &reg.registry.host(),
@@ -609,6 +656,8 @@ fn expired_cache_is_deleted_with_its_disk() {
     server.restart().unwrap();
     wait_gone(&server, "short");
     assert!(!disk(&server, &id).exists());
+    // Its last match is now more than 30 days ago: gone too.
+    wait_gone(&server, "auto-create-for-test");
 }
 
 #[test]

@@ -195,7 +195,13 @@ impl CacheController {
             Some(Phase::Ready) => {}
             Some(Phase::Failed | Phase::UpdateFailed) => {}
         }
-        let wait = retention::expires_at(&cache)
+        // A match (admission writes lastMatchedTime) moves an auto-created cache's expiry.
+        let expires = retention::expires_at(&cache);
+        if status.expire_date_time.as_ref().map(|t| t.0) != expires {
+            let patch = json!({"status": {"expireDateTime": expires.map(Time)}});
+            self.patch(&name, patch, "updating the expiry").await?;
+        }
+        let wait = expires
             .map(|t| {
                 let secs = t.duration_since(now).as_secs().max(1) as u64;
                 Duration::from_secs(secs).min(MAX_REQUEUE)
