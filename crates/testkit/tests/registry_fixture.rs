@@ -119,8 +119,8 @@ async fn token_auth_push_then_fetch() {
 #[tokio::test]
 async fn basic_auth_refuses_anonymous() {
     let reg = TestRegistry::start(Auth::basic("alice", "pw"));
-    let http = reqwest::Client::new();
     image::install_crypto_provider();
+    let http = reqwest::Client::new();
     let resp = http
         .get(format!("{}/v2/", reg.url()))
         .send()
