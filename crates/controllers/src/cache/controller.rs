@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::build::{self, BuildJob};
 use super::disk;
 use super::error::CacheError;
+use super::step::{Step, next_step};
 use super::{FINALIZER, ID_ATTEMPTS};
 use crate::cache_status::{self, BuildOutcome, set_condition};
 use crate::manager::Context;
@@ -158,42 +159,20 @@ impl CacheController {
     async fn apply(self: &Arc<Self>, cache: Arc<ImageCache>) -> Result<Action, CacheError> {
         let name = cache.name_any();
         let now = self.ctx.settings.now();
-        if retention::is_expired(&cache, now) {
-            return self.expire(&cache).await;
-        }
         let status = cache.status.clone().unwrap_or_default();
-        let Some(id) = status
-            .image_cache_id
-            .as_deref()
-            .and_then(|i| i.parse::<CacheId>().ok())
-        else {
-            self.assign_id(&cache, status, now).await?;
-            // The status write wakes this controller again.
-            return Ok(Action::await_change());
-        };
-        let generation = cache.metadata.generation.unwrap_or(1);
         let mut old_disks_in_use = false;
-        match status.phase {
-            None | Some(Phase::Pending) => {
-                self.start_build(&cache, &id, Phase::Creating, false)
-                    .await?
+        match next_step(&cache, now) {
+            Step::Expire => return self.expire(&cache).await,
+            Step::AssignId => {
+                self.assign_id(&cache, status, now).await?;
+                // The status write wakes this controller again.
+                return Ok(Action::await_change());
             }
-            Some(phase @ (Phase::Creating | Phase::Updating)) => {
-                // After a restart nothing builds it: resume.
-                self.start_build(&cache, &id, phase, true).await?
+            Step::Build { id, phase, resume } => {
+                self.start_build(&cache, &id, phase, resume).await?
             }
-            Some(Phase::Ready | Phase::UpdateFailed)
-                if status.observed_generation != Some(generation) =>
-            {
-                self.start_build(&cache, &id, Phase::Updating, false)
-                    .await?
-            }
-            // Only rebuilt caches have older disks.
-            Some(Phase::Ready) if status.observed_generation.unwrap_or(1) > 1 => {
-                old_disks_in_use = self.prune_old_disks(&name, &id)
-            }
-            Some(Phase::Ready) => {}
-            Some(Phase::Failed | Phase::UpdateFailed) => {}
+            Step::Idle { id, prune: true } => old_disks_in_use = self.prune_old_disks(&name, &id),
+            Step::Idle { prune: false, .. } => {}
         }
         // A match (admission writes lastMatchedTime) moves an auto-created cache's expiry.
         let expires = retention::expires_at(&cache);

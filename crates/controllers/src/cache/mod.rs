@@ -17,6 +17,7 @@ mod progress;
 mod pull_config;
 mod reuse;
 pub mod spec_change;
+pub mod step;
 
 use std::sync::Arc;
 

@@ -1,0 +1,179 @@
+//! What reconcile does next for a cache, decided from the object alone (pure, table-tested).
+
+use imc_api::image_cache::Phase;
+use imc_api::{CacheId, ImageCache};
+use jiff::Timestamp;
+
+use crate::retention;
+
+/// The next action for one cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Past its expiry: delete it.
+    Expire,
+    /// No valid `imageCacheId` yet: assign one (phase `Pending`).
+    AssignId,
+    /// Build the current generation into cache `id`. `resume` when the status says a build was
+    /// under way (after a restart nothing runs it; in a running process it already runs).
+    Build {
+        id: CacheId,
+        phase: Phase,
+        resume: bool,
+    },
+    /// Nothing to build. `prune` when older generations' disks may be left (rebuilt caches).
+    Idle { id: CacheId, prune: bool },
+}
+
+/// Decides the next step for `cache` at `now`.
+pub fn next_step(cache: &ImageCache, now: Timestamp) -> Step {
+    if retention::is_expired(cache, now) {
+        return Step::Expire;
+    }
+    let status = cache.status.as_ref();
+    let Some(id) = status
+        .and_then(|s| s.image_cache_id.as_deref())
+        .and_then(|i| i.parse::<CacheId>().ok())
+    else {
+        return Step::AssignId;
+    };
+    let generation = cache.metadata.generation.unwrap_or(1);
+    let observed = status.and_then(|s| s.observed_generation);
+    match status.and_then(|s| s.phase) {
+        None | Some(Phase::Pending) => Step::Build {
+            id,
+            phase: Phase::Creating,
+            resume: false,
+        },
+        Some(phase @ (Phase::Creating | Phase::Updating)) => Step::Build {
+            id,
+            phase,
+            resume: true,
+        },
+        Some(Phase::Ready | Phase::UpdateFailed) if observed != Some(generation) => Step::Build {
+            id,
+            phase: Phase::Updating,
+            resume: false,
+        },
+        Some(Phase::Ready) => Step::Idle {
+            id,
+            prune: observed.unwrap_or(1) > 1,
+        },
+        Some(Phase::Failed | Phase::UpdateFailed) => Step::Idle { id, prune: false },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imc_api::ImageCacheSpec;
+    use imc_api::image_cache::ImageCacheStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const ID: &str = "imc-abcdefghij0123456789";
+
+    fn cache(
+        generation: i64,
+        phase: Option<Phase>,
+        observed: Option<i64>,
+        id: Option<&str>,
+    ) -> ImageCache {
+        let mut c = ImageCache::new(
+            "c",
+            ImageCacheSpec {
+                images: vec!["r.io/a:1".into()],
+                retention_days: Some(1),
+                ..Default::default()
+            },
+        );
+        c.metadata.generation = Some(generation);
+        c.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        c.status = Some(ImageCacheStatus {
+            image_cache_id: id.map(str::to_owned),
+            phase,
+            observed_generation: observed,
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn table() {
+        let id: CacheId = ID.parse().unwrap();
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let build = |phase, resume| Step::Build {
+            id: id.clone(),
+            phase,
+            resume,
+        };
+        let cases = [
+            (
+                "new cache gets an id",
+                cache(1, None, None, None),
+                Step::AssignId,
+            ),
+            (
+                "a malformed id is replaced",
+                cache(1, Some(Phase::Pending), None, Some("imc-x")),
+                Step::AssignId,
+            ),
+            (
+                "pending starts the first build",
+                cache(1, Some(Phase::Pending), None, Some(ID)),
+                build(Phase::Creating, false),
+            ),
+            (
+                "creating resumes (after a restart)",
+                cache(1, Some(Phase::Creating), None, Some(ID)),
+                build(Phase::Creating, true),
+            ),
+            (
+                "updating resumes",
+                cache(2, Some(Phase::Updating), Some(1), Some(ID)),
+                build(Phase::Updating, true),
+            ),
+            (
+                "a spec change on a ready cache rebuilds",
+                cache(2, Some(Phase::Ready), Some(1), Some(ID)),
+                build(Phase::Updating, false),
+            ),
+            (
+                "a spec change after a failed rebuild rebuilds",
+                cache(3, Some(Phase::UpdateFailed), Some(2), Some(ID)),
+                build(Phase::Updating, false),
+            ),
+            (
+                "ready first generation idles",
+                cache(1, Some(Phase::Ready), Some(1), Some(ID)),
+                Step::Idle {
+                    id: id.clone(),
+                    prune: false,
+                },
+            ),
+            (
+                "ready rebuilt cache prunes old disks",
+                cache(2, Some(Phase::Ready), Some(2), Some(ID)),
+                Step::Idle {
+                    id: id.clone(),
+                    prune: true,
+                },
+            ),
+            (
+                "failed idles until it expires",
+                cache(1, Some(Phase::Failed), Some(1), Some(ID)),
+                Step::Idle {
+                    id: id.clone(),
+                    prune: false,
+                },
+            ),
+        ];
+        for (name, c, want) in cases {
+            assert_eq!(next_step(&c, now), want, "{name}");
+        }
+        let later: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            next_step(&cache(1, Some(Phase::Ready), Some(1), Some(ID)), later),
+            Step::Expire,
+            "retention of one day"
+        );
+    }
+}
