@@ -53,6 +53,13 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Handled from the start: a Ctrl-C or SIGTERM that arrives while the container is being
+    // started must not kill imc half-way (leaving mounts and an orphaned container); it is
+    // forwarded to the container as soon as it runs.
+    let mut signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+    };
     let reference: Reference = args
         .image
         .parse()
@@ -82,6 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         name,
         started,
         &mut timings,
+        &mut signals,
     )
     .await;
     if let Err(e) = sandbox.remove() {
@@ -98,6 +106,7 @@ async fn start_and_wait(
     name: &str,
     started: Instant,
     timings: &mut StartTimings,
+    signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     // Checked before attaching, so a bad flag leaves nothing to release.
     let env = args
@@ -159,8 +168,6 @@ async fn start_and_wait(
     }
     debug!(timings = ?container.timings, "container started");
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let exit = {
         let wait = container.wait();
         tokio::pin!(wait);
@@ -172,12 +179,12 @@ async fn start_and_wait(
         loop {
             tokio::select! {
                 exit = &mut wait => break exit,
-                _ = sigint.recv() => {
+                _ = signals.int.recv() => {
                     let _ = container.kill("INT").await;
                     grace.as_mut().reset(tokio::time::Instant::now() + GRACE);
                     armed = true;
                 }
-                _ = sigterm.recv() => {
+                _ = signals.term.recv() => {
                     let _ = container.kill("TERM").await;
                     grace.as_mut().reset(tokio::time::Instant::now() + GRACE);
                     armed = true;
@@ -198,6 +205,12 @@ async fn start_and_wait(
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
+}
+
+/// The signals `imc run` forwards to its container.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
 }
 
 /// How long a stopped container gets to exit before it is killed.
