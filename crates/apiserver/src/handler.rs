@@ -616,7 +616,17 @@ impl ApiServer {
         if sub != Some("status") {
             Self::validate(def, &new)?;
         }
-        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty(&new) {
+        // Removing the last finalizer removes a deleted object, but a pod still in its grace
+        // period (marked for its node, no finalizers) stays until the node deletes it with
+        // grace 0, so the node's status writes during shutdown remain visible (as in Kubernetes).
+        let in_grace = new
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if new.pointer("/metadata/deletionTimestamp").is_some()
+            && finalizers_empty(&new)
+            && !in_grace
+        {
             return Ok(None);
         }
         Ok(Some(new))
