@@ -79,7 +79,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let uid = format!("run-{me}");
     let name = "main";
     let sandbox = runtime.create_sandbox(&uid, me)?;
-    let mut timings = StartTimings::default();
 
     let result = start_and_wait(
         &runtime,
@@ -88,7 +87,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &sandbox,
         name,
         started,
-        &mut timings,
         &mut signals,
     )
     .await;
@@ -105,9 +103,9 @@ async fn start_and_wait(
     sandbox: &imc_runtime::PodSandbox,
     name: &str,
     started: Instant,
-    timings: &mut StartTimings,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
+    let mut timings = StartTimings::default();
     // Checked before attaching, so a bad flag leaves nothing to release.
     let env = args
         .env
@@ -160,7 +158,7 @@ async fn start_and_wait(
             io: ContainerIo::Inherit,
             owner_pid: me,
             started,
-            timings: timings.clone(),
+            timings,
         })
         .await?;
     if args.timings {
