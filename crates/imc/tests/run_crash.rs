@@ -21,6 +21,9 @@ fn next_start_after_kill_9_leaves_nothing_stale() {
         .arg(&reg.busybox)
         .args(["--", "sh", "-c", "echo ready; sleep 600"])
         .stdout(Stdio::piped())
+        // Not the test harness's own stderr: a container outliving a failed test would hold
+        // that pipe open and hang the run.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -24,6 +24,9 @@ fn start(
         .arg(image)
         .args(["--", "sh", "-c", script])
         .stdout(Stdio::piped())
+        // Not the test harness's own stderr: a container outliving a failed test would hold
+        // that pipe open and hang the run.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
