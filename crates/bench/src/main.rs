@@ -1,14 +1,17 @@
 //! `imc-bench`: the benchmark harness of DESIGN §7. It measures imc against containerd 1.6 in the
 //! same run and prints figure, baseline, ratio and target. See docs/benchmarks.md.
 
+mod api_bench;
 mod machine;
 mod measure;
 mod oci_layout;
+mod pod_bench;
 mod prng;
 mod pull_bench;
 mod rate;
 mod reference_image;
 mod report;
+mod run_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +73,78 @@ enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// `imc run --cache` start-to-first-output vs `runc run` on a prepared rootfs and warm `ctr run`.
+    Run {
+        /// Timed runs per contender, after one untimed warm-up each.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// The imc binary to measure.
+        #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
+        imc: String,
+        /// Where the runc bundle, containerd root and imc data dir are created.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// API server: ImageCache creates/s, list of 10,000, watch latency (imc server --api-only).
+    Api {
+        /// ImageCaches created one at a time, then listed.
+        #[arg(long, default_value_t = 10_000)]
+        objects: usize,
+        /// Full lists timed.
+        #[arg(long, default_value_t = 7)]
+        lists: usize,
+        /// Watch events timed.
+        #[arg(long, default_value_t = 500)]
+        watch_events: usize,
+        /// The imc binary to measure.
+        #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
+        imc: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Pod create -> running from a Ready cache, without a cache, and containerd's cold pull + run.
+    Pod {
+        /// Bandwidth of the shaped link between the node and the registry.
+        #[arg(long, default_value = "8MB/s", value_parser = rate::parse_rate)]
+        bandwidth: u64,
+        /// Latency added to each request on the shaped link.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// Pods started from the Ready cache (the median is shown).
+        #[arg(long, default_value_t = 10)]
+        pods: usize,
+        /// Skip the pod without a cache (a ~50 s cold pull over the link).
+        #[arg(long)]
+        no_uncached: bool,
+        /// The imc binary to measure.
+        #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
+        imc: String,
+        /// Where the containerd root is created (default: system temp).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Prints `report` and writes it as JSON to `json` when asked.
+fn finish(report: &report::Report, json: Option<PathBuf>) -> anyhow::Result<()> {
+    print!("{}", report.text());
+    if let Some(path) = json {
+        let bytes = serde_json::to_vec_pretty(report).context("encode report")?;
+        std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A relative path would not survive `Command::current_dir`; resolve it now.
+fn absolute(path: &str) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolve {path}"))
 }
 
 fn main() -> ExitCode {
@@ -148,6 +223,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("write {}", path.display()))?;
             }
             Ok(())
+        }
+        BenchCommand::Run {
+            runs,
+            imc,
+            work_dir,
+            json,
+        } => {
+            let options = run_bench::RunOptions {
+                cache_dir,
+                work_dir,
+                imc: absolute(&imc)?,
+                runs,
+                command: vec!["/bin/echo".into(), "hi".into()],
+            };
+            finish(&run_bench::run(&options)?, json)
+        }
+        BenchCommand::Api {
+            objects,
+            lists,
+            watch_events,
+            imc,
+            json,
+        } => {
+            let options = api_bench::ApiOptions {
+                imc: absolute(&imc)?,
+                objects,
+                lists,
+                watch_events,
+            };
+            finish(&api_bench::run(&options)?, json)
+        }
+        BenchCommand::Pod {
+            bandwidth,
+            latency,
+            pods,
+            no_uncached,
+            imc,
+            work_dir,
+            json,
+        } => {
+            let options = pod_bench::PodOptions {
+                cache_dir,
+                work_dir,
+                imc: absolute(&imc)?,
+                bandwidth,
+                latency,
+                pods,
+                uncached: !no_uncached,
+            };
+            finish(&pod_bench::run(&options)?, json)
         }
     }
 }

@@ -60,6 +60,51 @@ pub fn measure(command: &mut Command) -> anyhow::Result<Measured> {
     })
 }
 
+/// What one start-to-first-output run gave.
+#[derive(Debug)]
+pub struct FirstOutput {
+    /// From spawn to the first byte on the child's stdout.
+    pub first_output: Duration,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to completion, timing the first byte it writes to stdout: what a user waiting
+/// for a container's first line sees (teardown after that is not counted).
+pub fn first_output(command: &mut Command) -> anyhow::Result<FirstOutput> {
+    let what = format!("{:?}", command.get_program());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("start {what}"))?;
+    let stderr = child.stderr.take().map(drain);
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut first = [0u8; 1];
+    let (first_output, mut bytes) = loop {
+        match stdout.read(&mut first) {
+            Ok(0) => break (started.elapsed(), Vec::new()),
+            Ok(_) => break (started.elapsed(), first.to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("read the stdout of {what}: {e}"),
+        }
+    };
+    let _ = stdout.read_to_end(&mut bytes);
+    let status = child.wait().with_context(|| format!("wait for {what}"))?;
+    let elapsed = started.elapsed();
+    Ok(FirstOutput {
+        first_output,
+        elapsed,
+        success: status.success(),
+        stdout: String::from_utf8_lossy(&bytes).into_owned(),
+        stderr: stderr.and_then(|h| h.join().ok()).unwrap_or_default(),
+    })
+}
+
 fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -91,5 +136,15 @@ mod tests {
                 .expect("measure dd");
         assert!(run.success, "{}", run.stderr);
         assert!(run.peak_rss >= 64 * 1024 * 1024, "{}", run.peak_rss);
+    }
+
+    #[test]
+    fn first_output_comes_before_exit() {
+        let run =
+            first_output(Command::new("/bin/sh").args(["-c", "echo hi; sleep 0.3; echo bye"]))
+                .expect("run sh");
+        assert!(run.success);
+        assert_eq!(run.stdout, "hi\nbye\n");
+        assert!(run.first_output < run.elapsed);
     }
 }

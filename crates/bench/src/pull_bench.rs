@@ -189,7 +189,8 @@ impl Bench<'_> {
     }
 }
 
-fn tempdir(parent: Option<&Path>, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+/// A new temporary directory under `parent` (or the system temp dir), removed on drop.
+pub fn tempdir(parent: Option<&Path>, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     let mut builder = tempfile::Builder::new();
     builder.prefix(prefix);
     match parent {

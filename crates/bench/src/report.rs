@@ -10,6 +10,10 @@ pub enum Target {
     RatioAtMost(f64),
     /// imc's value must stay below this (same unit as the value).
     Below(f64),
+    /// imc's value must be at most this (same unit as the value).
+    AtMost(f64),
+    /// imc's value must be at least this (same unit as the value).
+    AtLeast(f64),
     /// Shown for context only.
     None,
 }
@@ -46,8 +50,56 @@ impl Figure {
         match self.target {
             Target::RatioAtMost(max) => self.ratio().map(|r| r <= max),
             Target::Below(max) => self.imc.map(|v| v < max),
+            Target::AtMost(max) => self.imc.map(|v| v <= max),
+            Target::AtLeast(min) => self.imc.map(|v| v >= min),
             Target::None => None,
         }
+    }
+}
+
+/// The `p` quantile (0..=1) of `values`, nearest rank; `None` when empty.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let last = sorted.len().checked_sub(1)?;
+    let rank = ((last as f64) * p.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(rank).copied()
+}
+
+/// What one `imc-bench run|api|pod` measured: the table, the machine and how busy it was.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub machine: crate::machine::Machine,
+    pub image: String,
+    /// The imc binary measured.
+    pub imc: String,
+    /// Load averages (1, 5, 15 min) before and after: other work on the machine skews figures.
+    pub load_average_before: String,
+    pub load_average_after: String,
+    pub figures: Vec<Figure>,
+    /// Extra context printed under the table.
+    pub notes: Vec<String>,
+    /// Why imc has no figures, when it has none.
+    pub imc_not_available: Option<String>,
+}
+
+impl Report {
+    /// The header lines and the table, as printed.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "\n{}\nimc binary {} · load average before {} · after {}\nimage {}\n\n",
+            self.machine.summary(),
+            self.imc,
+            self.load_average_before,
+            self.load_average_after,
+            self.image
+        );
+        out.push_str(&render(&self.figures, self.imc_not_available.as_deref()));
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        out
     }
 }
 
@@ -84,6 +136,8 @@ pub fn render(figures: &[Figure], imc_note: Option<&str>) -> String {
         let target = match f.target {
             Target::RatioAtMost(max) => format!("ratio <= {max:.2}"),
             Target::Below(max) => format!("< {max:.0} {}", f.unit),
+            Target::AtMost(max) => format!("<= {max} {}", f.unit),
+            Target::AtLeast(min) => format!(">= {min} {}", f.unit),
             Target::None => "(context)".to_owned(),
         };
         let verdict = match f.met() {
@@ -107,7 +161,14 @@ pub fn render(figures: &[Figure], imc_note: Option<&str>) -> String {
             f.name.clone(),
             imc,
             baseline,
-            f.ratio().map_or("-".to_owned(), |r| format!("{r:.2}")),
+            f.ratio().map_or("-".to_owned(), |r| {
+                // Tiny ratios (a pod from a cache vs a cold pull) would all print as 0.00.
+                if r < 0.01 {
+                    format!("{r:.4}")
+                } else {
+                    format!("{r:.2}")
+                }
+            }),
             format!("{target}{verdict}"),
         ]);
     }
@@ -179,6 +240,10 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(percentile(&[], 0.9), None);
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 0.9), Some(9.0));
+        assert_eq!(percentile(&ten, 1.0), Some(10.0));
     }
 
     #[test]
