@@ -1,6 +1,7 @@
 //! A real `imc server` process on a free loopback port with a temporary data directory, for
 //! tests that talk to it with the real kubectl and with kube-rs. The fixture can kill (SIGKILL),
-//! stop (SIGTERM) and restart the process on the same directory and port.
+//! stop (SIGTERM) and restart the process on the same directory and port. Dropping it stops the
+//! server gracefully and reaps anything left under its data dir.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,6 +14,9 @@ use anyhow::{Context, Result, bail};
 
 /// The kubectl tests use (the Debian package installs it here).
 pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// How long a SIGTERMed server may take to stop (its own bound is 20 s) before SIGKILL.
+pub const STOP_WAIT: Duration = Duration::from_secs(25);
 
 /// A running `imc server`.
 pub struct TestServer {
@@ -206,8 +210,14 @@ impl TestServer {
 
     /// SIGTERMs the server and waits for it to exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> Result<bool> {
+        Ok(self.terminate()?.is_none_or(|s| s.success()))
+    }
+
+    /// SIGTERMs the server and waits up to [`STOP_WAIT`] for its graceful stop, SIGKILL after
+    /// that. `None` when no server was running.
+    fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.child.take() else {
-            return Ok(true);
+            return Ok(None);
         };
         // The child is not reaped yet, so its pid cannot have been reused.
         let sent = Command::new("kill")
@@ -215,8 +225,17 @@ impl TestServer {
             .status()?;
         if !sent.success() {
             child.kill()?;
+            return Ok(Some(child.wait()?));
         }
-        Ok(child.wait()?.success())
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        Ok(Some(child.wait()?))
     }
 
     /// Starts the server again on the same data directory and port.
@@ -227,7 +246,10 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// A graceful stop (the server removes its containers), then whatever is still left under
+    /// the data dir is reaped, so test runs leave no processes, mounts or loop devices behind.
     fn drop(&mut self) {
-        let _ = self.kill();
+        let _ = self.terminate();
+        crate::leftovers::reap(self.dir.path());
     }
 }

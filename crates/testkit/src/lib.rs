@@ -5,5 +5,6 @@
 pub mod apiserver;
 pub mod containerd;
 pub mod image;
+pub mod leftovers;
 pub mod proxy;
 pub mod registry;

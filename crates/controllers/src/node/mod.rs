@@ -14,7 +14,9 @@ pub mod registration;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -30,8 +32,34 @@ use crate::admission_hook::CacheView;
 use crate::manager::Context;
 use events::EventSink;
 
-/// A pod worker's stop signal: `Some(grace seconds)` once the pod is being deleted.
+/// A pod worker's stop signal: `Some(grace seconds)` once the pod is being deleted (or the
+/// node shuts down).
 type StopSignal = watch::Sender<Option<i64>>;
+
+/// The longest a container is given between SIGTERM and SIGKILL when `imc server` shuts down
+/// (the pod's own grace period when shorter): a stop must not wait out 30 s per pod.
+const SHUTDOWN_GRACE_SECONDS: i64 = 5;
+
+/// The pod grace period when the pod does not set one (as in Kubernetes).
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// One pod's worker as the node tracks it.
+struct Worker {
+    stop: StopSignal,
+    /// Name of the pod, for the shutdown log.
+    name: String,
+    /// `terminationGracePeriodSeconds` of the pod.
+    grace: i64,
+}
+
+/// What [`Node::shutdown`] did.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Pods whose containers were stopped and removed.
+    pub stopped: Vec<String>,
+    /// Pods still being stopped when the time ran out (the next start's recovery removes them).
+    pub left: Vec<String>,
+}
 
 /// The node of this process.
 pub struct Node {
@@ -39,8 +67,10 @@ pub struct Node {
     runtime: imc_runtime::Runtime,
     view: CacheView,
     events: EventSink,
-    /// Pod uid → its worker's stop signal.
-    workers: Mutex<HashMap<String, StopSignal>>,
+    /// Pod uid → its worker.
+    workers: Mutex<HashMap<String, Worker>>,
+    /// Set by [`Node::shutdown`]: workers stop their containers without touching the pods.
+    shutting_down: AtomicBool,
     /// (pod uid, container name) of every container whose process runs.
     running: Arc<Mutex<HashSet<(String, String)>>>,
 }
@@ -63,6 +93,7 @@ impl Node {
             runtime,
             view,
             workers: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
             running: Arc::default(),
         });
         let (client, name, dir) = (
@@ -103,11 +134,15 @@ impl Node {
             return;
         };
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock, so no worker starts after shutdown has signalled them all.
+        if self.is_shutting_down() {
+            return;
+        }
         if pod.metadata.deletion_timestamp.is_some() {
             let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
             match workers.get(&uid) {
-                Some(stop) => {
-                    stop.send_if_modified(|s| match s {
+                Some(worker) => {
+                    worker.stop.send_if_modified(|s| match s {
                         Some(g) if *g <= grace => false,
                         _ => {
                             *s = Some(grace);
@@ -132,16 +167,29 @@ impl Node {
             return;
         }
         let (tx, rx) = watch::channel(None);
-        workers.insert(uid, tx);
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        workers.insert(
+            uid,
+            Worker {
+                stop: tx,
+                name,
+                grace,
+            },
+        );
         tokio::spawn(pod::run(self.clone(), pod, rx));
     }
 
     fn on_gone(&self, pod: &Pod) {
         let Some(uid) = &pod.metadata.uid else { return };
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stop) = workers.get(uid) {
+        if let Some(worker) = workers.get(uid) {
             // Removed without a grace period (force delete): stop at once.
-            stop.send_replace(Some(0));
+            worker.stop.send_replace(Some(0));
         }
     }
 
@@ -150,6 +198,58 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
+    }
+
+    /// Whether [`Node::shutdown`] has begun: workers then leave their pods' objects alone.
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Stops every container of this node for a graceful stop of the process (the API no longer
+    /// answers): SIGTERM, min(the pod's grace period, 5 s), SIGKILL, then each container is
+    /// removed (rootfs unmounted, runc state deleted, cache disk released) and so is each pod's
+    /// sandbox (netns, pod dir). The pods themselves are left as they are: the next start runs
+    /// those still bound and not finished again, as after a crash. Waits at most `bound`.
+    pub async fn shutdown(&self, bound: Duration) -> ShutdownReport {
+        let mut pending: HashMap<String, String> = HashMap::new();
+        {
+            let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            self.shutting_down.store(true, Ordering::SeqCst);
+            for (uid, worker) in workers.iter() {
+                let grace = worker.grace.clamp(0, SHUTDOWN_GRACE_SECONDS);
+                worker.stop.send_if_modified(|s| match s {
+                    Some(g) if *g <= grace => false,
+                    _ => {
+                        *s = Some(grace);
+                        true
+                    }
+                });
+                pending.insert(uid.clone(), worker.name.clone());
+            }
+        }
+        info!(pods = pending.len(), "stopping the containers of this node");
+        let deadline = Instant::now() + bound;
+        let mut report = ShutdownReport::default();
+        loop {
+            {
+                let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                pending.retain(|uid, name| {
+                    let running = workers.contains_key(uid);
+                    if !running {
+                        report.stopped.push(name.clone());
+                    }
+                    running
+                });
+            }
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        report.left = pending.into_values().collect();
+        report.stopped.sort();
+        report.left.sort();
+        report
     }
 
     fn set_running(&self, uid: &str, container: &str, running: bool) {

@@ -107,7 +107,12 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
         init_failed: false,
     };
     let (status_tx, status_rx) = watch::channel(Some(pod_status(&view)));
-    let writer = tokio::spawn(write_status(api.clone(), name.clone(), status_rx));
+    let writer = tokio::spawn(write_status(
+        node.clone(),
+        api.clone(),
+        name.clone(),
+        status_rx,
+    ));
 
     let sandbox = match node.runtime.create_sandbox(&uid, std::process::id()) {
         Ok(s) => s,
@@ -123,7 +128,9 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
             let _ = stop.wait_for(Option::is_some).await;
             drop(status_tx);
             let _ = writer.await;
-            confirm_deletion(&api, &name, &uid).await;
+            if !node.is_shutting_down() {
+                confirm_deletion(&api, &name, &uid).await;
+            }
             return;
         }
     };
@@ -181,14 +188,28 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
             writer.abort();
         }
     }
+    if node.is_shutting_down() {
+        // The pod stays as it is: the next start of the node runs it again.
+        info!("pod's containers stopped and removed for shutdown");
+        return;
+    }
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
-async fn write_status(api: Api<Pod>, name: String, mut rx: watch::Receiver<Option<PodStatus>>) {
+async fn write_status(
+    node: Arc<Node>,
+    api: Api<Pod>,
+    name: String,
+    mut rx: watch::Receiver<Option<PodStatus>>,
+) {
     loop {
         let status = rx.borrow_and_update().clone();
+        // A shutdown leaves the pod's status as the API has it (the API answers no more).
+        if node.is_shutting_down() {
+            return;
+        }
         if let Some(status) = status {
             let patch = json!({ "status": status });
             match api
@@ -758,7 +779,9 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                     exit = &mut wait => (exit, false),
                     grace = async { stop.wait_for(Option::is_some).await.map_or(0, |g| g.unwrap_or(0)) } => {
                         let grace = grace.max(0) as u64;
-                        run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
+                        if !run.node.is_shutting_down() {
+                            run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
+                        }
                         if let Err(e) = container.kill("TERM").await {
                             debug!(error = %e, "sending SIGTERM");
                         }

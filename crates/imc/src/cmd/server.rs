@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use imc_apiserver::{Server, ServerConfig};
 use imc_controllers::manager::{self, Settings};
 use imc_controllers::metrics::Metrics;
+use imc_controllers::node::Node;
 
 use super::DataDirArg;
 use super::registry_args::RegistryArgs;
@@ -50,9 +52,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// How long the node may take, once the API stopped, to stop and remove its containers at a
+/// graceful stop (the API's own shutdown takes at most 5 s more).
+const NODE_SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
+
 /// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
-/// client) and installs `/metrics` and the admission hooks they own.
-async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<()> {
+/// client) and installs `/metrics` and the admission hooks they own. Returns the node, which
+/// the shutdown stops.
+async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<Arc<Node>> {
     let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
         .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -81,9 +88,9 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         "ImageCache",
         Arc::new(imc_controllers::cache::validate_spec_change),
     );
-    start_node(&api, &ctx).await?;
+    let node = start_node(&api, &ctx).await?;
     tokio::spawn(manager::run(ctx));
-    Ok(())
+    Ok(node)
 }
 
 /// Registers pod admission (cache choice, binding to this node) and starts the node, whose
@@ -91,7 +98,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
 async fn start_node(
     api: &imc_apiserver::ApiServer,
     ctx: &Arc<manager::Context>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
     let view = CacheView::watch(ctx.client.clone());
     let store = ctx.layers.clone();
@@ -112,15 +119,15 @@ async fn start_node(
     let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers)
         .with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
-    let node = imc_controllers::node::Node::start(ctx.clone(), view)
+    let node = Node::start(ctx.clone(), view)
         .await
         .context("starting the node")?;
-    api.set_pod_logs(Arc::new(NodeLogs(node)));
-    Ok(())
+    api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
+    Ok(node)
 }
 
 /// `kubectl logs` served from the node's container log files.
-struct NodeLogs(Arc<imc_controllers::node::Node>);
+struct NodeLogs(Arc<Node>);
 
 impl imc_apiserver::PodLogs for NodeLogs {
     fn logs(
@@ -164,14 +171,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     tracing::info!(addr = %server.local_addr(), "api server listening");
-    if !args.api_only {
-        start_controllers(&server, &args).await?;
-    }
+    let node = if args.api_only {
+        None
+    } else {
+        Some(start_controllers(&server, &args).await?)
+    };
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
     println!("kubeconfig: {}", server.kubeconfig().display());
     println!("  export KUBECONFIG={}", server.kubeconfig().display());
     server.serve(shutdown_signal()).await?;
+    // The API accepts nothing more: the containers go now, the pods stay for the next start.
+    if let Some(node) = node {
+        let report = node.shutdown(NODE_SHUTDOWN_BOUND).await;
+        if report.left.is_empty() {
+            tracing::info!(pods = ?report.stopped, "stopped and removed the containers of every pod");
+        } else {
+            tracing::warn!(
+                pods = ?report.stopped,
+                left = ?report.left,
+                "shutdown bound reached: the next start removes what is left"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

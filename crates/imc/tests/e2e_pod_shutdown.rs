@@ -1,0 +1,186 @@
+//! A graceful stop of `imc server` (SIGTERM): the node stops and removes every container it
+//! runs (no process, mount, loop device or runc state left under the data dir), leaves the pods
+//! as they are, and the next start runs them again. Real server, registry, runc and kubectl.
+
+mod run_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imc_testkit::apiserver::TestServer;
+use imc_testkit::leftovers::{loop_devices_under, mounts_under, runc_containers, runc_root};
+use run_support::registry_with_images;
+use serde_json::{Value, json};
+
+/// Generous bound for anything the server does; a deadline, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(240);
+const PINNED: &str = "k8s.aliyun.com/eci-image-snapshot-id";
+
+fn kubectl_json(server: &TestServer, args: &[&str]) -> Option<Value> {
+    let out = server.kubectl(args).expect("kubectl runs");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("NotFound") || err.contains("not found"),
+            "{err}"
+        );
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
+}
+
+fn wait_for(server: &TestServer, kind: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(o) = kubectl_json(server, &["get", kind, name, "-o", "json"]) {
+            if done(&o) {
+                return o;
+            }
+            last = Some(o);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{kind}/{name} never reached the awaited state; last seen: {last:#?}");
+}
+
+fn create(server: &TestServer, object: &Value) {
+    let out = server
+        .kubectl_stdin(&["create", "-f", "-"], Some(&object.to_string()))
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+/// Host pid of runc container `id` in the server's runc root.
+fn container_pid(data_dir: &Path, id: &str) -> i64 {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(runc_root(data_dir))
+        .args(["state", id])
+        .output()
+        .expect("runc runs");
+    assert!(
+        out.status.success(),
+        "runc state {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: Value = serde_json::from_slice(&out.stdout).expect("runc prints JSON");
+    state["pid"]
+        .as_i64()
+        .expect("a running container has a pid")
+}
+
+/// Whether `pid` is still the container's `sleep` (not a reused pid).
+fn sleeping(pid: i64) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("sleep"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
+    let reg = registry_with_images();
+    let args = vec![
+        "--node-name".to_owned(),
+        "imc-test-node".to_owned(),
+        "--plain-http".to_owned(),
+        reg.registry.host(),
+    ];
+    let mut server =
+        TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts");
+    let data = server.data_dir().to_path_buf();
+
+    create(
+        &server,
+        &json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+                "metadata": {"name": "busybox"}, "spec": {"images": [reg.busybox]}}),
+    );
+    let cache = wait_for(&server, "imagecache", "busybox", |o| {
+        o["status"]["phase"] == "Ready"
+    });
+    let id = cache["status"]["imageCacheId"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    // The pod ignores SIGTERM, so the stop has to end it with SIGKILL after the grace.
+    create(
+        &server,
+        &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "stubborn", "annotations": {PINNED: id}},
+                "spec": {"restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+                         "containers": [{"name": "app", "image": reg.busybox,
+                                         "command": ["sh", "-c", "trap '' TERM; sleep 3600 & wait; sleep 3600"]}]}}),
+    );
+    let before = wait_for(&server, "pod", "stubborn", running);
+    let uid = before["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_owned();
+    let containers = runc_containers(&data);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let pid = container_pid(&data, &containers[0]);
+    assert!(
+        !mounts_under(&data).is_empty(),
+        "the pod runs on mounts under the data dir"
+    );
+    assert_eq!(
+        loop_devices_under(&data).len(),
+        1,
+        "the cache disk is attached"
+    );
+
+    // SIGTERM; `stop` SIGKILLs only when the server has not exited within its bound.
+    assert!(
+        server.stop().expect("server stops"),
+        "imc server did not exit 0 after SIGTERM"
+    );
+    assert_eq!(
+        mounts_under(&data),
+        Vec::<std::path::PathBuf>::new(),
+        "mounts left"
+    );
+    assert_eq!(
+        loop_devices_under(&data),
+        Vec::<std::path::PathBuf>::new(),
+        "loop devices left"
+    );
+    assert_eq!(
+        runc_containers(&data),
+        Vec::<String>::new(),
+        "runc containers left"
+    );
+    assert!(!sleeping(pid), "the pod's process {pid} still runs");
+    assert!(
+        !data.join("pods").join(&uid).exists(),
+        "the pod dir is left"
+    );
+
+    // The pod object was left as it was: the next start runs it again.
+    server.restart().expect("server restarts");
+    let after = wait_for(&server, "pod", "stubborn", running);
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    let deadline = Instant::now() + PATIENCE;
+    while runc_containers(&data).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        runc_containers(&data).len(),
+        1,
+        "the pod's container runs again"
+    );
+    assert_eq!(
+        loop_devices_under(&data).len(),
+        1,
+        "the cache disk is attached again"
+    );
+}
