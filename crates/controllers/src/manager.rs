@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use imc_layers::LayerStore;
 use imc_registry::{Platform, RegistryOptions};
@@ -49,6 +50,8 @@ pub struct Context {
     pub settings: Settings,
     pub layers: LayerStore,
     pub metrics: Arc<Metrics>,
+    /// Set by [`Context::stop_builds`] when the process stops.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Runs every controller of this process until they all stop (they normally never do).
@@ -75,6 +78,51 @@ impl Context {
             settings,
             layers,
             metrics,
+            stopping: Arc::default(),
         }))
+    }
+
+    /// Calls off every cache build for a graceful stop of the process: a disk write under way
+    /// is thrown away when it ends and no status is written, so the cache stays `Creating` (or
+    /// `Updating`) and the next start builds it again.
+    pub fn stop_builds(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Removes this process's temporary work under `DIR/tmp` (partial blobs of pulls under way,
+    /// staging trees) once its builds are called off; returns how many entries went. Work
+    /// started after this is left to the next start, which removes a dead process's entries.
+    pub fn remove_temp_work(&self) -> usize {
+        let dir = self.settings.data_dir.join("tmp");
+        let prefix = format!("{}-", std::process::id());
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let path = entry.path();
+            let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "removing temporary work")
+                }
+            }
+        }
+        removed
+    }
+
+    /// Whether [`Context::stop_builds`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The flag [`Context::stop_builds`] sets, for blocking work that outlives its task.
+    pub(crate) fn stopping_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use imc_testkit::apiserver::TestServer;
 use imc_testkit::leftovers::{loop_devices_under, mounts_under, runc_containers, runc_root};
+use imc_testkit::proxy::{Fault, Proxy};
 use run_support::registry_with_images;
 use serde_json::{Value, json};
 
@@ -183,4 +184,96 @@ fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
         1,
         "the cache disk is attached again"
     );
+}
+
+#[test]
+fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_it() {
+    let reg = registry_with_images();
+    // The cache's only layer trickles in, so the build is under way when the server stops.
+    let proxy = Proxy::start(&reg.registry.host()).expect("proxy starts");
+    proxy.add_fault(
+        reg.base.digest.hex(),
+        Fault::Slow {
+            bytes_per_sec: 2048,
+        },
+    );
+    let args = vec![
+        "--node-name".to_owned(),
+        "imc-test-node".to_owned(),
+        "--plain-http".to_owned(),
+        proxy.host_port(),
+    ];
+    let mut server =
+        TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts");
+    let data = server.data_dir().to_path_buf();
+    let image = reg
+        .busybox
+        .replace(&reg.registry.host(), &proxy.host_port());
+    create(
+        &server,
+        &json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+                "metadata": {"name": "slow"}, "spec": {"images": [image]}}),
+    );
+    let creating = wait_for(&server, "imagecache", "slow", |o| {
+        o["status"]["phase"] == "Creating" && o["status"]["imageCacheId"].is_string()
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while !proxy
+        .requests()
+        .iter()
+        .any(|r| r.path.contains(reg.base.digest.hex()))
+    {
+        assert!(Instant::now() < deadline, "the layer was never requested");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert!(
+        server.stop().expect("server stops"),
+        "imc server did not exit 0 after SIGTERM"
+    );
+    let caches: Vec<String> = std::fs::read_dir(data.join("caches"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        caches,
+        Vec::<String>::new(),
+        "a called-off build left files"
+    );
+    let staging: Vec<String> = std::fs::read_dir(data.join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        staging,
+        Vec::<String>::new(),
+        "a called-off build left staging"
+    );
+
+    // The status was left as it was (read from the API alone, no controller racing): Creating,
+    // with the same id.
+    server.set_extra_args(&["--api-only".to_owned()]);
+    server.restart().expect("server restarts");
+    let after = kubectl_json(&server, &["get", "imagecache", "slow", "-o", "json"])
+        .expect("the cache is still there");
+    assert_eq!(after["status"]["phase"], "Creating", "{after:#}");
+    assert_eq!(
+        after["status"]["imageCacheId"],
+        creating["status"]["imageCacheId"]
+    );
+    // The next full start builds it.
+    assert!(server.stop().expect("server stops"));
+    proxy.clear_faults();
+    server.set_extra_args(&args);
+    server.restart().expect("server restarts");
+    let ready = wait_for(&server, "imagecache", "slow", |o| {
+        o["status"]["phase"] == "Ready" || o["status"]["phase"] == "Failed"
+    });
+    assert_eq!(ready["status"]["phase"], "Ready", "{ready:#}");
 }

@@ -56,7 +56,13 @@ pub async fn run(ctrl: Arc<CacheController>, job: BuildJob) {
         let tracker = Arc::new(Tracker::new(job.progress_floor));
         let mut retry = FIRST_RETRY;
         loop {
-            match build_once(&ctrl, &job, &tracker).await {
+            let result = build_once(&ctrl, &job, &tracker).await;
+            if ctrl.ctx.is_stopping() {
+                // The process stops: the status stays as it is and the next start builds again.
+                tracing::info!("build called off by the shutdown");
+                break;
+            }
+            match result {
                 Ok(outcome) => {
                     ctrl.finish_ready(&job, &outcome).await;
                     break;
@@ -220,11 +226,12 @@ async fn build_once(
         work_dir: ctx.settings.data_dir.join("tmp"),
     };
     let cancelled = job.cancelled.clone();
+    let stopping = ctx.stopping_flag();
     let name = job.name.clone();
     let report = tokio::task::spawn_blocking(move || {
         let report = builder.build(&build_images, &options)?;
         // An aborted build's disk write runs to its end on this thread: drop what it wrote.
-        if cancelled.load(Ordering::SeqCst) {
+        if cancelled.load(Ordering::SeqCst) || stopping.load(Ordering::SeqCst) {
             let _ = std::fs::remove_file(&options.output);
             let _ = std::fs::remove_dir_all(&options.output);
             return Err(CacheError::Task {

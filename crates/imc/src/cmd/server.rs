@@ -56,10 +56,20 @@ fn hostname() -> String {
 /// graceful stop (the API's own shutdown takes at most 5 s more).
 const NODE_SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
 
+/// The whole graceful stop, from the signal to the exit; past it the process exits anyway
+/// (status 1) and the next start's recovery removes what is left.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(20);
+
+/// What a graceful stop of the process stops.
+struct Stoppable {
+    node: Arc<Node>,
+    ctx: Arc<manager::Context>,
+}
+
 /// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
-/// client) and installs `/metrics` and the admission hooks they own. Returns the node, which
-/// the shutdown stops.
-async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<Arc<Node>> {
+/// client) and installs `/metrics` and the admission hooks they own. Returns what the shutdown
+/// stops.
+async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<Stoppable> {
     let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
         .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -89,8 +99,8 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         Arc::new(imc_controllers::cache::validate_spec_change),
     );
     let node = start_node(&api, &ctx).await?;
-    tokio::spawn(manager::run(ctx));
-    Ok(node)
+    tokio::spawn(manager::run(ctx.clone()));
+    Ok(Stoppable { node, ctx })
 }
 
 /// Registers pod admission (cache choice, binding to this node) and starts the node, whose
@@ -171,7 +181,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     tracing::info!(addr = %server.local_addr(), "api server listening");
-    let node = if args.api_only {
+    let stoppable = if args.api_only {
         None
     } else {
         Some(start_controllers(&server, &args).await?)
@@ -180,10 +190,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     println!("listening on https://{}", server.local_addr());
     println!("kubeconfig: {}", server.kubeconfig().display());
     println!("  export KUBECONFIG={}", server.kubeconfig().display());
-    server.serve(shutdown_signal()).await?;
-    // The API accepts nothing more: the containers go now, the pods stay for the next start.
-    if let Some(node) = node {
+    server
+        .serve(async {
+            shutdown_signal().await;
+            exit_after(SHUTDOWN_BOUND);
+        })
+        .await?;
+    // The API accepts nothing more: builds are called off and the containers go now; caches and
+    // pods stay as they are for the next start.
+    if let Some(Stoppable { node, ctx }) = stoppable {
+        ctx.stop_builds();
         let report = node.shutdown(NODE_SHUTDOWN_BOUND).await;
+        let temp = ctx.remove_temp_work();
+        if temp > 0 {
+            tracing::info!(
+                entries = temp,
+                "removed the temporary work of called-off builds"
+            );
+        }
         if report.left.is_empty() {
             tracing::info!(pods = ?report.stopped, "stopped and removed the containers of every pod");
         } else {
@@ -195,6 +219,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends the process after `bound` whatever still runs (a stuck unmount, a blocking build), so a
+/// graceful stop never hangs.
+fn exit_after(bound: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(bound);
+        tracing::error!(
+            bound = ?bound,
+            "graceful stop took too long: exiting; the next start cleans up what is left"
+        );
+        std::process::exit(1);
+    });
 }
 
 async fn shutdown_signal() {
