@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use imc_apiserver::{Server, ServerConfig};
@@ -52,13 +52,12 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// How long the node may take, once the API stopped, to stop and remove its containers at a
-/// graceful stop (the API's own shutdown takes at most 5 s more).
-const NODE_SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
-
 /// The whole graceful stop, from the signal to the exit; past it the process exits anyway
 /// (status 1) and the next start's recovery removes what is left.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(20);
+
+/// Kept of [`SHUTDOWN_BOUND`] after the node's part, for the last cleanup and the exit.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// What a graceful stop of the process stops.
 struct Stoppable {
@@ -190,17 +189,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     println!("listening on https://{}", server.local_addr());
     println!("kubeconfig: {}", server.kubeconfig().display());
     println!("  export KUBECONFIG={}", server.kubeconfig().display());
+    let signalled = std::sync::OnceLock::new();
     server
         .serve(async {
             shutdown_signal().await;
+            let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
         })
         .await?;
+    // The API's own shutdown took part of the bound; the node gets the rest.
+    let spent = signalled.get().map_or(Duration::ZERO, Instant::elapsed);
+    let node_bound = SHUTDOWN_BOUND.saturating_sub(spent + SHUTDOWN_MARGIN);
     // The API accepts nothing more: builds are called off and the containers go now; caches and
     // pods stay as they are for the next start.
     if let Some(Stoppable { node, ctx }) = stoppable {
         ctx.stop_builds();
-        let report = node.shutdown(NODE_SHUTDOWN_BOUND).await;
+        let report = node.shutdown(node_bound).await;
         let temp = ctx.remove_temp_work();
         if temp > 0 {
             tracing::info!(
