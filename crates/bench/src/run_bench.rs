@@ -126,8 +126,9 @@ impl Drop for RuncFloor {
     }
 }
 
-/// One timed start: seconds to first output, after checking the container printed `expect`.
-fn start(mut command: Command, what: &str, expect: &str) -> anyhow::Result<f64> {
+/// One timed start: seconds to first output, after checking the container printed `expect`;
+/// also the last JSON line the starter printed on stderr (`imc run --timings`), if any.
+fn start(mut command: Command, what: &str, expect: &str) -> anyhow::Result<(f64, Option<String>)> {
     let run = first_output(&mut command)?;
     if !run.success || !run.stdout.starts_with(expect) {
         bail!(
@@ -142,7 +143,13 @@ fn start(mut command: Command, what: &str, expect: &str) -> anyhow::Result<f64> 
         seconds * 1e3,
         run.elapsed.as_secs_f64() * 1e3
     );
-    Ok(seconds)
+    let timings = run
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(str::to_owned);
+    Ok((seconds, timings))
 }
 
 /// Runs the whole start benchmark.
@@ -188,7 +195,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Report> {
             .arg(data.path())
             .args(["--plain-http", &host, "--cache"])
             .arg(&disk)
-            .args(["--rm", &reference, "--"])
+            .args(["--rm", "--timings", &reference, "--"])
             .args(&options.command);
         command
     };
@@ -213,6 +220,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Report> {
 
     let (mut imc, mut runc, mut ctr) = (vec![], vec![], vec![]);
     let (mut imc_first, mut runc_first, mut ctr_first) = (None, None, None);
+    let mut imc_timings = None;
     for i in 0..=options.runs {
         eprintln!(
             "{} {i}/{}",
@@ -221,18 +229,21 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Report> {
         );
         if imc_problem.is_none() {
             match start(imc_command(), "imc run --cache", expect) {
-                Ok(s) if i == 0 => imc_first = Some(s),
-                Ok(s) => imc.push(s),
+                Ok((s, _)) if i == 0 => imc_first = Some(s),
+                Ok((s, timings)) => {
+                    imc.push(s);
+                    imc_timings = timings.or(imc_timings);
+                }
                 Err(e) => imc_problem = Some(format!("{e:#}")),
             }
         }
-        let s = start(floor.command(&format!("bench-{i}")), "runc run", expect)?;
+        let (s, _) = start(floor.command(&format!("bench-{i}")), "runc run", expect)?;
         if i == 0 {
             runc_first = Some(s)
         } else {
             runc.push(s)
         }
-        let s = start(ctr_command(&format!("bench-{i}")), "ctr run --rm", expect)?;
+        let (s, _) = start(ctr_command(&format!("bench-{i}")), "ctr run --rm", expect)?;
         if i == 0 {
             ctr_first = Some(s)
         } else {
@@ -325,6 +336,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Report> {
             format!(
                 "command in the container: {} (first output = first stdout byte); the registry is stopped before the timed runs",
                 options.command.join(" ")
+            ),
+            format!(
+                "imc run --timings of the last timed run: {}",
+                imc_timings.as_deref().unwrap_or("-")
             ),
             format!(
                 "untimed preparation: imc cache build from loopback {}, ctr images pull {:.1} s",
