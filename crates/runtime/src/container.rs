@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use imc_snapshot::{AttachedCache, Attacher, CacheUser};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::image::ImageConfig;
 use crate::runc::{ContainerStatus, Runc};
@@ -164,10 +164,15 @@ impl Runtime {
 
     /// Assembles the rootfs, writes the OCI spec and starts the process with runc.
     pub async fn start(&self, req: StartRequest<'_>) -> Result<Container, RuntimeError> {
+        // The span is attached to the future (not entered across awaits), so concurrent starts
+        // on one thread never log under each other's pod.
+        let span = info_span!("container_start", pod = %req.sandbox.uid, container = %req.container.name, image = %req.image.reference);
+        self.start_in_span(req).instrument(span).await
+    }
+
+    async fn start_in_span(&self, req: StartRequest<'_>) -> Result<Container, RuntimeError> {
         let name = req.container.name.clone();
         let runc_id = format!("{}-{}", req.sandbox.uid, name);
-        let span = info_span!("container_start", pod = %req.sandbox.uid, container = %name, image = %req.image.reference);
-        let _enter = span.enter();
         let dir = req.sandbox.dir.join(&name);
         let rootfs = dir.join("rootfs");
         let mut timings = req.timings;
