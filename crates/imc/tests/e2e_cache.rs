@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use imc_testkit::apiserver::TestServer;
 use imc_testkit::image::{BuiltImage, BuiltLayer, Format, ImageBuilder, ImageConfig, LayerBuilder};
+use imc_testkit::kubectl::PATIENCE;
 use imc_testkit::proxy::{Fault, Proxy};
 use imc_testkit::registry::{Auth, TestRegistry};
 use run_support::{busybox_layer, imc};
@@ -22,8 +23,6 @@ const SEED: &str = concat!(
 );
 const SEED_NAME: &str = "imagecache-sample-test";
 const SEED_HOST: &str = "registry.cn-shanghai.aliyuncs.com";
-/// Generous bound for anything the controller does; a deadline, not a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(240);
 
 /// Incompressible bytes (xorshift), so layer sizes on the wire are what the test says.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -111,28 +110,6 @@ fn start_server(upstream: &str, extra: &[&str]) -> TestServer {
         .expect("imc server starts")
 }
 
-/// Runs kubectl; panics with its stderr when it fails.
-fn kubectl(server: &TestServer, args: &[&str]) -> String {
-    let out = server.kubectl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn create(server: &TestServer, manifest: &str) {
-    let out = server
-        .kubectl_stdin(&["create", "-f", "-"], Some(manifest))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn manifest(name: &str, images: &[&str], extra_spec: &str, annotations: &str) -> String {
     let images: Vec<String> = images
         .iter()
@@ -144,52 +121,12 @@ fn manifest(name: &str, images: &[&str], extra_spec: &str, annotations: &str) ->
     )
 }
 
-/// The cache as JSON, or `None` when it does not exist.
-fn get(server: &TestServer, name: &str) -> Option<Value> {
-    let out = server
-        .kubectl(&["get", "imagecache", name, "-o", "json"])
-        .unwrap();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("NotFound"), "kubectl get {name}: {err}");
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// Polls until `done` holds for the cache; panics with the last state otherwise.
-fn wait_for(server: &TestServer, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < PATIENCE {
-        if let Some(obj) = get(server, name) {
-            if done(&obj) {
-                return obj;
-            }
-            last = Some(obj);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{name} never became {what}; last seen: {last:#?}");
-}
-
 fn phase(obj: &Value) -> &str {
     obj["status"]["phase"].as_str().unwrap_or("")
 }
 
 fn wait_phase(server: &TestServer, name: &str, want: &str) -> Value {
-    wait_for(server, name, want, |o| phase(o) == want)
-}
-
-fn wait_gone(server: &TestServer, name: &str) {
-    let start = Instant::now();
-    while start.elapsed() < PATIENCE {
-        if get(server, name).is_none() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{name} was never deleted: {:#?}", get(server, name));
+    server.wait_for("imagecache", name, want, |o| phase(o) == want)
 }
 
 fn cache_id(obj: &Value) -> String {
@@ -201,7 +138,7 @@ fn disk(server: &TestServer, id: &str) -> PathBuf {
 }
 
 fn metrics(server: &TestServer) -> String {
-    kubectl(server, &["get", "--raw", "/metrics"])
+    server.kubectl_ok(&["get", "--raw", "/metrics"])
 }
 
 fn inspect(disk: &Path) -> Value {
@@ -236,22 +173,19 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
     // The seed manifest, byte for byte.
     let seed = std::fs::read_to_string(SEED).unwrap();
     assert!(seed.contains("registry.cn-shanghai.aliyuncs.com/eci_open/nginx:1.14.2"));
-    kubectl(&server, &["create", "-f", SEED]);
-    let ready = wait_for(&server, SEED_NAME, "Ready", |o| {
+    server.kubectl_ok(&["create", "-f", SEED]);
+    let ready = server.wait_for("imagecache", SEED_NAME, "Ready", |o| {
         phase(o) == "Ready" || phase(o) == "Failed"
     });
     assert_eq!(phase(&ready), "Ready", "{ready:#?}");
     // `kubectl wait` works on the Ready condition; `imc` is the short name.
-    kubectl(
-        &server,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            &format!("imagecache/{SEED_NAME}"),
-            "--timeout=60s",
-        ],
-    );
-    let table = kubectl(&server, &["get", "imc", SEED_NAME]);
+    server.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("imagecache/{SEED_NAME}"),
+        "--timeout=60s",
+    ]);
+    let table = server.kubectl_ok(&["get", "imc", SEED_NAME]);
     let id = cache_id(&ready);
     let row = table.lines().nth(1).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
@@ -326,21 +260,18 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
             format!("{SEED_HOST}/eci_open/busybox:1.30")
         ]
     );
-    let described = kubectl(&server, &["describe", "imagecache", SEED_NAME]);
+    let described = server.kubectl_ok(&["describe", "imagecache", SEED_NAME]);
     for reason in ["Created", "BuildStarted", "Ready"] {
         assert!(described.contains(reason), "{reason} missing:\n{described}");
     }
 
     // A second cache with the reuse annotation: the shared base is not downloaded again.
-    create(
-        &server,
-        &manifest(
-            "reuse",
-            &["eci_open/busybox:1.30", "eci_open/extra:1"],
-            "",
-            "    k8s.aliyun.com/imc-enable-reuse: \"true\"\n",
-        ),
-    );
+    server.create_ok(manifest(
+        "reuse",
+        &["eci_open/busybox:1.30", "eci_open/extra:1"],
+        "",
+        "    k8s.aliyun.com/imc-enable-reuse: \"true\"\n",
+    ));
     let reuse = wait_phase(&server, "reuse", "Ready");
     assert_eq!(reuse["status"]["reusedLayers"], 2, "{reuse:#}");
     assert_eq!(
@@ -351,19 +282,16 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
     assert_ne!(cache_id(&reuse), id);
 
     // A spec change on a Ready cache rebuilds into a new disk; the old one goes once unused.
-    kubectl(
-        &server,
-        &[
-            "patch",
-            "imagecache",
-            "reuse",
-            "--type",
-            "merge",
-            "-p",
-            &format!(r#"{{"spec":{{"images":["{SEED_HOST}/eci_open/extra:1"]}}}}"#),
-        ],
-    );
-    let rebuilt = wait_for(&server, "reuse", "rebuilt", |o| {
+    server.kubectl_ok(&[
+        "patch",
+        "imagecache",
+        "reuse",
+        "--type",
+        "merge",
+        "-p",
+        &format!(r#"{{"spec":{{"images":["{SEED_HOST}/eci_open/extra:1"]}}}}"#),
+    ]);
+    let rebuilt = server.wait_for("imagecache", "reuse", "rebuilt", |o| {
         phase(o) == "Ready" && o["status"]["observedGeneration"] == 2
     });
     assert_eq!(rebuilt["status"]["images"].as_array().unwrap().len(), 1);
@@ -392,8 +320,8 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
     );
 
     // Deleting a cache removes its disk.
-    kubectl(&server, &["delete", "imagecache", SEED_NAME]);
-    wait_gone(&server, SEED_NAME);
+    server.kubectl_ok(&["delete", "imagecache", SEED_NAME]);
+    server.wait_gone("imagecache", SEED_NAME);
     assert!(!disk_path.exists(), "{} still exists", disk_path.display());
     let leftovers: Vec<_> = std::fs::read_dir(server.data_dir().join("caches"))
         .unwrap()
@@ -416,12 +344,12 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
         },
     );
     let mut server = start_server(&proxy.host_port(), &[]);
-    create(&server, &manifest("slow", &["eci_open/slow:1"], "", ""));
+    server.create_ok(manifest("slow", &["eci_open/slow:1"], "", ""));
     let base_tree = server
         .data_dir()
         .join(format!("layers/sha256/{}", reg.base.diff_id.hex()));
-    let creating = wait_for(
-        &server,
+    let creating = server.wait_for(
+        "imagecache",
         "slow",
         "Creating with its base layer stored",
         |o| phase(o) == "Creating" && base_tree.is_dir(),
@@ -431,7 +359,7 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
     let mut seen = vec![];
     let start = Instant::now();
     loop {
-        let obj = get(&server, "slow").unwrap();
+        let obj = server.get_json("imagecache", "slow").unwrap();
         assert_eq!(phase(&obj), "Creating", "{obj:#}");
         let text = obj["status"]["progress"].as_str().unwrap().to_owned();
         let pct: u32 = text.trim_end_matches('%').parse().unwrap();
@@ -474,7 +402,7 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
     );
     proxy.clear_faults();
     server.restart().unwrap();
-    let ready = wait_for(&server, "slow", "Ready", |o| {
+    let ready = server.wait_for("imagecache", "slow", "Ready", |o| {
         phase(o) == "Ready" || phase(o) == "Failed"
     });
     assert_eq!(phase(&ready), "Ready", "{ready:#}");
@@ -491,7 +419,7 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
         "the slow layer was cut off"
     );
     assert_eq!(ready["status"]["reusedLayers"], 1);
-    let described = kubectl(&server, &["describe", "imagecache", "slow"]);
+    let described = server.kubectl_ok(&["describe", "imagecache", "slow"]);
     assert!(described.contains("BuildResumed"), "{described}");
 }
 
@@ -508,8 +436,8 @@ fn registry_failing_then_recovering_ends_ready() {
         },
     );
     let server = start_server(&proxy.host_port(), &[]);
-    create(&server, &manifest("flaky", &["eci_open/extra:1"], "", ""));
-    let retrying = wait_for(&server, "flaky", "retrying", |o| {
+    server.create_ok(manifest("flaky", &["eci_open/extra:1"], "", ""));
+    let retrying = server.wait_for("imagecache", "flaky", "retrying", |o| {
         o["status"]["reason"] == "Retrying" || phase(o) == "Ready"
     });
     assert_eq!(phase(&retrying), "Creating", "{retrying:#}");
@@ -520,7 +448,7 @@ fn registry_failing_then_recovering_ends_ready() {
     assert_eq!(ready["status"]["progress"], "100%");
     assert!(ready["status"].get("message").is_none(), "{ready:#}");
     assert_eq!(proxy.stats().faults_injected, 7);
-    let described = kubectl(&server, &["describe", "imagecache", "flaky"]);
+    let described = server.kubectl_ok(&["describe", "imagecache", "flaky"]);
     assert!(described.contains("RegistryUnavailable"), "{described}");
 }
 
@@ -529,11 +457,8 @@ fn missing_image_and_oversized_cache_fail_with_the_reason() {
     let reg = seed_registry();
     // 1 "GiB" = 10 kB: the 20 GiB default size is 200 kB, less than the busybox base unpacked.
     let server = start_server(&reg.registry.host(), &["--gib-bytes", "10000"]);
-    create(&server, &manifest("missing", &["eci_open/nope:1"], "", ""));
-    create(
-        &server,
-        &manifest("big", &["eci_open/busybox:1.30"], "", ""),
-    );
+    server.create_ok(manifest("missing", &["eci_open/nope:1"], "", ""));
+    server.create_ok(manifest("big", &["eci_open/busybox:1.30"], "", ""));
 
     let failed = wait_phase(&server, "missing", "Failed");
     let message = failed["status"]["message"].as_str().unwrap();
@@ -543,7 +468,7 @@ fn missing_image_and_oversized_cache_fail_with_the_reason() {
     );
     assert_eq!(failed["status"]["reason"], "PullFailed");
     assert_eq!(failed["status"]["conditions"][0]["status"], "False");
-    let described = kubectl(&server, &["describe", "imagecache", "missing"]);
+    let described = server.kubectl_ok(&["describe", "imagecache", "missing"]);
     assert!(
         described
             .lines()
@@ -574,15 +499,12 @@ fn missing_image_and_oversized_cache_fail_with_the_reason() {
 fn expired_cache_is_deleted_with_its_disk() {
     let reg = seed_registry();
     let mut server = start_server(&reg.registry.host(), &[]);
-    create(
-        &server,
-        &manifest(
-            "short",
-            &["eci_open/busybox:1.30"],
-            "  retentionDays: 1\n",
-            "",
-        ),
-    );
+    server.create_ok(manifest(
+        "short",
+        &["eci_open/busybox:1.30"],
+        "  retentionDays: 1\n",
+        "",
+    ));
     let ready = wait_phase(&server, "short", "Ready");
     let id = cache_id(&ready);
     assert!(disk(&server, &id).exists());
@@ -602,9 +524,7 @@ fn expired_cache_is_deleted_with_its_disk() {
     );
 
     // An auto-created cache expires 7 days after creation, or 30 days after its last match.
-    create(
-        &server,
-        "apiVersion: eci.alibabacloud.com/v1\nkind: ImageCache\nmetadata:\n  name: auto-create-for-test\n  labels:\n    imc.dev/auto-created: \"true\"\nspec:\n  images:\n  - registry.cn-shanghai.aliyuncs.com/eci_open/busybox:1.30\n",
+    server.create_ok("apiVersion: eci.alibabacloud.com/v1\nkind: ImageCache\nmetadata:\n  name: auto-create-for-test\n  labels:\n    imc.dev/auto-created: \"true\"\nspec:\n  images:\n  - registry.cn-shanghai.aliyuncs.com/eci_open/busybox:1.30\n",
     );
     let auto = wait_phase(&server, "auto-create-for-test", "Ready");
     let auto_created: jiff::Timestamp = auto["metadata"]["creationTimestamp"]
@@ -625,24 +545,21 @@ fn expired_cache_is_deleted_with_its_disk() {
     let matched_at =
         jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 29 * 24 * 3600).unwrap();
     let matched = matched_at.to_string();
-    kubectl(
-        &server,
-        &[
-            "patch",
-            "imagecache",
-            "auto-create-for-test",
-            "--subresource=status",
-            "--type",
-            "merge",
-            "-p",
-            &format!(r#"{{"status":{{"lastMatchedTime":"{matched}"}}}}"#),
-        ],
-    );
+    server.kubectl_ok(&[
+        "patch",
+        "imagecache",
+        "auto-create-for-test",
+        "--subresource=status",
+        "--type",
+        "merge",
+        "-p",
+        &format!(r#"{{"status":{{"lastMatchedTime":"{matched}"}}}}"#),
+    ]);
     let want = matched_at
         .checked_add(jiff::SignedDuration::from_hours(30 * 24))
         .unwrap()
         .to_string();
-    let rematched = wait_for(&server, "auto-create-for-test", "re-dated", |o| {
+    let rematched = server.wait_for("imagecache", "auto-create-for-test", "re-dated", |o| {
         o["status"]["expireDateTime"] == want.as_str()
     });
     assert_eq!(rematched["status"]["lastMatchedTime"], matched.as_str());
@@ -654,20 +571,17 @@ fn expired_cache_is_deleted_with_its_disk() {
         &["--clock-offset-seconds", "172800"],
     ));
     server.restart().unwrap();
-    wait_gone(&server, "short");
+    server.wait_gone("imagecache", "short");
     assert!(!disk(&server, &id).exists());
     // Its last match is now more than 30 days ago: gone too.
-    wait_gone(&server, "auto-create-for-test");
+    server.wait_gone("imagecache", "auto-create-for-test");
 }
 
 #[test]
 fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
     let reg = seed_registry();
     let server = start_server(&reg.registry.host(), &[]);
-    create(
-        &server,
-        &manifest("used", &["eci_open/busybox:1.30"], "", ""),
-    );
+    server.create_ok(manifest("used", &["eci_open/busybox:1.30"], "", ""));
     let ready = wait_phase(&server, "used", "Ready");
     let id = cache_id(&ready);
     let disk_path = disk(&server, &id);
@@ -680,14 +594,14 @@ fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
         )
         .unwrap();
 
-    kubectl(&server, &["delete", "imagecache", "used", "--wait=false"]);
-    let waiting = wait_for(&server, "used", "waiting for its pod", |o| {
+    server.kubectl_ok(&["delete", "imagecache", "used", "--wait=false"]);
+    let waiting = server.wait_for("imagecache", "used", "waiting for its pod", |o| {
         o["metadata"]["deletionTimestamp"].is_string()
     });
     assert!(waiting["metadata"]["finalizers"].is_array());
     let start = Instant::now();
     loop {
-        let described = kubectl(&server, &["describe", "imagecache", "used"]);
+        let described = server.kubectl_ok(&["describe", "imagecache", "used"]);
         if described.contains("DeletionWaiting") {
             assert!(described.contains("1 pod(s) still use disk"), "{described}");
             break;
@@ -698,7 +612,10 @@ fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(get(&server, "used").is_some(), "kept while in use");
+    assert!(
+        server.get_json("imagecache", "used").is_some(),
+        "kept while in use"
+    );
     assert!(disk_path.exists(), "disk kept while in use");
     assert!(
         attached.mount_point.join("index.json").exists()
@@ -707,7 +624,7 @@ fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
     );
 
     attacher.release(&attached.id, "pod-under-test").unwrap();
-    wait_gone(&server, "used");
+    server.wait_gone("imagecache", "used");
     assert!(!disk_path.exists());
 }
 
@@ -715,28 +632,22 @@ fn deleting_a_cache_in_use_keeps_its_disk_until_the_last_user_detaches() {
 fn failed_rebuild_is_update_failed_and_the_old_disk_keeps_serving() {
     let reg = seed_registry();
     let server = start_server(&reg.registry.host(), &[]);
-    create(
-        &server,
-        &manifest("upd", &["eci_open/busybox:1.30"], "", ""),
-    );
+    server.create_ok(manifest("upd", &["eci_open/busybox:1.30"], "", ""));
     let ready = wait_phase(&server, "upd", "Ready");
     let id = cache_id(&ready);
     let link = disk(&server, &id);
     let first = std::fs::read_link(&link).unwrap();
 
     let set_images = |image: &str| {
-        kubectl(
-            &server,
-            &[
-                "patch",
-                "imagecache",
-                "upd",
-                "--type",
-                "merge",
-                "-p",
-                &format!(r#"{{"spec":{{"images":["{SEED_HOST}/{image}"]}}}}"#),
-            ],
-        );
+        server.kubectl_ok(&[
+            "patch",
+            "imagecache",
+            "upd",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"images":["{SEED_HOST}/{image}"]}}}}"#),
+        ]);
     };
     set_images("eci_open/nope:2");
     let failed = wait_phase(&server, "upd", "UpdateFailed");
@@ -762,7 +673,7 @@ fn failed_rebuild_is_update_failed_and_the_old_disk_keeps_serving() {
 
     // UpdateFailed accepts another change, which rebuilds.
     set_images("eci_open/extra:1");
-    let fixed = wait_for(&server, "upd", "rebuilt", |o| {
+    let fixed = server.wait_for("imagecache", "upd", "rebuilt", |o| {
         phase(o) == "Ready" && o["status"]["observedGeneration"] == 3
     });
     assert!(fixed["status"].get("message").is_none(), "{fixed:#}");
@@ -783,10 +694,7 @@ fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
     let reg = seed_registry();
     let proxy = Proxy::start(&reg.registry.host()).unwrap();
     let server = start_server(&proxy.host_port(), &[]);
-    create(
-        &server,
-        &manifest("first", &["eci_open/busybox:1.30"], "", ""),
-    );
+    server.create_ok(manifest("first", &["eci_open/busybox:1.30"], "", ""));
     let first = wait_phase(&server, "first", "Ready");
     assert_eq!(blob_gets(&proxy, &reg.base), 1);
 
@@ -807,15 +715,12 @@ fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
         .join(format!("layers/sha256/{}", reg.base.diff_id.hex()));
     assert!(!base_tree.exists());
 
-    create(
-        &server,
-        &manifest(
-            "reusing",
-            &["eci_open/busybox:1.30", "eci_open/extra:1"],
-            "",
-            "    k8s.aliyun.com/eci-image-cache: \"true\"\n",
-        ),
-    );
+    server.create_ok(manifest(
+        "reusing",
+        &["eci_open/busybox:1.30", "eci_open/extra:1"],
+        "",
+        "    k8s.aliyun.com/eci-image-cache: \"true\"\n",
+    ));
     let reusing = wait_phase(&server, "reusing", "Ready");
     assert_eq!(reusing["status"]["reusedLayers"], 2, "{reusing:#}");
     assert_eq!(
@@ -831,10 +736,7 @@ fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
     assert_eq!(index["layers"].as_array().unwrap().len(), 2, "{index:#}");
 
     // Without the annotation the layer is downloaded again.
-    create(
-        &server,
-        &manifest("plain", &["eci_open/busybox:1.30"], "", ""),
-    );
+    server.create_ok(manifest("plain", &["eci_open/busybox:1.30"], "", ""));
     let plain = wait_phase(&server, "plain", "Ready");
     assert_eq!(plain["status"]["reusedLayers"], 0, "{plain:#}");
     assert_eq!(
@@ -844,8 +746,8 @@ fn reuse_annotation_takes_layers_the_store_lost_from_other_caches_disks() {
     assert_eq!(blob_gets(&proxy, &reg.base), 2);
 
     // The build released the first cache's disk: deleting it does not wait.
-    kubectl(&server, &["delete", "imagecache", "first"]);
-    wait_gone(&server, "first");
+    server.kubectl_ok(&["delete", "imagecache", "first"]);
+    server.wait_gone("imagecache", "first");
     assert!(!disk(&server, &cache_id(&first)).exists());
 }
 
@@ -860,11 +762,11 @@ fn deleting_a_cache_while_it_builds_stops_the_build_and_leaves_no_disk() {
         },
     );
     let server = start_server(&proxy.host_port(), &[]);
-    create(&server, &manifest("doomed", &["eci_open/slow:1"], "", ""));
+    server.create_ok(manifest("doomed", &["eci_open/slow:1"], "", ""));
     let creating = wait_phase(&server, "doomed", "Creating");
     let id = cache_id(&creating);
-    kubectl(&server, &["delete", "imagecache", "doomed"]);
-    wait_gone(&server, "doomed");
+    server.kubectl_ok(&["delete", "imagecache", "doomed"]);
+    server.wait_gone("imagecache", "doomed");
     let leftovers: Vec<String> = std::fs::read_dir(server.data_dir().join("caches"))
         .map(|d| {
             d.flatten()
@@ -876,7 +778,7 @@ fn deleting_a_cache_while_it_builds_stops_the_build_and_leaves_no_disk() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The name is free again and a new cache under it builds from scratch with a new id.
     proxy.clear_faults();
-    create(&server, &manifest("doomed", &["eci_open/slow:1"], "", ""));
+    server.create_ok(manifest("doomed", &["eci_open/slow:1"], "", ""));
     let again = wait_phase(&server, "doomed", "Ready");
     assert_ne!(cache_id(&again), id, "ids are never reused");
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use imc_testkit::apiserver::TestServer;
 use imc_testkit::image::{BuiltImage, Format, ImageBuilder, ImageConfig, IndexBuilder};
+use imc_testkit::kubectl::PATIENCE;
 use imc_testkit::registry::{Auth, TestRegistry};
 use run_support::busybox_layer;
 use serde_json::Value;
 
-const PATIENCE: Duration = Duration::from_secs(240);
 const USER: &str = "imc-user";
 const PASSWORD: &str = "s3cret-Pa55word";
 
@@ -24,27 +24,6 @@ fn busybox() -> BuiltImage {
         })
         .layer(busybox_layer())
         .build()
-}
-
-fn kubectl(server: &TestServer, args: &[&str]) -> String {
-    let out = server.kubectl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn create(server: &TestServer, manifest: &str) {
-    let out = server
-        .kubectl_stdin(&["create", "-f", "-"], Some(manifest))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// An ImageCache manifest; `annotations` and `spec_extra` are YAML lines (indented).
@@ -101,40 +80,31 @@ fn pull_secret_and_plain_http_annotation_reach_an_authenticated_registry() {
     .unwrap();
     let image = format!("{host}/eci_open/busybox:1.30");
     let server = server();
-    kubectl(
-        &server,
-        &[
-            "create",
-            "secret",
-            "docker-registry",
-            "regcred",
-            "-n",
-            "default",
-            &format!("--docker-server={host}"),
-            &format!("--docker-username={USER}"),
-            &format!("--docker-password={PASSWORD}"),
-        ],
-    );
+    server.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        "default",
+        &format!("--docker-server={host}"),
+        &format!("--docker-username={USER}"),
+        &format!("--docker-password={PASSWORD}"),
+    ]);
     let plain = [("k8s.aliyun.com/plain-http-registry", host.as_str())];
-    create(
-        &server,
-        &manifest(
-            "with-secret",
-            &image,
-            &plain,
-            "  imagePullSecrets: [\"default:regcred\"]\n",
-        ),
-    );
-    create(
-        &server,
-        &manifest(
-            "absent-secret",
-            &image,
-            &plain,
-            "  imagePullSecrets: [\"default:absent\"]\n",
-        ),
-    );
-    create(&server, &manifest("no-secret", &image, &plain, ""));
+    server.create_ok(manifest(
+        "with-secret",
+        &image,
+        &plain,
+        "  imagePullSecrets: [\"default:regcred\"]\n",
+    ));
+    server.create_ok(manifest(
+        "absent-secret",
+        &image,
+        &plain,
+        "  imagePullSecrets: [\"default:absent\"]\n",
+    ));
+    server.create_ok(manifest("no-secret", &image, &plain, ""));
 
     let ok = settled(&server, "with-secret");
     assert_eq!(ok["status"]["phase"], "Ready", "{ok:#}");
@@ -158,10 +128,10 @@ fn pull_secret_and_plain_http_annotation_reach_an_authenticated_registry() {
 
     // The password is nowhere in what users see.
     for name in ["with-secret", "absent-secret", "no-secret"] {
-        let described = kubectl(&server, &["describe", "imagecache", name]);
+        let described = server.kubectl_ok(&["describe", "imagecache", name]);
         assert!(!described.contains(PASSWORD), "{described}");
     }
-    let events = kubectl(&server, &["get", "events", "-A", "-o", "json"]);
+    let events = server.kubectl_ok(&["get", "events", "-A", "-o", "json"]);
     assert!(!events.contains(PASSWORD));
 }
 
@@ -199,27 +169,21 @@ fn cpu_arch_annotation_picks_the_platform_from_an_index() {
     .unwrap();
     let image = format!("{host}/multi/app:1");
     let server = server();
-    create(
-        &server,
-        &manifest(
-            "arm",
-            &image,
-            &[
-                ("k8s.aliyun.com/plain-http-registry", host.as_str()),
-                ("k8s.aliyun.com/imc-cpu-arch", "linux/arm64/v8"),
-            ],
-            "",
-        ),
-    );
-    create(
-        &server,
-        &manifest(
-            "host-arch",
-            &image,
-            &[("k8s.aliyun.com/plain-http-registry", host.as_str())],
-            "",
-        ),
-    );
+    server.create_ok(manifest(
+        "arm",
+        &image,
+        &[
+            ("k8s.aliyun.com/plain-http-registry", host.as_str()),
+            ("k8s.aliyun.com/imc-cpu-arch", "linux/arm64/v8"),
+        ],
+        "",
+    ));
+    server.create_ok(manifest(
+        "host-arch",
+        &image,
+        &[("k8s.aliyun.com/plain-http-registry", host.as_str())],
+        "",
+    ));
     let arm = settled(&server, "arm");
     assert_eq!(arm["status"]["phase"], "Ready", "{arm:#}");
     assert_eq!(
@@ -255,16 +219,13 @@ fn insecure_registry_annotation_accepts_a_self_signed_registry() {
     .unwrap();
     let image = format!("{}/app:1", reg.host());
     let server = server();
-    create(&server, &manifest("strict", &image, &[], ""));
-    create(
-        &server,
-        &manifest(
-            "insecure",
-            &image,
-            &[("k8s.aliyun.com/insecure-registry", reg.host().as_str())],
-            "",
-        ),
-    );
+    server.create_ok(manifest("strict", &image, &[], ""));
+    server.create_ok(manifest(
+        "insecure",
+        &image,
+        &[("k8s.aliyun.com/insecure-registry", reg.host().as_str())],
+        "",
+    ));
     let strict = settled(&server, "strict");
     assert_eq!(strict["status"]["phase"], "Failed");
     let message = strict["status"]["message"].as_str().unwrap();

@@ -8,12 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use imc_testkit::apiserver::TestServer;
+use imc_testkit::kubectl::{PATIENCE, pod_running};
 use imc_testkit::proxy::{Fault, Proxy};
 use run_support::{Registry, registry_with_images};
 use serde_json::{Value, json};
 
-/// Generous bound for anything the server does; a deadline, not a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(240);
 const NODE: &str = "imc-test-node";
 const PINNED: &str = "k8s.aliyun.com/eci-image-snapshot-id";
 const AUTO: &str = "k8s.aliyun.com/eci-image-cache";
@@ -25,33 +24,6 @@ fn start_server(plain_http: &[String]) -> TestServer {
         args.extend(["--plain-http".to_owned(), host.clone()]);
     }
     TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts")
-}
-
-/// kubectl that must succeed; its stdout.
-fn kubectl(server: &TestServer, args: &[&str]) -> String {
-    let out = server.kubectl(args).expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `kubectl create -f -` of `object`; (success, stdout + stderr).
-fn create(server: &TestServer, object: &Value) -> (bool, String) {
-    let out = server
-        .kubectl_stdin(&["create", "-f", "-"], Some(&object.to_string()))
-        .expect("kubectl runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn cache_manifest(name: &str, images: &[&str]) -> Value {
@@ -76,58 +48,11 @@ fn pod_manifest(
                     "containers": [{"name": "app", "image": image, "command": ["sh", "-c", script]}]}})
 }
 
-fn get(server: &TestServer, kind: &str, name: &str) -> Option<Value> {
-    let out = server
-        .kubectl(&["get", kind, name, "-o", "json"])
-        .expect("kubectl runs");
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("NotFound") || err.contains("not found"),
-            "{err}"
-        );
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
-}
-
-fn wait_for(
-    server: &TestServer,
-    kind: &str,
-    name: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(o) = get(server, kind, name) {
-            if done(&o) {
-                return o;
-            }
-            last = Some(o);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{kind}/{name} never became {what}; last seen: {last:#?}");
-}
-
-fn wait_gone(server: &TestServer, kind: &str, name: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if get(server, kind, name).is_none() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{kind}/{name} was never removed");
-}
-
 /// Creates a cache, waits for Ready and returns its id.
 fn ready_cache(server: &TestServer, name: &str, images: &[&str]) -> String {
-    let (ok, out) = create(server, &cache_manifest(name, images));
+    let (ok, out) = server.create(cache_manifest(name, images));
     assert!(ok, "{out}");
-    let cache = wait_for(server, "imagecache", name, "Ready", |o| {
+    let cache = server.wait_for("imagecache", name, "Ready", |o| {
         o["status"]["phase"] == "Ready"
     });
     cache["status"]["imageCacheId"]
@@ -138,10 +63,6 @@ fn ready_cache(server: &TestServer, name: &str, images: &[&str]) -> String {
 
 fn container_state<'a>(pod: &'a Value, state: &str) -> &'a Value {
     &pod["status"]["containerStatuses"][0]["state"][state]
-}
-
-fn running(pod: &Value) -> bool {
-    pod["status"]["phase"] == "Running" && container_state(pod, "running").is_object()
 }
 
 fn disk(server: &TestServer, id: &str) -> PathBuf {
@@ -166,9 +87,9 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
         "echo hello from the cache; exec sleep 3600",
         "Always",
     );
-    let (ok, out) = create(&server, &manifest);
+    let (ok, out) = server.create(&manifest);
     assert!(ok, "{out}");
-    let pod = wait_for(&server, "pod", "pinned", "Running", running);
+    let pod = server.wait_for("pod", "pinned", "Running", pod_running);
     assert_eq!(pod["metadata"]["annotations"][MATCHED], id.as_str());
     assert_eq!(pod["spec"]["nodeName"], NODE);
     let status = &pod["status"]["containerStatuses"][0];
@@ -200,12 +121,12 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
     }
 
     // Admission recorded the match on the cache (retention of auto-created caches uses it).
-    wait_for(&server, "imagecache", "busybox", "matched", |c| {
+    server.wait_for("imagecache", "busybox", "matched", |c| {
         c["status"]["lastMatchedTime"].is_string()
     });
 
     // kubectl get pods: READY 1/1, Running.
-    let table = kubectl(&server, &["get", "pods"]);
+    let table = server.kubectl_ok(&["get", "pods"]);
     let row = table
         .lines()
         .find(|l| l.starts_with("pinned "))
@@ -214,7 +135,7 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
     assert_eq!(&cols[1..3], &["1/1", "Running"], "{table}");
 
     // describe: the cache hit and no download.
-    let describe = kubectl(&server, &["describe", "pod", "pinned"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "pinned"]);
     for needle in [
         "SuccessfulHitImageCache".to_owned(),
         format!("Successfully hit image cache {id}"),
@@ -227,11 +148,11 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
     assert!(!describe.contains("Pulling"), "{describe}");
 
     // Logs of the running container.
-    let logs = kubectl(&server, &["logs", "pinned"]);
+    let logs = server.kubectl_ok(&["logs", "pinned"]);
     assert_eq!(logs, "hello from the cache\n");
 
     // Metrics: one hit, its start latency, layer bytes served from the cache.
-    let metrics = kubectl(&server, &["get", "--raw", "/metrics"]);
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
     for needle in [
         "imc_cache_hits_total 1",
         "imc_pod_start_seconds_count{cache=\"Hit\"} 1",
@@ -246,47 +167,43 @@ fn pinned_pod_runs_from_a_ready_cache_without_downloading() {
     assert!(served > 0, "{metrics}");
 
     // The node and its lease.
-    let node = get(&server, "node", NODE).expect("the node is registered");
+    let node = server
+        .get_json("node", NODE)
+        .expect("the node is registered");
     assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(node["status"]["conditions"][0]["status"], "True");
     for r in ["cpu", "memory", "ephemeral-storage", "pods"] {
         assert!(node["status"]["capacity"][r].is_string(), "{r}: {node:#}");
     }
-    let lease = kubectl(
-        &server,
-        &["get", "lease", NODE, "-n", "kube-node-lease", "-o", "json"],
-    );
+    let lease = server.kubectl_ok(&["get", "lease", NODE, "-n", "kube-node-lease", "-o", "json"]);
     let lease: Value = serde_json::from_str(&lease).unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], NODE);
 
     // Deleting the cache while the pod uses it: the pod keeps running, the disk stays.
-    kubectl(
-        &server,
-        &["delete", "imagecache", "busybox", "--wait=false"],
-    );
+    server.kubectl_ok(&["delete", "imagecache", "busybox", "--wait=false"]);
     std::thread::sleep(Duration::from_secs(2));
-    let pod = get(&server, "pod", "pinned").unwrap();
-    assert!(running(&pod), "{pod:#}");
+    let pod = server.get_json("pod", "pinned").unwrap();
+    assert!(pod_running(&pod), "{pod:#}");
     assert!(
         disk(&server, &id).exists(),
         "disk removed under a running pod"
     );
     assert_eq!(
-        kubectl(&server, &["logs", "pinned"]),
+        server.kubectl_ok(&["logs", "pinned"]),
         "hello from the cache\n"
     );
 
     // Deleting the pod: stopped (sleep ignores TERM as pid 1, so killed after the grace period),
     // removed, and then the cache disk goes too.
-    kubectl(&server, &["delete", "pod", "pinned"]);
-    wait_gone(&server, "pod", "pinned");
+    server.kubectl_ok(&["delete", "pod", "pinned"]);
+    server.wait_gone("pod", "pinned");
     let deadline = Instant::now() + PATIENCE;
     while disk(&server, &id).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!disk(&server, &id).exists(), "disk kept after its last pod");
-    wait_gone(&server, "imagecache", "busybox");
-    let describe_events = kubectl(&server, &["get", "events", "-o", "json"]);
+    server.wait_gone("imagecache", "busybox");
+    let describe_events = server.kubectl_ok(&["get", "events", "-o", "json"]);
     assert!(describe_events.contains("Killing"), "{describe_events}");
 }
 
@@ -305,17 +222,20 @@ fn pinned_pods_on_a_creating_or_unknown_cache_are_denied() {
     let slow_image = reg
         .busybox
         .replace(&reg.registry.host(), &proxy.host_port());
-    let (ok, out) = create(&server, &cache_manifest("slow", &[&slow_image]));
+    let (ok, out) = server.create(cache_manifest("slow", &[&slow_image]));
     assert!(ok, "{out}");
-    let cache = wait_for(&server, "imagecache", "slow", "Creating", |o| {
+    let cache = server.wait_for("imagecache", "slow", "Creating", |o| {
         o["status"]["phase"] == "Creating" && o["status"]["imageCacheId"].is_string()
     });
     let id = cache["status"]["imageCacheId"].as_str().unwrap();
 
-    let (ok, out) = create(
-        &server,
-        &pod_manifest("early", &reg.busybox, &[(PINNED, id)], "true", "Never"),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "early",
+        &reg.busybox,
+        &[(PINNED, id)],
+        "true",
+        "Never",
+    ));
     assert!(!ok, "a pod on a Creating cache was admitted: {out}");
     assert!(
         out.contains(&format!("image cache {id} (slow) is Creating, not Ready")),
@@ -323,45 +243,39 @@ fn pinned_pods_on_a_creating_or_unknown_cache_are_denied() {
     );
 
     let unknown = "imc-zzzzzzzzzzzzzzzzzzzz";
-    let (ok, out) = create(
-        &server,
-        &pod_manifest(
-            "lost",
-            &reg.busybox,
-            &[("k8s.aliyun.com/eci-imc-id", unknown)],
-            "true",
-            "Never",
-        ),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "lost",
+        &reg.busybox,
+        &[("k8s.aliyun.com/eci-imc-id", unknown)],
+        "true",
+        "Never",
+    ));
     assert!(!ok, "a pod on an unknown cache was admitted: {out}");
     assert!(
         out.contains(&format!("image cache {unknown} not found")),
         "{out}"
     );
-    assert!(get(&server, "pod", "early").is_none());
-    assert!(get(&server, "pod", "lost").is_none());
+    assert!(server.get_json("pod", "early").is_none());
+    assert!(server.get_json("pod", "lost").is_none());
 
     // A pod deleted while its image trickles in is stopped without waiting for the pull (at
     // this rate the pull would outlast the test's patience).
-    let (ok, out) = create(
-        &server,
-        &pod_manifest("patient", &slow_image, &[], "true", "Never"),
-    );
+    let (ok, out) = server.create(pod_manifest("patient", &slow_image, &[], "true", "Never"));
     assert!(ok, "{out}");
-    wait_for(&server, "pod", "patient", "pulling", |p| {
+    server.wait_for("pod", "patient", "pulling", |p| {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
     });
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let describe = kubectl(&server, &["describe", "pod", "patient"]);
+        let describe = server.kubectl_ok(&["describe", "pod", "patient"]);
         if describe.contains("Pulling") {
             break;
         }
         assert!(Instant::now() < deadline, "never pulling: {describe}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    kubectl(&server, &["delete", "pod", "patient", "--wait=false"]);
-    wait_gone(&server, "pod", "patient");
+    server.kubectl_ok(&["delete", "pod", "patient", "--wait=false"]);
+    server.wait_gone("pod", "patient");
 }
 
 #[test]
@@ -379,12 +293,15 @@ fn automatic_matching_annotates_the_best_cache() {
     let _big_new = ready_cache(&server, "big-new", &[&reg.busybox, &reg.layered]);
 
     let matched = |pod: &str, image: &str| -> String {
-        let (ok, out) = create(
-            &server,
-            &pod_manifest(pod, image, &[(AUTO, "true")], "exec sleep 3600", "Always"),
-        );
+        let (ok, out) = server.create(pod_manifest(
+            pod,
+            image,
+            &[(AUTO, "true")],
+            "exec sleep 3600",
+            "Always",
+        ));
         assert!(ok, "{out}");
-        let pod = get(&server, "pod", pod).unwrap();
+        let pod = server.get_json("pod", pod).unwrap();
         pod["metadata"]["annotations"][MATCHED]
             .as_str()
             .unwrap_or("")
@@ -407,9 +324,9 @@ fn automatic_matching_annotates_the_best_cache() {
     );
 
     // The chosen cache is the one the pod runs from.
-    let pod = wait_for(&server, "pod", "newest", "Running", running);
+    let pod = server.wait_for("pod", "newest", "Running", pod_running);
     assert_eq!(pod["metadata"]["annotations"][MATCHED], small_new.as_str());
-    let describe = kubectl(&server, &["describe", "pod", "newest"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "newest"]);
     assert!(
         describe.contains(&format!("Successfully hit image cache {small_new}")),
         "{describe}"
@@ -447,28 +364,25 @@ fn run_support_busybox_image() -> imc_testkit::image::BuiltImage {
 #[test]
 fn a_miss_pulls_then_creates_an_auto_cache_with_nothing_downloaded() {
     let (reg, server) = setup();
-    let (ok, out) = create(
-        &server,
-        &pod_manifest(
-            "missed",
-            &reg.partial,
-            &[(AUTO, "true")],
-            "cat /app/marker; echo; exec sleep 3600",
-            "Always",
-        ),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "missed",
+        &reg.partial,
+        &[(AUTO, "true")],
+        "cat /app/marker; echo; exec sleep 3600",
+        "Always",
+    ));
     assert!(ok, "{out}");
-    let pod = wait_for(&server, "pod", "missed", "Running", running);
+    let pod = server.wait_for("pod", "missed", "Running", pod_running);
     assert!(pod["metadata"]["annotations"][MATCHED].is_null(), "{pod:#}");
-    let describe = kubectl(&server, &["describe", "pod", "missed"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "missed"]);
     assert!(describe.contains("ImageCacheMissed"), "{describe}");
     assert!(describe.contains("Pulling"), "{describe}");
     assert!(describe.contains("Successfully pulled image"), "{describe}");
-    assert_eq!(kubectl(&server, &["logs", "missed"]), "partial-top\n");
+    assert_eq!(server.kubectl_ok(&["logs", "missed"]), "partial-top\n");
 
     let uid = pod["metadata"]["uid"].as_str().unwrap();
     let name = format!("auto-create-for-{}", &uid[..8]);
-    let cache = wait_for(&server, "imagecache", &name, "Ready", |o| {
+    let cache = server.wait_for("imagecache", &name, "Ready", |o| {
         o["status"]["phase"] == "Ready"
     });
     assert_eq!(cache["metadata"]["labels"]["imc.dev/auto-created"], "true");
@@ -479,25 +393,22 @@ fn a_miss_pulls_then_creates_an_auto_cache_with_nothing_downloaded() {
 #[test]
 fn logs_follow_tail_and_exit_status_with_restart_policies() {
     let (reg, server) = setup();
-    let (ok, out) = create(
-        &server,
-        &pod_manifest(
-            "talker",
-            &reg.busybox,
-            &[],
-            "echo one; sleep 2; echo two; sleep 1; echo three",
-            "Never",
-        ),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "talker",
+        &reg.busybox,
+        &[],
+        "echo one; sleep 2; echo two; sleep 1; echo three",
+        "Never",
+    ));
     assert!(ok, "{out}");
-    wait_for(&server, "pod", "talker", "started", |p| {
+    server.wait_for("pod", "talker", "started", |p| {
         p["status"]["containerStatuses"][0]["state"]["running"].is_object()
             || p["status"]["phase"] == "Succeeded"
     });
     // -f follows until the container ends.
-    let followed = kubectl(&server, &["logs", "-f", "talker", "-c", "app"]);
+    let followed = server.kubectl_ok(&["logs", "-f", "talker", "-c", "app"]);
     assert_eq!(followed, "one\ntwo\nthree\n");
-    let pod = wait_for(&server, "pod", "talker", "Succeeded", |p| {
+    let pod = server.wait_for("pod", "talker", "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
     let terminated = container_state(&pod, "terminated");
@@ -505,10 +416,10 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
     assert_eq!(terminated["reason"], "Completed");
     assert!(terminated["finishedAt"].is_string());
     assert_eq!(
-        kubectl(&server, &["logs", "talker", "--tail=2"]),
+        server.kubectl_ok(&["logs", "talker", "--tail=2"]),
         "two\nthree\n"
     );
-    let table = kubectl(&server, &["get", "pods"]);
+    let table = server.kubectl_ok(&["get", "pods"]);
     assert!(
         table
             .lines()
@@ -517,38 +428,32 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
     );
 
     // Never: a failing container fails the pod; OnFailure: it is restarted.
-    let (ok, out) = create(
-        &server,
-        &pod_manifest("doomed", &reg.busybox, &[], "exit 3", "Never"),
-    );
+    let (ok, out) = server.create(pod_manifest("doomed", &reg.busybox, &[], "exit 3", "Never"));
     assert!(ok, "{out}");
-    let pod = wait_for(&server, "pod", "doomed", "Failed", |p| {
+    let pod = server.wait_for("pod", "doomed", "Failed", |p| {
         p["status"]["phase"] == "Failed"
     });
     assert_eq!(container_state(&pod, "terminated")["exitCode"], 3);
     // A process that cannot start fails a Never pod (exit code 128) with the runtime's reason.
     let mut unstartable = pod_manifest("unstartable", &reg.busybox, &[], "", "Never");
     unstartable["spec"]["containers"][0]["command"] = json!(["/no/such/binary"]);
-    let (ok, out) = create(&server, &unstartable);
+    let (ok, out) = server.create(&unstartable);
     assert!(ok, "{out}");
-    let pod = wait_for(&server, "pod", "unstartable", "Failed", |p| {
+    let pod = server.wait_for("pod", "unstartable", "Failed", |p| {
         p["status"]["phase"] == "Failed"
     });
     assert_eq!(container_state(&pod, "terminated")["exitCode"], 128);
-    let describe = kubectl(&server, &["describe", "pod", "unstartable"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "unstartable"]);
     assert!(describe.contains("/no/such/binary"), "{describe}");
-    let (ok, out) = create(
-        &server,
-        &pod_manifest(
-            "retried",
-            &reg.busybox,
-            &[],
-            "echo attempt; exit 3",
-            "OnFailure",
-        ),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "retried",
+        &reg.busybox,
+        &[],
+        "echo attempt; exit 3",
+        "OnFailure",
+    ));
     assert!(ok, "{out}");
-    let pod = wait_for(&server, "pod", "retried", "restarted", |p| {
+    let pod = server.wait_for("pod", "retried", "restarted", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_i64()
             .is_some_and(|n| n >= 1)
@@ -560,7 +465,7 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
     );
     // The previous instance's log; a container never restarted has none.
     assert_eq!(
-        kubectl(&server, &["logs", "retried", "--previous"]),
+        server.kubectl_ok(&["logs", "retried", "--previous"]),
         "attempt\n"
     );
     let out = server.kubectl(&["logs", "doomed", "--previous"]).unwrap();
@@ -583,13 +488,13 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     ]);
-    let (ok, out) = create(&server, &envy);
+    let (ok, out) = server.create(&envy);
     assert!(ok, "{out}");
-    wait_for(&server, "pod", "envy", "Succeeded", |p| {
+    server.wait_for("pod", "envy", "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
     assert_eq!(
-        kubectl(&server, &["logs", "envy"]),
+        server.kubectl_ok(&["logs", "envy"]),
         format!("hello from envy on {NODE}\n")
     );
 
@@ -598,19 +503,19 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         let mut m = pod_manifest(name, &reg.busybox, &[], "echo main ran", "Never");
         m["spec"]["initContainers"] =
             json!([{"name": "init", "image": reg.busybox, "command": ["sh", "-c", init_script]}]);
-        let (ok, out) = create(&server, &m);
+        let (ok, out) = server.create(&m);
         assert!(ok, "{out}");
     };
     with_init("init-ok", "exit 0");
     with_init("init-bad", "exit 5");
-    wait_for(&server, "pod", "init-ok", "Succeeded", |p| {
+    server.wait_for("pod", "init-ok", "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
-    assert_eq!(kubectl(&server, &["logs", "init-ok"]), "main ran\n");
-    wait_for(&server, "pod", "init-bad", "Failed", |p| {
+    assert_eq!(server.kubectl_ok(&["logs", "init-ok"]), "main ran\n");
+    server.wait_for("pod", "init-bad", "Failed", |p| {
         p["status"]["phase"] == "Failed"
     });
-    let describe = kubectl(&server, &["describe", "pod", "init-bad"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "init-bad"]);
     assert!(
         describe.contains("init container init exited with code 5"),
         "{describe}"
@@ -626,10 +531,10 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         "init-bad",
     ];
     for name in all {
-        kubectl(&server, &["delete", "pod", name]);
+        server.kubectl_ok(&["delete", "pod", name]);
     }
     for name in all {
-        wait_gone(&server, "pod", name);
+        server.wait_gone("pod", name);
     }
 }
 
@@ -711,9 +616,9 @@ fn twenty_pods_from_one_cache_share_one_attachment() {
     let out = String::from_utf8_lossy(&out.stderr);
     assert!(ok, "{out}");
     for n in &names {
-        wait_for(&server, "pod", n, "Running", running);
+        server.wait_for("pod", n, "Running", pod_running);
     }
-    let table = kubectl(&server, &["get", "pods", "--no-headers"]);
+    let table = server.kubectl_ok(&["get", "pods", "--no-headers"]);
     assert_eq!(
         table
             .lines()
@@ -730,11 +635,11 @@ fn twenty_pods_from_one_cache_share_one_attachment() {
         "one loop device for all pods"
     );
     for n in &names {
-        assert_eq!(kubectl(&server, &["logs", n]), "up\n");
+        assert_eq!(server.kubectl_ok(&["logs", n]), "up\n");
     }
-    kubectl(&server, &["delete", "pods", "--all", "--grace-period=1"]);
+    server.kubectl_ok(&["delete", "pods", "--all", "--grace-period=1"]);
     for n in &names {
-        wait_gone(&server, "pod", n);
+        server.wait_gone("pod", n);
     }
     assert_eq!(
         run_support::loops_backed_by(&disk),
@@ -756,28 +661,28 @@ fn deletion_stops_containers_with_term_then_kill_and_cleans_up() {
     // sleep as pid 1 has no TERM handler, so the signal is ignored until SIGKILL.
     let stubborn = pod_manifest("stubborn", &reg.busybox, &[], "exec sleep 3600", "Always");
     for m in [&polite, &stubborn] {
-        let (ok, out) = create(&server, m);
+        let (ok, out) = server.create(m);
         assert!(ok, "{out}");
     }
     for n in ["polite", "stubborn"] {
-        wait_for(&server, "pod", n, "Running", running);
+        server.wait_for("pod", n, "Running", pod_running);
     }
     let uids: Vec<String> = ["polite", "stubborn"]
         .iter()
         .map(|n| {
-            get(&server, "pod", n).unwrap()["metadata"]["uid"]
+            server.get_json("pod", n).unwrap()["metadata"]["uid"]
                 .as_str()
                 .unwrap()
                 .to_owned()
         })
         .collect();
-    kubectl(&server, &["delete", "pod", "polite", "stubborn"]);
+    server.kubectl_ok(&["delete", "pod", "polite", "stubborn"]);
     for n in ["polite", "stubborn"] {
-        wait_gone(&server, "pod", n);
+        server.wait_gone("pod", n);
     }
     // Each was told to stop (the Killing event), and nothing of them is left on the host.
     let events: Value =
-        serde_json::from_str(&kubectl(&server, &["get", "events", "-o", "json"])).unwrap();
+        serde_json::from_str(&server.kubectl_ok(&["get", "events", "-o", "json"])).unwrap();
     for (name, uid) in ["polite", "stubborn"].iter().zip(&uids) {
         assert!(
             events["items"]
@@ -814,40 +719,37 @@ fn deletion_stops_containers_with_term_then_kill_and_cleans_up() {
 fn image_errors_show_in_status_and_events() {
     let (reg, server) = setup();
     let missing = format!("{}/imc/nope:1", reg.registry.host());
-    let (ok, out) = create(
-        &server,
-        &pod_manifest("nope", &missing, &[], "true", "Never"),
-    );
+    let (ok, out) = server.create(pod_manifest("nope", &missing, &[], "true", "Never"));
     assert!(ok, "{out}");
     let mut never = pod_manifest("never", &reg.partial, &[], "true", "Never");
     never["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
-    let (ok, out) = create(&server, &never);
+    let (ok, out) = server.create(&never);
     assert!(ok, "{out}");
 
     let waiting = |p: &Value, reason: &str| {
         p["status"]["phase"] == "Pending"
             && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason
     };
-    wait_for(&server, "pod", "nope", "ErrImagePull", |p| {
+    server.wait_for("pod", "nope", "ErrImagePull", |p| {
         waiting(p, "ErrImagePull")
     });
-    wait_for(&server, "pod", "never", "ErrImageNeverPull", |p| {
+    server.wait_for("pod", "never", "ErrImageNeverPull", |p| {
         waiting(p, "ErrImageNeverPull")
     });
-    let describe = kubectl(&server, &["describe", "pod", "nope"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "nope"]);
     assert!(
         describe.contains(&format!("failed to pull image {missing:?}")),
         "{describe}"
     );
-    let describe = kubectl(&server, &["describe", "pod", "never"]);
+    let describe = server.kubectl_ok(&["describe", "pod", "never"]);
     assert!(
         describe.contains("is not present with pull policy of Never"),
         "{describe}"
     );
     assert!(!describe.contains("Pulling"), "{describe}");
     for n in ["nope", "never"] {
-        kubectl(&server, &["delete", "pod", n]);
-        wait_gone(&server, "pod", n);
+        server.kubectl_ok(&["delete", "pod", n]);
+        server.wait_gone("pod", n);
     }
 }
 
@@ -855,31 +757,31 @@ fn image_errors_show_in_status_and_events() {
 fn pods_run_again_after_the_server_is_killed_and_deleting_them_cleans_up() {
     let (reg, mut server) = setup();
     let id = ready_cache(&server, "busybox", &[&reg.busybox]);
-    let (ok, out) = create(
-        &server,
-        &pod_manifest(
-            "survivor",
-            &reg.busybox,
-            &[(PINNED, &id)],
-            "cat /proc/sys/kernel/random/uuid; exec sleep 3600",
-            "Always",
-        ),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "survivor",
+        &reg.busybox,
+        &[(PINNED, &id)],
+        "cat /proc/sys/kernel/random/uuid; exec sleep 3600",
+        "Always",
+    ));
     assert!(ok, "{out}");
-    let before = wait_for(&server, "pod", "survivor", "Running", running);
+    let before = server.wait_for("pod", "survivor", "Running", pod_running);
     let container_id = |p: &Value| p["status"]["containerStatuses"][0]["containerID"].clone();
 
     // Each run of the container prints a fresh random id.
-    let first_run = kubectl(&server, &["logs", "survivor"]);
+    let first_run = server.kubectl_ok(&["logs", "survivor"]);
     assert_eq!(first_run.trim().len(), 36, "{first_run:?}");
 
     server.restart().expect("server restarts");
     // Right after the start, admission waits for its first list of caches rather than calling
     // the cache unknown.
-    let (ok, out) = create(
-        &server,
-        &pod_manifest("newcomer", &reg.busybox, &[(PINNED, &id)], "true", "Never"),
-    );
+    let (ok, out) = server.create(pod_manifest(
+        "newcomer",
+        &reg.busybox,
+        &[(PINNED, &id)],
+        "true",
+        "Never",
+    ));
     assert!(ok, "{out}");
     // The node cleans up the dead process's container and runs the pod again.
     let deadline = Instant::now() + PATIENCE;
@@ -896,20 +798,17 @@ fn pods_run_again_after_the_server_is_killed_and_deleting_them_cleans_up() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_ne!(second_run, first_run);
-    let after = wait_for(&server, "pod", "survivor", "Running", running);
+    let after = server.wait_for("pod", "survivor", "Running", pod_running);
     assert_eq!(container_id(&after), container_id(&before));
     let disk = disk(&server, &id);
     assert_eq!(run_support::loops_backed_by(&disk), 1);
 
-    wait_for(&server, "pod", "newcomer", "Succeeded", |p| {
+    server.wait_for("pod", "newcomer", "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
-    kubectl(
-        &server,
-        &["delete", "pod", "survivor", "newcomer", "--grace-period=1"],
-    );
-    wait_gone(&server, "pod", "survivor");
-    wait_gone(&server, "pod", "newcomer");
+    server.kubectl_ok(&["delete", "pod", "survivor", "newcomer", "--grace-period=1"]);
+    server.wait_gone("pod", "survivor");
+    server.wait_gone("pod", "newcomer");
     let dir = server
         .data_dir()
         .join("pods")

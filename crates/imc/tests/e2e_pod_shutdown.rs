@@ -8,59 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imc_testkit::apiserver::TestServer;
+use imc_testkit::kubectl::{PATIENCE, pod_running};
 use imc_testkit::leftovers::{loop_devices_under, mounts_under, runc_containers, runc_root};
 use imc_testkit::proxy::{Fault, Proxy};
 use run_support::registry_with_images;
 use serde_json::{Value, json};
 
-/// Generous bound for anything the server does; a deadline, not a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(240);
 const PINNED: &str = "k8s.aliyun.com/eci-image-snapshot-id";
-
-fn kubectl_json(server: &TestServer, args: &[&str]) -> Option<Value> {
-    let out = server.kubectl(args).expect("kubectl runs");
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("NotFound") || err.contains("not found"),
-            "{err}"
-        );
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
-}
-
-fn wait_for(server: &TestServer, kind: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(o) = kubectl_json(server, &["get", kind, name, "-o", "json"]) {
-            if done(&o) {
-                return o;
-            }
-            last = Some(o);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{kind}/{name} never reached the awaited state; last seen: {last:#?}");
-}
-
-fn create(server: &TestServer, object: &Value) {
-    let out = server
-        .kubectl_stdin(&["create", "-f", "-"], Some(&object.to_string()))
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn running(pod: &Value) -> bool {
-    pod["status"]["phase"] == "Running"
-        && pod["status"]["containerStatuses"][0]["state"]["running"].is_object()
-}
 
 /// Host pid of runc container `id` in the server's runc root.
 fn container_pid(data_dir: &Path, id: &str) -> i64 {
@@ -101,12 +55,11 @@ fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
         TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts");
     let data = server.data_dir().to_path_buf();
 
-    create(
-        &server,
-        &json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+    server.create_ok(
+        json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
                 "metadata": {"name": "busybox"}, "spec": {"images": [reg.busybox]}}),
     );
-    let cache = wait_for(&server, "imagecache", "busybox", |o| {
+    let cache = server.wait_for("imagecache", "busybox", "the awaited state", |o| {
         o["status"]["phase"] == "Ready"
     });
     let id = cache["status"]["imageCacheId"]
@@ -114,15 +67,13 @@ fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
         .expect("an id")
         .to_owned();
     // The pod ignores SIGTERM, so the stop has to end it with SIGKILL after the grace.
-    create(
-        &server,
-        &json!({"apiVersion": "v1", "kind": "Pod",
+    server.create_ok(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "stubborn", "annotations": {PINNED: id}},
                 "spec": {"restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
                          "containers": [{"name": "app", "image": reg.busybox,
                                          "command": ["sh", "-c", "trap '' TERM; sleep 3600 & wait; sleep 3600"]}]}}),
     );
-    let before = wait_for(&server, "pod", "stubborn", running);
+    let before = server.wait_for("pod", "stubborn", "the awaited state", pod_running);
     let uid = before["metadata"]["uid"]
         .as_str()
         .expect("a uid")
@@ -168,7 +119,7 @@ fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
 
     // The pod object was left as it was: the next start runs it again.
     server.restart().expect("server restarts");
-    let after = wait_for(&server, "pod", "stubborn", running);
+    let after = server.wait_for("pod", "stubborn", "the awaited state", pod_running);
     assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
     let deadline = Instant::now() + PATIENCE;
     while runc_containers(&data).is_empty() && Instant::now() < deadline {
@@ -209,12 +160,11 @@ fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_i
     let image = reg
         .busybox
         .replace(&reg.registry.host(), &proxy.host_port());
-    create(
-        &server,
-        &json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+    server.create_ok(
+        json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
                 "metadata": {"name": "slow"}, "spec": {"images": [image]}}),
     );
-    let creating = wait_for(&server, "imagecache", "slow", |o| {
+    let creating = server.wait_for("imagecache", "slow", "the awaited state", |o| {
         o["status"]["phase"] == "Creating" && o["status"]["imageCacheId"].is_string()
     });
     let deadline = Instant::now() + PATIENCE;
@@ -260,7 +210,8 @@ fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_i
     // with the same id.
     server.set_extra_args(&["--api-only".to_owned()]);
     server.restart().expect("server restarts");
-    let after = kubectl_json(&server, &["get", "imagecache", "slow", "-o", "json"])
+    let after = server
+        .get_json("imagecache", "slow")
         .expect("the cache is still there");
     assert_eq!(after["status"]["phase"], "Creating", "{after:#}");
     assert_eq!(
@@ -272,7 +223,7 @@ fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_i
     proxy.clear_faults();
     server.set_extra_args(&args);
     server.restart().expect("server restarts");
-    let ready = wait_for(&server, "imagecache", "slow", |o| {
+    let ready = server.wait_for("imagecache", "slow", "the awaited state", |o| {
         o["status"]["phase"] == "Ready" || o["status"]["phase"] == "Failed"
     });
     assert_eq!(ready["status"]["phase"], "Ready", "{ready:#}");

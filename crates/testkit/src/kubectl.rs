@@ -1,0 +1,134 @@
+//! kubectl conveniences on a [`TestServer`]: run and require success, create from a manifest,
+//! read an object as JSON, and poll until an object reaches a state or is gone. Every e2e test
+//! uses these instead of its own copy.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::apiserver::TestServer;
+
+/// Generous bound for anything a test waits for; a deadline, not a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(240);
+
+/// How often [`TestServer::wait_for`] looks again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// stdout followed by stderr of a finished command, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl TestServer {
+    /// Runs kubectl, which must succeed; its stdout. Panics with stdout and stderr otherwise.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl create -f -` of a manifest (YAML text, or a `serde_json::Value`); (success,
+    /// stdout + stderr).
+    pub fn create(&self, manifest: impl std::fmt::Display) -> (bool, String) {
+        self.kubectl_args_stdin(&["create", "-f", "-"], &manifest.to_string())
+    }
+
+    /// `kubectl <args>` with `stdin` fed to it; (success, stdout + stderr).
+    pub fn kubectl_args_stdin(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        let out = self.kubectl_stdin(args, Some(stdin)).expect("kubectl runs");
+        (out.status.success(), output_text(&out))
+    }
+
+    /// `kubectl create -f -` that must succeed.
+    pub fn create_ok(&self, manifest: impl std::fmt::Display) {
+        let manifest = manifest.to_string();
+        let (ok, out) = self.create(&manifest);
+        assert!(ok, "kubectl create failed: {out}\nmanifest:\n{manifest}");
+    }
+
+    /// `kubectl get <kind> <name> -o json`, or `None` when it does not exist. Any other failure
+    /// panics.
+    pub fn get_json(&self, kind: &str, name: &str) -> Option<Value> {
+        self.get_json_in(kind, name, &[])
+    }
+
+    /// [`TestServer::get_json`] with extra `kubectl get` arguments (e.g. `-n ns`).
+    pub fn get_json_in(&self, kind: &str, name: &str, extra: &[&str]) -> Option<Value> {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = self.kubectl(&args).expect("kubectl runs");
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("NotFound") || err.contains("not found"),
+                "kubectl get {kind} {name}: {err}"
+            );
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
+    }
+
+    /// Polls `kind/name` until `done` holds (within [`PATIENCE`]); the object then. Panics with
+    /// the last state seen otherwise; `what` names the awaited state in that message.
+    pub fn wait_for(
+        &self,
+        kind: &str,
+        name: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_for_in(kind, name, &[], what, done)
+    }
+
+    /// [`TestServer::wait_for`] with extra `kubectl get` arguments (e.g. `-n ns`).
+    pub fn wait_for_in(
+        &self,
+        kind: &str,
+        name: &str,
+        extra: &[&str],
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(o) = self.get_json_in(kind, name, extra) {
+                if done(&o) {
+                    return o;
+                }
+                last = Some(o);
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("{kind}/{name} never became {what}; last seen: {last:#?}");
+    }
+
+    /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
+    pub fn wait_gone(&self, kind: &str, name: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.get_json(kind, name).is_none() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!(
+            "{kind}/{name} was never removed: {:#?}",
+            self.get_json(kind, name)
+        );
+    }
+}
+
+/// Whether a pod is Running with its first container running.
+pub fn pod_running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
