@@ -12,6 +12,7 @@ mod netns;
 mod recover;
 mod rootfs;
 mod runc;
+mod seccomp;
 mod spec;
 mod timings;
 mod user;
@@ -22,6 +23,10 @@ pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use netns::PodSandbox;
 pub use recover::RuntimeRecovery;
 pub use runc::{ContainerStatus, Runc};
+pub use seccomp::{
+    LocalhostProfile, MAX_PROFILE_BYTES, RUNTIME_DEFAULT_REFERENCE, SeccompError, SeccompProfile,
+    from_localhost_file, runtime_default,
+};
 pub use spec::{DEFAULT_CAPABILITIES, generate_spec};
 pub use timings::StartTimings;
 pub use user::{ResolvedUser, resolve_user};
