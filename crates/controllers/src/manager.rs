@@ -33,6 +33,9 @@ pub struct Settings {
     /// Bytes in one GiB of `imageCacheSize`. `1 << 30` in production; tests shrink it with the
     /// hidden `imc server --gib-bytes` so "20 GiB" can be exceeded by a small image.
     pub gib_bytes: u64,
+    /// Most processes (and threads) each container may have (`imc server
+    /// --container-pids-limit`); `None` for no limit.
+    pub container_pids_limit: Option<i64>,
 }
 
 impl Settings {

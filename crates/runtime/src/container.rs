@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::image::ImageConfig;
+use crate::netns::SandboxConfig;
 use crate::runc::{ContainerStatus, Runc};
+use crate::security::{capabilities, verify_non_root};
+use crate::spec::SpecInput;
 use crate::{
-    PodSandbox, PreparedImage, RuntimeError, StartTimings, generate_spec, resolve_user, rootfs,
+    PodSandbox, PreparedImage, ResourceSpec, RuntimeError, SecuritySpec, StartTimings, cgroups,
+    generate_spec, names, resolve_user, rootfs,
 };
 
 /// What to run, as a Kubernetes container spec says it.
@@ -30,6 +34,10 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// The port the container serves on; sets `PORT` (else the image's first exposed TCP port).
     pub port: Option<u16>,
+    /// What the process may do (`securityContext`).
+    pub security: SecuritySpec,
+    /// Its cgroup limits (`resources`).
+    pub resources: ResourceSpec,
 }
 
 /// Where the container's stdout/stderr go.
@@ -50,6 +58,8 @@ pub struct ExitInfo {
     pub code: i32,
     /// The signal that killed it, if any.
     pub signal: Option<i32>,
+    /// Whether the kernel's OOM killer killed a process of the container (its memory limit).
+    pub oom_killed: bool,
     /// When it ended (RFC 3339).
     pub finished_at: String,
 }
@@ -97,6 +107,8 @@ pub(crate) const NEW_POD_PREFIX: &str = ".new-";
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub(crate) pods_dir: PathBuf,
+    /// `DIR/seccomp`: where `Localhost` seccomp profiles are read from.
+    pub(crate) seccomp_dir: PathBuf,
     pub(crate) runc: Runc,
     pub(crate) attacher: Attacher,
 }
@@ -114,6 +126,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::io("becoming child subreaper", "/proc/self")(e.into()))?;
         Ok(Runtime {
             pods_dir,
+            seccomp_dir: data_dir.join("seccomp"),
             runc: Runc::new(&runc_root),
             attacher: Attacher::new(data_dir)?,
         })
@@ -124,42 +137,48 @@ impl Runtime {
         &self.attacher
     }
 
-    /// Creates (or reuses) the sandbox of pod `uid`, owned by process `owner_pid`.
-    pub fn create_sandbox(&self, uid: &str, owner_pid: u32) -> Result<PodSandbox, RuntimeError> {
-        let owner = CacheUser::for_process(format!("pod/{uid}"), owner_pid);
-        let dir = self.pods_dir.join(uid);
-        if dir.exists() {
-            write_json(&dir.join(POD_OWNER_FILE), &owner)?;
-        } else {
-            // The pod dir appears with its owner already recorded, so a concurrent recovery in
-            // another imc process never mistakes it for an abandoned pod.
-            let tmp = self.pods_dir.join(format!("{NEW_POD_PREFIX}{uid}"));
-            fs::create_dir_all(&tmp).map_err(RuntimeError::io("creating", &tmp))?;
-            write_json(&tmp.join(POD_OWNER_FILE), &owner)?;
-            if let Err(e) = fs::rename(&tmp, &dir) {
-                let _ = fs::remove_dir_all(&tmp);
-                if !dir.exists() {
-                    return Err(RuntimeError::io("creating", &dir)(e));
-                }
-            }
-        }
-        PodSandbox::create(&self.pods_dir, uid)
+    /// Creates (or reuses) the sandbox of pod `config.uid`, owned by process `owner_pid`.
+    pub async fn create_sandbox(
+        &self,
+        config: &SandboxConfig,
+        owner_pid: u32,
+    ) -> Result<PodSandbox, RuntimeError> {
+        let (pods_dir, config) = (self.pods_dir.clone(), config.clone());
+        crate::blocking("creating the pod sandbox", move || {
+            create_sandbox_now(&pods_dir, &config, owner_pid)
+        })
+        .await
     }
 
     /// Attaches `disk` for container `name` of pod `uid`, owned by `owner_pid`.
-    pub fn attach_cache(
+    pub async fn attach_cache(
         &self,
         disk: &Path,
         uid: &str,
         name: &str,
         owner_pid: u32,
     ) -> Result<(AttachedCache, Duration), RuntimeError> {
-        let t = Instant::now();
-        let cache = self.attacher.attach(
-            disk,
-            CacheUser::for_process(format!("pod/{uid}/{name}"), owner_pid),
-        )?;
-        Ok((cache, t.elapsed()))
+        names::check_component("pod uid", uid)?;
+        names::check_component("container name", name)?;
+        let (attacher, disk) = (self.attacher.clone(), disk.to_path_buf());
+        let user = CacheUser::for_process(format!("pod/{uid}/{name}"), owner_pid);
+        crate::blocking("attaching the cache disk", move || {
+            let t = Instant::now();
+            let cache = attacher.attach(&disk, user)?;
+            Ok((cache, t.elapsed()))
+        })
+        .await
+    }
+
+    /// Releases a cache disk attached by [`Runtime::attach_cache`] for a container that was
+    /// not started after all.
+    pub async fn release_cache(&self, cache: &AttachedCache) -> Result<(), RuntimeError> {
+        let (attacher, id, user) = (self.attacher.clone(), cache.id.clone(), cache.user.clone());
+        crate::blocking("releasing the cache disk", move || {
+            attacher.release(&id, &user)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Assembles the rootfs, writes the OCI spec and starts the process with runc.
@@ -172,6 +191,8 @@ impl Runtime {
 
     async fn start_in_span(&self, req: StartRequest<'_>) -> Result<Container, RuntimeError> {
         let name = req.container.name.clone();
+        names::check_component("pod uid", &req.sandbox.uid)?;
+        names::check_component("container name", &name)?;
         let runc_id = format!("{}-{}", req.sandbox.uid, name);
         let dir = req.sandbox.dir.join(&name);
         let rootfs = dir.join("rootfs");
@@ -198,18 +219,16 @@ impl Runtime {
         };
 
         let mut c = container;
-        match self
-            .start_inner(
-                &req.sandbox.netns,
-                &req.container,
-                &req.image,
-                req.io,
-                &record,
-                &mut c,
-                &mut timings,
-            )
-            .await
-        {
+        let bundle = Bundle {
+            dir,
+            rootfs,
+            record,
+            sandbox: req.sandbox.clone(),
+            container: req.container,
+            image: req.image,
+            seccomp_dir: self.seccomp_dir.clone(),
+        };
+        match self.start_inner(bundle, req.io, &mut c, &mut timings).await {
             Ok(()) => {
                 timings.total = req.started.elapsed();
                 debug!(
@@ -229,61 +248,21 @@ impl Runtime {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         &self,
-        netns: &Path,
-        spec: &ContainerSpec,
-        image: &PreparedImage,
+        bundle: Bundle,
         io: ContainerIo,
-        record: &ContainerRecord,
         c: &mut Container,
         timings: &mut StartTimings,
     ) -> Result<(), RuntimeError> {
         let t = Instant::now();
-        let upper = c.dir.join("upper");
-        let work = c.dir.join("work");
-        for d in [&upper, &work, &c.rootfs] {
-            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
-        }
-        // Recorded before anything is mounted or started, so a crash from here on is recoverable.
-        write_json(&c.dir.join(RECORD_FILE), record)?;
-        let lowers: Vec<PathBuf> = image.layers.iter().map(|l| l.dir.clone()).collect();
-        rootfs::mount_overlay(&c.name, &lowers, &upper, &work, &c.rootfs)?;
-        let config = ImageConfig::from_oci(&image.reference, &image.config)?;
-        let user = resolve_user(&c.rootfs, config.user.as_deref(), &c.name)?;
-        let hostname: String = c.pod_uid.chars().take(63).collect();
-        let oci = generate_spec(
-            &image.reference,
-            &config,
-            spec,
-            user,
-            &c.rootfs,
-            netns,
-            &hostname,
-        )?;
-        let bundle_config = c.dir.join("config.json");
-        oci.save(&bundle_config).map_err(|e| RuntimeError::Spec {
-            container: c.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (stdout, stderr) = crate::blocking("preparing the container's bundle", move || {
+            bundle.prepare(io)
+        })
+        .await?;
         timings.rootfs_assembled = t.elapsed();
 
         let t = Instant::now();
-        let (stdout, stderr) = match io {
-            ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
-            ContainerIo::Log => {
-                let open = || {
-                    fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&c.log_path)
-                };
-                let out = open().map_err(RuntimeError::io("opening", &c.log_path))?;
-                let err = open().map_err(RuntimeError::io("opening", &c.log_path))?;
-                (Stdio::from(out), Stdio::from(err))
-            }
-        };
         let runc_log = c.dir.join("runc.log");
         c.pid = self
             .runc
@@ -294,6 +273,124 @@ impl Runtime {
         debug!(pid = c.pid, "runc started the container");
         Ok(())
     }
+}
+
+/// Creates the pod dir with its owner recorded, then the sandbox. Blocking.
+fn create_sandbox_now(
+    pods_dir: &Path,
+    config: &SandboxConfig,
+    owner_pid: u32,
+) -> Result<PodSandbox, RuntimeError> {
+    names::check_component("pod uid", &config.uid)?;
+    let uid = config.uid.as_str();
+    let owner = CacheUser::for_process(format!("pod/{uid}"), owner_pid);
+    let dir = pods_dir.join(uid);
+    if dir.exists() {
+        write_json(&dir.join(POD_OWNER_FILE), &owner)?;
+    } else {
+        // The pod dir appears with its owner already recorded, so a concurrent recovery in
+        // another imc process never mistakes it for an abandoned pod.
+        let tmp = pods_dir.join(format!("{NEW_POD_PREFIX}{uid}"));
+        fs::create_dir_all(&tmp).map_err(RuntimeError::io("creating", &tmp))?;
+        write_json(&tmp.join(POD_OWNER_FILE), &owner)?;
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            if !dir.exists() {
+                return Err(RuntimeError::io("creating", &dir)(e));
+            }
+        }
+    }
+    PodSandbox::create(pods_dir, config)
+}
+
+/// What the blocking part of a start works on: everything to assemble the rootfs and write
+/// the OCI bundle.
+struct Bundle {
+    dir: PathBuf,
+    rootfs: PathBuf,
+    record: ContainerRecord,
+    sandbox: PodSandbox,
+    container: ContainerSpec,
+    image: PreparedImage,
+    seccomp_dir: PathBuf,
+}
+
+impl Bundle {
+    /// Mounts the overlay rootfs, resolves the user, writes `config.json` and opens the
+    /// container's stdout/stderr. Blocking: it mounts and reads files of the image.
+    fn prepare(self, io: ContainerIo) -> Result<(Stdio, Stdio), RuntimeError> {
+        let name = &self.container.name;
+        let upper = self.dir.join("upper");
+        let work = self.dir.join("work");
+        for d in [&upper, &work, &self.rootfs] {
+            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        }
+        // Recorded before anything is mounted or started, so a crash from here on is recoverable.
+        write_json(&self.dir.join(RECORD_FILE), &self.record)?;
+        let lowers: Vec<PathBuf> = self.image.layers.iter().map(|l| l.dir.clone()).collect();
+        rootfs::mount_overlay(name, &lowers, &upper, &work, &self.rootfs)?;
+        let config = ImageConfig::from_oci(&self.image.reference, &self.image.config)?;
+        let security = &self.container.security;
+        let user = resolve_user(&self.rootfs, config.user.as_deref(), security, name)?;
+        if let Some(reason) = verify_non_root(security, config.user.as_deref(), user.uid) {
+            return Err(RuntimeError::NonRoot {
+                container: name.clone(),
+                reason,
+            });
+        }
+        let seccomp = seccomp_filter(name, security, &self.seccomp_dir)?;
+        let oci = generate_spec(SpecInput {
+            image_ref: &self.image.reference,
+            image: &config,
+            container: &self.container,
+            user,
+            rootfs: &self.rootfs,
+            namespaces: &self.sandbox.namespaces,
+            hostname: &self.sandbox.hostname,
+            cgroups_path: cgroups::container_path(&self.sandbox.uid, name),
+            seccomp,
+        })?;
+        let bundle_config = self.dir.join("config.json");
+        oci.save(&bundle_config).map_err(|e| RuntimeError::Spec {
+            container: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(match io {
+            ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
+            ContainerIo::Log => {
+                let log_path = self.dir.join("container.log");
+                let open = || {
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log_path)
+                };
+                let out = open().map_err(RuntimeError::io("opening", &log_path))?;
+                let err = open().map_err(RuntimeError::io("opening", &log_path))?;
+                (Stdio::from(out), Stdio::from(err))
+            }
+        })
+    }
+}
+
+/// The seccomp filter a container runs under: none when privileged or `Unconfined`, the
+/// runtime's default profile for its capabilities, or a `Localhost` profile from `DIR/seccomp`.
+fn seccomp_filter(
+    container: &str,
+    security: &SecuritySpec,
+    seccomp_dir: &Path,
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, RuntimeError> {
+    if security.privileged {
+        return Ok(None);
+    }
+    let caps = capabilities(container, security)?;
+    security
+        .seccomp
+        .resolve(seccomp_dir, &caps)
+        .map_err(|e| RuntimeError::Security {
+            container: container.to_owned(),
+            reason: format!("seccomp profile: {e}"),
+        })
 }
 
 /// A started container.
@@ -322,22 +419,25 @@ pub struct Container {
 impl Container {
     /// Waits for the container's process to exit.
     pub async fn wait(&self) -> Result<ExitInfo, RuntimeError> {
-        let pid = self.pid;
-        let status = tokio::task::spawn_blocking(move || wait_pid(pid))
-            .await
-            .map_err(|e| {
-                RuntimeError::io("waiting for", format!("/proc/{pid}"))(std::io::Error::other(e))
-            })?
-            .map_err(RuntimeError::io("waiting for", format!("/proc/{pid}")))?;
+        let (pid, uid, name) = (self.pid, self.pod_uid.clone(), self.name.clone());
+        let (status, oom_kills) = crate::blocking("waiting for the container", move || {
+            let status =
+                wait_pid(pid).map_err(RuntimeError::io("waiting for", format!("/proc/{pid}")))?;
+            // Read before `runc delete` removes the cgroup.
+            Ok((status, cgroups::oom_kills(&uid, &name)))
+        })
+        .await?;
         let finished_at = jiff::Timestamp::now().to_string();
-        let info = match status {
+        let mut info = match status {
             None => ExitInfo {
                 code: -1,
                 signal: None,
+                oom_killed: false,
                 finished_at,
             },
             Some(status) => exit_info(status, finished_at),
         };
+        info.oom_killed = oom_kills > 0;
         debug!(container = %self.id, code = info.code, "container exited");
         Ok(info)
     }
@@ -374,14 +474,23 @@ pub(crate) async fn remove_container(
     cache: Option<&(String, String)>,
 ) -> Result<(), RuntimeError> {
     runtime.runc.delete(runc_id).await?;
-    rootfs::unmount(rootfs)?;
-    if let Some((id, user)) = cache {
-        runtime.attacher.release(id, user)?;
-    }
-    if dir.exists() {
-        remove_tree(dir)?;
-    }
-    Ok(())
+    let (attacher, dir, rootfs) = (
+        runtime.attacher.clone(),
+        dir.to_path_buf(),
+        rootfs.to_path_buf(),
+    );
+    let cache = cache.cloned();
+    crate::blocking("removing the container", move || {
+        rootfs::unmount(&rootfs)?;
+        if let Some((id, user)) = &cache {
+            attacher.release(id, user)?;
+        }
+        if dir.exists() {
+            remove_tree(&dir)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Blocks until `pid` (our child, as subreaper) exits; returns its wait status, or `None` when
@@ -416,12 +525,14 @@ fn exit_info(status: i32, finished_at: String) -> ExitInfo {
         ExitInfo {
             code: 128 + sig,
             signal: Some(sig),
+            oom_killed: false,
             finished_at,
         }
     } else {
         ExitInfo {
             code: libc::WEXITSTATUS(status),
             signal: None,
+            oom_killed: false,
             finished_at,
         }
     }

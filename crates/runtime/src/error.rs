@@ -57,6 +57,41 @@ pub enum RuntimeError {
         container: String,
         message: String,
     },
+    /// A pod uid or container name is not one plain path component.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A file of the image the runtime must read is not one it may read safely.
+    #[error("container {container}: the image's {path} {reason}")]
+    ImageFile {
+        container: String,
+        path: String,
+        reason: String,
+    },
+    /// The container's security context cannot be applied.
+    #[error("container {container}: {reason}")]
+    Security { container: String, reason: String },
+    /// `runAsNonRoot` is set and the process would run as root (the kubelet's wording).
+    #[error("{reason} (container: {container})")]
+    NonRoot { container: String, reason: String },
+    /// A runc command did not finish in time; it was killed.
+    #[error(
+        "runc {action} of container {container} did not finish within {seconds} s and was killed"
+    )]
+    RuncTimeout {
+        action: &'static str,
+        container: String,
+        seconds: u64,
+    },
+    /// A blocking task of the runtime panicked or was cancelled.
+    #[error("{action}: the worker thread failed: {reason}")]
+    Worker {
+        action: &'static str,
+        reason: String,
+    },
     /// Building the OCI runtime spec failed.
     #[error("OCI runtime spec of container {container}: {reason}")]
     Spec { container: String, reason: String },

@@ -87,10 +87,11 @@ impl Runtime {
                 let uid = pod.file_name().to_string_lossy().into_owned();
                 let sandbox = PodSandbox {
                     uid: uid.clone(),
-                    netns: pod_dir.join("netns"),
                     dir: pod_dir,
+                    hostname: String::new(),
+                    namespaces: Default::default(),
                 };
-                sandbox.remove()?;
+                sandbox.remove().await?;
                 report.pods.push(uid);
             }
         }

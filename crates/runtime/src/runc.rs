@@ -1,12 +1,19 @@
 //! `runc` (Debian) as the OCI runtime: create, start, state, kill, delete.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::RuntimeError;
+
+/// How long `runc create` may take (it waits for the container's `runc init`, which a hostile
+/// or broken image can stall); the command is killed after it.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long any other runc command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Status of a container as runc reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,7 +65,26 @@ impl Runc {
             c.arg("--log").arg(log).arg("--log-format").arg("json");
         }
         c.stdin(Stdio::null());
+        // A command given up on (timeout, or its caller cancelled) dies with its future.
+        c.kill_on_drop(true);
         c
+    }
+
+    /// Runs `cmd` to completion within `limit`, killing it after.
+    async fn output(
+        mut cmd: Command,
+        action: &'static str,
+        id: &str,
+        limit: Duration,
+    ) -> Result<Output, RuntimeError> {
+        match tokio::time::timeout(limit, cmd.output()).await {
+            Ok(out) => out.map_err(|e| runc_error(action, id, e.to_string())),
+            Err(_) => Err(RuntimeError::RuncTimeout {
+                action,
+                container: id.to_owned(),
+                seconds: limit.as_secs(),
+            }),
+        }
     }
 
     /// `runc create`: the container's stdio are `stdout`/`stderr` (terminal=false pass-through).
@@ -72,28 +98,39 @@ impl Runc {
         stderr: Stdio,
     ) -> Result<i32, RuntimeError> {
         let pid_file = bundle.join("init.pid");
-        let status = self
-            .command(Some(runc_log))
-            .arg("create")
+        let mut cmd = self.command(Some(runc_log));
+        cmd.arg("create")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(id)
             .stdout(stdout)
-            .stderr(stderr)
-            .status()
-            .await
+            .stderr(stderr);
+        let mut child = cmd
+            .spawn()
             .map_err(|e| runc_error("create", id, e.to_string()))?;
+        let status = match tokio::time::timeout(CREATE_TIMEOUT, child.wait()).await {
+            Ok(s) => s.map_err(|e| runc_error("create", id, e.to_string()))?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(RuntimeError::RuncTimeout {
+                    action: "create",
+                    container: id.to_owned(),
+                    seconds: CREATE_TIMEOUT.as_secs(),
+                });
+            }
+        };
         if !status.success() {
-            return Err(runc_error(
-                "create",
-                id,
-                last_error(runc_log).unwrap_or_else(|| status.to_string()),
-            ));
+            let log = runc_log.to_path_buf();
+            let message = crate::blocking("reading the runc log", move || Ok(last_error(&log)))
+                .await?
+                .unwrap_or_else(|| status.to_string());
+            return Err(runc_error("create", id, message));
         }
-        let pid =
-            std::fs::read_to_string(&pid_file).map_err(RuntimeError::io("reading", &pid_file))?;
+        let pid = tokio::fs::read_to_string(&pid_file)
+            .await
+            .map_err(RuntimeError::io("reading", &pid_file))?;
         pid.trim()
             .parse()
             .map_err(|_| runc_error("create", id, format!("invalid pid file {pid:?}")))
@@ -106,13 +143,9 @@ impl Runc {
 
     /// `runc state`; `None` when runc does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<(ContainerStatus, i32)>, RuntimeError> {
-        let out = self
-            .command(None)
-            .arg("state")
-            .arg(id)
-            .output()
-            .await
-            .map_err(|e| runc_error("state", id, e.to_string()))?;
+        let mut cmd = self.command(None);
+        cmd.arg("state").arg(id);
+        let out = Self::output(cmd, "state", id, COMMAND_TIMEOUT).await?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -124,14 +157,9 @@ impl Runc {
     /// `runc kill <id> <signal>` to the init process (its pid namespace dies with it); a
     /// container that already stopped is fine.
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
-        let out = self
-            .command(None)
-            .arg("kill")
-            .arg(id)
-            .arg(signal)
-            .output()
-            .await
-            .map_err(|e| runc_error("kill", id, e.to_string()))?;
+        let mut cmd = self.command(None);
+        cmd.arg("kill").arg(id).arg(signal);
+        let out = Self::output(cmd, "kill", id, COMMAND_TIMEOUT).await?;
         if out.status.success() {
             return Ok(());
         }
@@ -144,14 +172,9 @@ impl Runc {
 
     /// `runc delete --force` (kills what still runs); a container runc does not know is fine.
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
-        let out = self
-            .command(None)
-            .arg("delete")
-            .arg("--force")
-            .arg(id)
-            .output()
-            .await
-            .map_err(|e| runc_error("delete", id, e.to_string()))?;
+        let mut cmd = self.command(None);
+        cmd.arg("delete").arg("--force").arg(id);
+        let out = Self::output(cmd, "delete", id, COMMAND_TIMEOUT).await?;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if out.status.success() || stderr.contains("does not exist") {
             return Ok(());
@@ -165,19 +188,19 @@ impl Runc {
         id: &str,
         log: Option<&Path>,
     ) -> Result<(), RuntimeError> {
-        let out = self
-            .command(log)
-            .arg(action)
-            .arg(id)
-            .output()
-            .await
-            .map_err(|e| runc_error(action, id, e.to_string()))?;
+        let mut cmd = self.command(log);
+        cmd.arg(action).arg(id);
+        let out = Self::output(cmd, action, id, COMMAND_TIMEOUT).await?;
         if out.status.success() {
             return Ok(());
         }
-        let msg = log
-            .and_then(last_error)
-            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let log = log.map(Path::to_path_buf);
+        let from_log = crate::blocking("reading the runc log", move || {
+            Ok(log.as_deref().and_then(last_error))
+        })
+        .await?;
+        let msg =
+            from_log.unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
         Err(runc_error(action, id, msg))
     }
 }
@@ -190,9 +213,16 @@ fn runc_error(action: &'static str, id: &str, message: String) -> RuntimeError {
     }
 }
 
-/// The last `error`-level message of a runc JSON log.
+/// The last `error`-level message of a runc JSON log (its last 64 KiB).
 fn last_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.take(64 << 10).read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     text.lines().rev().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         (v["level"] == "error")

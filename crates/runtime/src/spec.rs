@@ -1,11 +1,14 @@
-//! The OCI runtime spec of a container, from the image config and the container spec. Pure.
+//! The OCI runtime spec of a container, from the image config, the container spec and its
+//! security context and resources. Pure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
+    Capability, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxNamespace,
+    LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Process, Root, Spec, User,
 };
 
+use crate::security::{CPU_PERIOD_US, ResourceSpec, capabilities};
 use crate::{ContainerSpec, ImageConfig, ResolvedUser, RuntimeError};
 
 /// Docker's and containerd's default capability set.
@@ -69,22 +72,63 @@ pub fn process_env(image: &ImageConfig, container: &ContainerSpec, hostname: &st
     env
 }
 
-/// The complete runtime spec. `netns` is the pod's network namespace file.
-pub fn generate_spec(
-    image_ref: &str,
-    image: &ImageConfig,
-    container: &ContainerSpec,
-    user: ResolvedUser,
-    rootfs: &Path,
-    netns: &Path,
-    hostname: &str,
-) -> Result<Spec, RuntimeError> {
+/// The namespaces a container shares with its pod, or with the host.
+#[derive(Debug, Clone, Default)]
+pub struct PodNamespaces {
+    /// The pod's network namespace file; `None` for `hostNetwork` (the host's network and
+    /// hostname).
+    pub netns: Option<PathBuf>,
+    /// `hostPID`: the host's pid namespace.
+    pub host_pid: bool,
+    /// `hostIPC`: the host's IPC namespace.
+    pub host_ipc: bool,
+}
+
+/// Everything a runtime spec is generated from.
+#[derive(Debug)]
+pub struct SpecInput<'a> {
+    /// The image reference, for messages.
+    pub image_ref: &'a str,
+    /// The image's config.
+    pub image: &'a ImageConfig,
+    /// The container as the pod describes it.
+    pub container: &'a ContainerSpec,
+    /// Who the process runs as (already resolved against the rootfs).
+    pub user: ResolvedUser,
+    /// The mounted rootfs.
+    pub rootfs: &'a Path,
+    /// Namespaces shared with the pod or the host.
+    pub namespaces: &'a PodNamespaces,
+    /// The container's hostname (the pod's).
+    pub hostname: &'a str,
+    /// runc's `cgroupsPath`.
+    pub cgroups_path: String,
+    /// The seccomp filter, if any.
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+/// The complete runtime spec: process, root, namespaces, capabilities, seccomp, devices and
+/// cgroup limits, by the kubelet's, containerd's and runc's defaults for what the pod leaves
+/// unsaid.
+pub fn generate_spec(input: SpecInput<'_>) -> Result<Spec, RuntimeError> {
+    let SpecInput {
+        image_ref,
+        image,
+        container,
+        user,
+        rootfs,
+        namespaces,
+        hostname,
+        cgroups_path,
+        seccomp,
+    } = input;
     let args = process_args(image, container);
     if args.is_empty() {
         return Err(RuntimeError::NoCommand {
             image: image_ref.to_string(),
         });
     }
+    let security = &container.security;
     let mut spec = Spec::default();
     let err = |reason: String| RuntimeError::Spec {
         container: container.name.clone(),
@@ -106,10 +150,15 @@ pub fn generate_spec(
     let mut u = User::default();
     u.set_uid(user.uid);
     u.set_gid(user.gid);
+    if !user.additional_gids.is_empty() {
+        u.set_additional_gids(Some(user.additional_gids.clone()));
+    }
     process.set_user(u);
-    // Docker's default: setuid binaries work (no_new_privileges off).
-    process.set_no_new_privileges(Some(false));
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    // Kubernetes' rule: no_new_privs only when privilege escalation is explicitly refused.
+    process.set_no_new_privileges(Some(security.no_new_privileges && !security.privileged));
+    let caps: oci_spec::runtime::Capabilities = capabilities(&container.name, security)?
+        .into_iter()
+        .collect();
     let mut c = LinuxCapabilities::default();
     c.set_bounding(Some(caps.clone()));
     c.set_effective(Some(caps.clone()));
@@ -121,36 +170,110 @@ pub fn generate_spec(
 
     let mut root = Root::default();
     root.set_path(rootfs.to_path_buf());
-    root.set_readonly(Some(false));
+    root.set_readonly(Some(security.read_only_root_filesystem));
     spec.set_root(Some(root));
-    spec.set_hostname(Some(hostname.to_string()));
+    if namespaces.netns.is_some() {
+        spec.set_hostname(Some(hostname.to_string()));
+    } else {
+        // hostNetwork pods keep the host's UTS namespace, hence its hostname.
+        spec.set_hostname(None);
+    }
+    if security.privileged {
+        // A privileged container sees /sys read-write, as containerd mounts it.
+        if let Some(mounts) = spec.mounts_mut() {
+            for m in mounts.iter_mut() {
+                if m.destination() == Path::new("/sys")
+                    || m.destination() == Path::new("/sys/fs/cgroup")
+                {
+                    let opts: Vec<String> = m
+                        .options()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|o| o != "ro")
+                        .collect();
+                    m.set_options(Some(opts));
+                }
+            }
+        }
+    }
 
     let linux = spec
         .linux_mut()
         .as_mut()
         .ok_or_else(|| err("no linux section".into()))?;
-    let mut namespaces = Vec::new();
-    for typ in [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-    ] {
+    let mut list = vec![LinuxNamespaceType::Mount];
+    if !namespaces.host_pid {
+        list.push(LinuxNamespaceType::Pid);
+    }
+    if !namespaces.host_ipc {
+        list.push(LinuxNamespaceType::Ipc);
+    }
+    if namespaces.netns.is_some() {
+        list.push(LinuxNamespaceType::Uts);
+    }
+    let mut all = Vec::new();
+    for typ in list {
         let mut ns = LinuxNamespace::default();
         ns.set_typ(typ);
-        namespaces.push(ns);
+        all.push(ns);
     }
-    let mut net = LinuxNamespace::default();
-    net.set_typ(LinuxNamespaceType::Network);
-    net.set_path(Some(netns.to_path_buf()));
-    namespaces.push(net);
-    linux.set_namespaces(Some(namespaces));
+    if let Some(netns) = &namespaces.netns {
+        let mut net = LinuxNamespace::default();
+        net.set_typ(LinuxNamespaceType::Network);
+        net.set_path(Some(netns.clone()));
+        all.push(net);
+    }
+    linux.set_namespaces(Some(all));
+    if security.privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
+    if !security.sysctls.is_empty() {
+        linux.set_sysctl(Some(security.sysctls.iter().cloned().collect()));
+    }
+    linux.set_seccomp(seccomp);
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
+    linux.set_resources(Some(resources(&container.resources, security.privileged)));
     Ok(spec)
+}
+
+/// The cgroup settings: devices (deny all but runc's defaults, unless privileged), cpu weight
+/// and quota, memory (no swap beyond the limit, as the kubelet sets it) and pids.
+fn resources(r: &ResourceSpec, privileged: bool) -> LinuxResources {
+    let mut out = LinuxResources::default();
+    let mut device = LinuxDeviceCgroup::default();
+    device.set_allow(privileged);
+    device.set_access(Some("rwm".into()));
+    out.set_devices(Some(vec![device]));
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(Some(r.cpu_shares()));
+    if let Some(quota) = r.cpu_quota() {
+        cpu.set_quota(Some(quota));
+        cpu.set_period(Some(CPU_PERIOD_US));
+    }
+    out.set_cpu(Some(cpu));
+    if let Some(limit) = r.memory_limit_bytes {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(limit));
+        memory.set_swap(Some(limit));
+        out.set_memory(Some(memory));
+    }
+    if let Some(limit) = r.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        out.set_pids(Some(pids));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::SecuritySpec;
 
     fn image() -> ImageConfig {
         ImageConfig {
@@ -215,21 +338,50 @@ mod tests {
         );
     }
 
+    fn spec_of(container: &ContainerSpec, namespaces: &PodNamespaces) -> Value {
+        let spec = generate_spec(SpecInput {
+            image_ref: "img",
+            image: &image(),
+            container,
+            user: ResolvedUser {
+                uid: 5,
+                gid: 6,
+                additional_gids: vec![7],
+            },
+            rootfs: Path::new("/r"),
+            namespaces,
+            hostname: "h",
+            cgroups_path: "/imc/u/c".into(),
+            seccomp: None,
+        })
+        .unwrap();
+        serde_json::to_value(&spec).unwrap()
+    }
+
+    fn pod_ns() -> PodNamespaces {
+        PodNamespaces {
+            netns: Some("/ns".into()),
+            ..Default::default()
+        }
+    }
+
+    fn ns_types(json: &Value) -> Vec<String> {
+        let mut v: Vec<String> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn spec_has_default_caps_pod_netns_and_image_cwd() {
-        let spec = generate_spec(
-            "img",
-            &image(),
-            &container(),
-            ResolvedUser { uid: 5, gid: 6 },
-            Path::new("/r"),
-            Path::new("/ns"),
-            "h",
-        )
-        .unwrap();
-        let json = serde_json::to_value(&spec).unwrap();
+        let json = spec_of(&container(), &pod_ns());
         assert_eq!(json["process"]["cwd"], "/app");
         assert_eq!(json["process"]["user"]["uid"], 5);
+        assert_eq!(json["process"]["user"]["additionalGids"], json!([7]));
         assert_eq!(
             json["process"]["capabilities"]["bounding"]
                 .as_array()
@@ -237,25 +389,116 @@ mod tests {
                 .len(),
             14
         );
+        assert_eq!(json["process"]["noNewPrivileges"], false);
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         assert!(
             ns.iter()
                 .any(|n| n["type"] == "network" && n["path"] == "/ns")
         );
+        assert_eq!(ns_types(&json), ["ipc", "mount", "network", "pid", "uts"]);
         assert_eq!(json["root"]["path"], "/r");
+        assert_eq!(json["root"]["readonly"], false);
+        assert_eq!(json["hostname"], "h");
+        assert_eq!(json["linux"]["cgroupsPath"], "/imc/u/c");
+        // Every device denied but what runc itself allows; the least cpu weight.
+        assert_eq!(
+            json["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        assert_eq!(json["linux"]["resources"]["cpu"]["shares"], 2);
+        assert!(json["linux"]["resources"].get("memory").is_none());
+        assert!(!json["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn security_context_and_limits_reach_the_spec() {
+        let c = ContainerSpec {
+            security: SecuritySpec {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                no_new_privileges: true,
+                read_only_root_filesystem: true,
+                sysctls: vec![("net.ipv4.ping_group_range".into(), "0 1".into())],
+                ..Default::default()
+            },
+            resources: ResourceSpec {
+                cpu_request_millis: Some(500),
+                cpu_limit_millis: Some(1500),
+                memory_limit_bytes: Some(64 << 20),
+                pids_limit: Some(100),
+            },
+            ..container()
+        };
+        let json = spec_of(&c, &pod_ns());
+        assert_eq!(
+            json["process"]["capabilities"]["effective"],
+            json!(["CAP_NET_BIND_SERVICE"])
+        );
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["linux"]["sysctl"]["net.ipv4.ping_group_range"], "0 1");
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["cpu"]["shares"], 512);
+        assert_eq!(r["cpu"]["quota"], 150_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+        assert_eq!(r["memory"]["swap"], 64 << 20);
+        assert_eq!(r["pids"]["limit"], 100);
+    }
+
+    #[test]
+    fn privileged_and_host_namespaces() {
+        let c = ContainerSpec {
+            security: SecuritySpec {
+                privileged: true,
+                no_new_privileges: true,
+                ..Default::default()
+            },
+            ..container()
+        };
+        let host = PodNamespaces {
+            netns: None,
+            host_pid: true,
+            host_ipc: true,
+        };
+        let json = spec_of(&c, &host);
+        assert_eq!(ns_types(&json), ["mount"]);
+        assert!(json.get("hostname").is_none_or(Value::is_null));
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            41
+        );
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        assert_eq!(
+            json["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        assert!(json["linux"].get("maskedPaths").is_none_or(Value::is_null));
+        let sys = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(!sys["options"].as_array().unwrap().contains(&json!("ro")));
     }
 
     #[test]
     fn no_command_is_an_error() {
-        let err = generate_spec(
-            "img",
-            &ImageConfig::default(),
-            &container(),
-            ResolvedUser::default(),
-            Path::new("/r"),
-            Path::new("/ns"),
-            "h",
-        )
+        let err = generate_spec(SpecInput {
+            image_ref: "img",
+            image: &ImageConfig::default(),
+            container: &container(),
+            user: ResolvedUser::default(),
+            rootfs: Path::new("/r"),
+            namespaces: &pod_ns(),
+            hostname: "h",
+            cgroups_path: String::new(),
+            seccomp: None,
+        })
         .unwrap_err();
         assert!(matches!(err, RuntimeError::NoCommand { .. }));
     }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use imc_api::Digest;
-use imc_runtime::{ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings};
+use imc_runtime::{
+    ContainerIo, ContainerSpec, PreparedImage, Runtime, SandboxConfig, StartRequest, StartTimings,
+};
 use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
 
 fn layer_dir(root: &Path, d: &Digest) -> PathBuf {
@@ -103,10 +105,15 @@ async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
 
     let runtime = Runtime::new(root).unwrap();
     let sandbox = runtime
-        .create_sandbox("pod-sem", std::process::id())
+        .create_sandbox(
+            &SandboxConfig::new("pod-sem", "pod-sem"),
+            std::process::id(),
+        )
+        .await
         .unwrap();
     let (cache, attach) = runtime
         .attach_cache(&disk, "pod-sem", "main", std::process::id())
+        .await
         .unwrap();
     let store = root.to_path_buf();
     let prepared = PreparedImage::locate(
@@ -152,7 +159,7 @@ async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
     let log = fs::read_to_string(&container.log_path).unwrap();
     assert_eq!(container.timings.layers_from_cache, 3);
     container.remove().await.unwrap();
-    sandbox.remove().unwrap();
+    sandbox.remove().await.unwrap();
 
     assert_eq!(exit.code, 0, "log: {log}");
     assert_eq!(
@@ -211,15 +218,21 @@ async fn containers_of_one_pod_share_a_private_network_namespace_with_loopback_u
     let root = tmp.path();
     let layers = vec![base_layer(root)];
     let runtime = Runtime::new(root).unwrap();
-    let pod_a = runtime.create_sandbox("pod-a", std::process::id()).unwrap();
-    let pod_b = runtime.create_sandbox("pod-b", std::process::id()).unwrap();
+    let pod_a = runtime
+        .create_sandbox(&SandboxConfig::new("pod-a", "pod-a"), std::process::id())
+        .await
+        .unwrap();
+    let pod_b = runtime
+        .create_sandbox(&SandboxConfig::new("pod-b", "pod-b"), std::process::id())
+        .await
+        .unwrap();
     let script = "readlink /proc/self/ns/net; cat /sys/class/net/lo/operstate; ls /sys/class/net";
 
     let (code_a1, a1) = run_in(&runtime, &pod_a, root, &layers, "one", script).await;
     let (code_a2, a2) = run_in(&runtime, &pod_a, root, &layers, "two", script).await;
     let (code_b, b) = run_in(&runtime, &pod_b, root, &layers, "one", script).await;
-    pod_a.remove().unwrap();
-    pod_b.remove().unwrap();
+    pod_a.remove().await.unwrap();
+    pod_b.remove().await.unwrap();
 
     assert_eq!((code_a1, code_a2, code_b), (0, 0, 0), "{a1} {a2} {b}");
     let host_ns = fs::read_link("/proc/self/ns/net")
@@ -258,7 +271,11 @@ async fn an_image_with_more_layers_than_a_mount_option_page_holds_runs() {
     }
     let runtime = Runtime::new(root).unwrap();
     let pod = runtime
-        .create_sandbox("pod-many", std::process::id())
+        .create_sandbox(
+            &SandboxConfig::new("pod-many", "pod-many"),
+            std::process::id(),
+        )
+        .await
         .unwrap();
 
     let (code, log) = run_in(
@@ -270,7 +287,7 @@ async fn an_image_with_more_layers_than_a_mount_option_page_holds_runs() {
         "ls /l | wc -l; cat /l/top",
     )
     .await;
-    pod.remove().unwrap();
+    pod.remove().await.unwrap();
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(log, "81\n79");

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use imc_runtime::{
-    ContainerSpec, DEFAULT_CAPABILITIES, ImageConfig, LocalhostProfile, ResolvedUser,
-    SeccompProfile, generate_spec, runtime_default,
+    ContainerSpec, DEFAULT_CAPABILITIES, ImageConfig, LocalhostProfile, PodNamespaces,
+    ResolvedUser, SeccompProfile, SpecInput, generate_spec, runtime_default,
 };
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxSeccomp};
 
@@ -46,15 +46,25 @@ fn run(script: &str, seccomp: Option<LinuxSeccomp>) -> Outcome {
         command: Some(vec!["sh".into(), "-c".into(), script.into()]),
         ..Default::default()
     };
-    let mut spec = generate_spec(
-        "test/seccomp",
-        &ImageConfig::default(),
-        &container,
-        ResolvedUser::default(),
-        &rootfs,
-        Path::new("/unused"),
-        "seccomp-test",
-    )
+    let mut spec = generate_spec(SpecInput {
+        image_ref: "test/seccomp",
+        image: &ImageConfig::default(),
+        container: &container,
+        user: ResolvedUser::default(),
+        rootfs: &rootfs,
+        namespaces: &PodNamespaces {
+            netns: Some("/unused".into()),
+            ..Default::default()
+        },
+        hostname: "seccomp-test",
+        // runc removes this (leaf) cgroup when the container is deleted.
+        cgroups_path: format!(
+            "/imc-seccomp-test-{}-{}",
+            std::process::id(),
+            tmp.path().file_name().unwrap().to_string_lossy()
+        ),
+        seccomp: None,
+    })
     .unwrap();
     let linux = spec.linux_mut().as_mut().unwrap();
     // A new network namespace instead of a pod's (no sandbox here).

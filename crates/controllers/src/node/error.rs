@@ -53,6 +53,16 @@ pub enum NodeError {
     /// `--previous` on a container that has not been restarted.
     #[error("previous terminated container {container:?} in pod {pod:?} not found")]
     NoPrevious { pod: String, container: String },
+    /// A blocking task of the node panicked or was cancelled.
+    #[error("{action}: the worker thread failed: {reason}")]
+    Worker {
+        action: &'static str,
+        reason: String,
+    },
+    /// The container cannot be run as its spec asks (the kubelet's
+    /// `CreateContainerConfigError`).
+    #[error("{0}")]
+    Config(String),
     /// The container has no log yet (it never started).
     #[error("container {container:?} in pod {pod:?} is waiting to start")]
     NotStarted { pod: String, container: String },

@@ -5,6 +5,8 @@
 //! Like virtual-kubelet, each pod gets one worker task owning its containers; the pod watcher
 //! starts workers for new pods and tells them to stop when the pod is being deleted.
 
+pub mod container_spec;
+mod env;
 mod error;
 mod events;
 pub mod image;
@@ -46,6 +48,8 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 /// One pod's worker as the node tracks it.
 struct Worker {
     stop: StopSignal,
+    /// The pod as last seen: the worker restarts a container whose image changed.
+    pod: watch::Sender<Pod>,
     /// Name of the pod, for the shutdown log.
     name: String,
     /// `terminationGracePeriodSeconds` of the pod.
@@ -162,11 +166,23 @@ impl Node {
             }
             return;
         }
+        if let Some(worker) = workers.get(&uid) {
+            // Only spec changes matter to the worker (not its own status writes coming back).
+            worker.pod.send_if_modified(|seen| {
+                let changed = seen.spec != pod.spec;
+                if changed {
+                    *seen = pod;
+                }
+                changed
+            });
+            return;
+        }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if workers.contains_key(&uid) || matches!(phase, Some("Succeeded" | "Failed")) {
+        if matches!(phase, Some("Succeeded" | "Failed")) {
             return;
         }
         let (tx, rx) = watch::channel(None);
+        let (pod_tx, pod_rx) = watch::channel(pod.clone());
         let grace = pod
             .spec
             .as_ref()
@@ -177,11 +193,12 @@ impl Node {
             uid,
             Worker {
                 stop: tx,
+                pod: pod_tx,
                 name,
                 grace,
             },
         );
-        tokio::spawn(pod::run(self.clone(), pod, rx));
+        tokio::spawn(pod::run(self.clone(), pod, rx, pod_rx));
     }
 
     fn on_gone(&self, pod: &Pod) {

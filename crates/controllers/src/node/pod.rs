@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::container_spec::{NodeLimits, runtime_spec, sandbox_config};
 use super::image::{self, PullPolicy, Source};
 use super::status::{ContainerView, Observed, PodView, pod_status};
 use super::{Node, NodeError, confirm_deletion};
@@ -57,18 +58,35 @@ struct PodRun {
     restart_policy: String,
     state: Mutex<PodState>,
     status: watch::Sender<Option<PodStatus>>,
+    /// Node-wide limits of every container.
+    limits: NodeLimits,
+    /// The pod's latest spec.
+    updates: watch::Receiver<Pod>,
 }
 
 /// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
-pub(super) async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<Option<i64>>) {
+/// `updates` carries the pod's later specs (a changed image restarts its container).
+pub(super) async fn run(
+    node: Arc<Node>,
+    pod: Pod,
+    stop: watch::Receiver<Option<i64>>,
+    updates: watch::Receiver<Pod>,
+) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let span = info_span!("pod", pod = %name, uid = %uid);
-    run_inner(node.clone(), pod, stop).instrument(span).await;
+    run_inner(node.clone(), pod, stop, updates)
+        .instrument(span)
+        .await;
     node.worker_done(&uid);
 }
 
-async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i64>>) {
+async fn run_inner(
+    node: Arc<Node>,
+    pod: Pod,
+    mut stop: watch::Receiver<Option<i64>>,
+    updates: watch::Receiver<Pod>,
+) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod
@@ -114,13 +132,21 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
         status_rx,
     ));
 
-    let sandbox = match node.runtime.create_sandbox(&uid, std::process::id()) {
+    let sandbox = match sandbox_config(&pod) {
+        Ok(config) => node
+            .runtime
+            .create_sandbox(&config, std::process::id())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.0),
+    };
+    let sandbox = match sandbox {
         Ok(s) => s,
         Err(e) => {
             node.events.warning(
                 &reference,
-                "Failed",
-                format!("Error: creating the pod sandbox: {e}"),
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: {e}"),
             );
             let mut failed = view.clone();
             failed.init_failed = true;
@@ -154,6 +180,10 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
             start_recorded: false,
         }),
         status: status_tx,
+        limits: NodeLimits {
+            pids_limit: node.ctx.settings.container_pids_limit,
+        },
+        updates,
         pod,
     });
 
@@ -174,7 +204,7 @@ async fn run_inner(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<Option<i
     }
     // Containers end only when the pod is deleted; a pod without any waits here too.
     let _ = stop.wait_for(Option::is_some).await;
-    if let Err(e) = run.sandbox.remove() {
+    if let Err(e) = run.sandbox.remove().await {
         warn!(error = %e, "removing the pod sandbox");
     }
     match Arc::try_unwrap(run) {
@@ -359,7 +389,8 @@ impl PodRun {
             Some(c) => {
                 let (a, took) = node
                     .runtime
-                    .attach_cache(&c.disk, &self.uid, &spec.name, me)?;
+                    .attach_cache(&c.disk, &self.uid, &spec.name, me)
+                    .await?;
                 timings.attach = took;
                 Some(a)
             }
@@ -368,7 +399,18 @@ impl PodRun {
         let t = Instant::now();
         let obtained = async {
             let store = &node.ctx.layers;
-            let source = image::plan(store, reference, policy, attached.as_ref())?;
+            let source = {
+                let (store, reference, cache) =
+                    (store.clone(), reference.clone(), attached.clone());
+                tokio::task::spawn_blocking(move || {
+                    image::plan(&store, &reference, policy, cache.as_ref())
+                })
+                .await
+                .map_err(|e| NodeError::Worker {
+                    action: "planning where the image comes from",
+                    reason: e.to_string(),
+                })??
+            };
             if source == Source::Registry {
                 node.events.normal(
                     &self.reference,
@@ -395,22 +437,18 @@ impl PodRun {
             _ = async { stop.wait_for(Option::is_some).await.is_ok() } => None,
         };
         timings.layers_pulled = t.elapsed();
-        let release = || {
-            if let Some(a) = &attached
-                && let Err(r) = node.runtime.attacher().release(&a.id, &a.user)
-            {
-                warn!(error = %r, "releasing the cache disk of a container not started");
-            }
-        };
         let got = match obtained {
             Some(Ok(g)) => g,
-            Some(Err(e)) => {
-                release();
-                return Err(e);
-            }
-            None => {
-                release();
-                return Ok(None);
+            other => {
+                if let Some(a) = &attached
+                    && let Err(r) = node.runtime.release_cache(a).await
+                {
+                    warn!(error = %r, "releasing the cache disk of a container not started");
+                }
+                return match other {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(None),
+                };
             }
         };
         node.events.normal(
@@ -494,92 +532,24 @@ struct WantedImage {
     policy: PullPolicy,
 }
 
-/// The runtime's view of a Kubernetes container, and the names of env vars whose source is not
-/// supported (left out).
-fn runtime_spec(
-    pod: &Pod,
-    c: &k8s_openapi::api::core::v1::Container,
-) -> (ContainerSpec, Vec<String>) {
-    let mut env = Vec::new();
-    let mut unsupported = Vec::new();
-    for e in c.env.iter().flatten() {
-        match env_value(pod, e) {
-            Some(v) => env.push((e.name.clone(), v)),
-            None => unsupported.push(e.name.clone()),
-        }
-    }
-    let expand_all = |list: &Option<Vec<String>>| {
-        list.as_ref()
-            .map(|l| l.iter().map(|a| expand(a, &env)).collect::<Vec<_>>())
-    };
-    let spec = ContainerSpec {
-        name: c.name.clone(),
-        command: expand_all(&c.command),
-        args: expand_all(&c.args),
-        env,
-        working_dir: c.working_dir.clone(),
-        port: c
-            .ports
-            .iter()
-            .flatten()
-            .next()
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-    };
-    (spec, unsupported)
-}
-
-/// Kubernetes' `$(VAR)` expansion of command and args: a defined variable is replaced, `$$` is a
-/// literal `$`, anything else is left as written.
-fn expand(text: &str, env: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(inner) = after.strip_prefix('(')
-            && let Some(end) = inner.find(')')
-            && let Some((_, v)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
-        {
-            out.push_str(v);
-            rest = &inner[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The value of an env var: literal, or from the pod's own fields (the downward API's
-/// `fieldRef`); None for sources the node does not read (secrets, config maps, resources).
-fn env_value(pod: &Pod, e: &k8s_openapi::api::core::v1::EnvVar) -> Option<String> {
-    let Some(from) = &e.value_from else {
-        return Some(e.value.clone().unwrap_or_default());
-    };
-    let path = from.field_ref.as_ref()?.field_path.as_str();
-    let meta = &pod.metadata;
-    match path {
-        "metadata.name" => meta.name.clone(),
-        "metadata.namespace" => meta.namespace.clone().or_else(|| Some("default".into())),
-        "metadata.uid" => meta.uid.clone(),
-        "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
-        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
-        "status.podIP" | "status.hostIP" => Some("127.0.0.1".into()),
-        _ => {
-            let key = path
-                .strip_prefix("metadata.labels['")
-                .map(|k| (k, &meta.labels))
-                .or_else(|| {
-                    path.strip_prefix("metadata.annotations['")
-                        .map(|k| (k, &meta.annotations))
-                })?;
-            let name = key.0.strip_suffix("']")?;
-            Some(key.1.as_ref()?.get(name).cloned().unwrap_or_default())
-        }
+impl WantedImage {
+    /// The image of `c`, or why its reference is invalid.
+    fn of(c: &k8s_openapi::api::core::v1::Container) -> Result<Self, NodeError> {
+        let name = c.image.clone().unwrap_or_default();
+        let reference: Reference =
+            name.parse()
+                .map_err(
+                    |e: imc_api::reference::ReferenceError| NodeError::InvalidImage {
+                        container: c.name.clone(),
+                        image: name.clone(),
+                        reason: e.to_string(),
+                    },
+                )?;
+        Ok(WantedImage {
+            policy: PullPolicy::of(c.image_pull_policy.as_deref(), &reference),
+            name,
+            reference,
+        })
     }
 }
 
@@ -608,27 +578,19 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
         if stop.borrow().is_some() {
             return false;
         }
-        let (spec, _) = runtime_spec(&run.pod, &k8s);
-        let image_name = k8s.image.clone().unwrap_or_default();
         let fail = |message: String| {
             run.node
                 .events
                 .warning(&run.reference, "Failed", format!("Error: {message}"));
             false
         };
-        let reference: Reference = match image_name.parse() {
-            Ok(r) => r,
-            Err(e) => {
-                return fail(format!(
-                    "init container {}: invalid image reference {image_name:?}: {e}",
-                    spec.name
-                ));
-            }
+        let spec = match runtime_spec(&run.pod, &k8s, &run.limits) {
+            Ok(planned) => planned.spec,
+            Err(e) => return fail(format!("init container {}: {e}", k8s.name)),
         };
-        let wanted = WantedImage {
-            policy: PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference),
-            name: image_name.clone(),
-            reference,
+        let wanted = match WantedImage::of(&k8s) {
+            Ok(w) => w,
+            Err(e) => return fail(format!("init container {}: {e}", spec.name)),
         };
         let container = match run.start_instance(INIT, &spec, &wanted, false, stop).await {
             Ok(Some(c)) => c,
@@ -636,13 +598,17 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
             Err(e) => return fail(format!("init container {}: {e}", spec.name)),
         };
         let exit = {
+            // One wait for the process (its exit status can be collected only once).
             let wait = container.wait();
             tokio::pin!(wait);
-            tokio::select! {
+            let stopped = tokio::select! {
                 exit = &mut wait => Some(exit),
-                _ = async { stop.wait_for(Option::is_some).await.is_ok() } => {
-                    let _ = container.kill("KILL").await;
-                    let _ = wait.await;
+                _ = stop.wait_for(Option::is_some) => None,
+            };
+            match stopped {
+                Some(exit) => Some(exit),
+                None => {
+                    let _ = stop_container(&container, wait.as_mut(), stop, 0).await;
                     None
                 }
             }
@@ -665,59 +631,140 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
     true
 }
 
-/// Runs container `idx` of the pod: start, wait, restart per policy, stop on deletion.
+/// Stops a running container: SIGTERM, then SIGKILL once `grace` seconds passed, or sooner
+/// when the stop signal shortens the grace period meanwhile (a force delete, the node's
+/// shutdown). Returns how it ended.
+async fn stop_container<F>(
+    container: &Container,
+    mut wait: std::pin::Pin<&mut F>,
+    stop: &mut watch::Receiver<Option<i64>>,
+    grace: i64,
+) -> Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>
+where
+    F: std::future::Future<Output = Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>>,
+{
+    if let Err(e) = container.kill("TERM").await {
+        debug!(error = %e, "sending SIGTERM");
+    }
+    let started = Instant::now();
+    let mut grace = Duration::from_secs(grace.max(0) as u64);
+    loop {
+        let deadline = started + grace;
+        tokio::select! {
+            exit = &mut wait => return exit,
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(g) = *stop.borrow_and_update() {
+                    grace = grace.min(Duration::from_secs(g.max(0) as u64));
+                }
+            }
+        }
+    }
+    if let Err(e) = container.kill("KILL").await {
+        debug!(error = %e, "sending SIGKILL");
+    }
+    wait.await
+}
+
+/// Why a running container's wait ended.
+enum Ended {
+    /// Its process exited by itself.
+    Exited(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
+    /// The pod is being deleted (or the node stops): it was stopped.
+    Stopped(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
+    /// Its image changed in the pod spec: it was stopped to be started with the new one.
+    Changed(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
+}
+
+/// The image container `name` asks for in `pod`.
+fn image_of(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)?
+        .image
+        .clone()
+}
+
+/// The pod's grace period (`terminationGracePeriodSeconds`, default 30).
+fn grace_of(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(super::DEFAULT_GRACE_SECONDS)
+}
+
+/// Runs container `idx` of the pod: start, wait, restart per policy (and when its image
+/// changes), stop on deletion.
 async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<Option<i64>>) {
-    let Some(k8s) = run.container_spec(idx).cloned() else {
+    let Some(first_spec) = run.container_spec(idx).cloned() else {
         return;
     };
-    let (spec, unsupported) = runtime_spec(&run.pod, &k8s);
-    if !unsupported.is_empty() {
-        run.node.events.warning(
-            &run.reference,
-            "UnsupportedEnvSource",
-            format!(
-                "container {}: env {} left unset (only literal values and fieldRef are read)",
-                spec.name,
-                unsupported.join(", ")
-            ),
-        );
-    }
-    let image_name = k8s.image.clone().unwrap_or_default();
-    let span = info_span!("container", container = %spec.name, image = %image_name);
+    let span = info_span!("container", container = %first_spec.name);
     async move {
-        let reference: Reference = match image_name.parse() {
-            Ok(r) => r,
-            Err(e) => {
-                let message = NodeError::InvalidImage {
-                    container: spec.name.clone(),
-                    image: image_name.clone(),
-                    reason: e.to_string(),
-                }
-                .to_string();
-                run.node
-                    .events
-                    .warning(&run.reference, "Failed", format!("Error: {message}"));
-                run.update(idx, |c| {
-                    c.state = Observed::Waiting {
-                        reason: "InvalidImageName".into(),
-                        message: Some(message),
-                    }
-                });
-                let _ = stop.wait_for(Option::is_some).await;
-                return;
-            }
-        };
-        let wanted = WantedImage {
-            policy: PullPolicy::of(k8s.image_pull_policy.as_deref(), &reference),
-            name: image_name.clone(),
-            reference,
-        };
+        let mut updates = run.updates.clone();
+        let mut k8s = first_spec;
         let mut backoff = INITIAL_BACKOFF;
         let mut first = true;
         loop {
             if stop.borrow().is_some() {
                 return;
             }
+            // The latest spec of this container (its image may have changed).
+            if let Some(image) = image_of(&updates.borrow_and_update(), &k8s.name) {
+                k8s.image = Some(image);
+            }
+            let planned = runtime_spec(&run.pod, &k8s, &run.limits).and_then(|p| {
+                WantedImage::of(&k8s)
+                    .map(|w| (p, w))
+                    .map_err(|e| super::container_spec::ConfigError(e.to_string()))
+            });
+            let (planned, wanted) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = if e.0.contains("invalid image reference") {
+                        "InvalidImageName"
+                    } else {
+                        "CreateContainerConfigError"
+                    };
+                    run.node
+                        .events
+                        .warning(&run.reference, "Failed", format!("Error: {e}"));
+                    run.update(idx, |c| {
+                        c.state = Observed::Waiting {
+                            reason: reason.into(),
+                            message: Some(e.0.clone()),
+                        }
+                    });
+                    // Nothing will change this but a new spec (an image update) or deletion.
+                    let updated = tokio::select! {
+                        _ = stop.wait_for(Option::is_some) => return,
+                        changed = updates.changed() => changed.is_ok(),
+                    };
+                    if !updated {
+                        let _ = stop.wait_for(Option::is_some).await;
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let spec = planned.spec;
+            if first && !planned.unsupported_env.is_empty() {
+                run.node.events.warning(
+                    &run.reference,
+                    "UnsupportedEnvSource",
+                    format!(
+                        "container {}: env {} left unset (only literal values and fieldRef are read)",
+                        spec.name,
+                        planned.unsupported_env.join(", ")
+                    ),
+                );
+            }
+            run.update(idx, |c| c.image = wanted.name.clone());
             let container = match run
                 .start_instance(idx, &spec, &wanted, first, &mut stop)
                 .await
@@ -725,15 +772,24 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                 Ok(Some(c)) => c,
                 Ok(None) => return,
                 Err(e) => {
+                    let config = matches!(
+                        &e,
+                        NodeError::Runtime(
+                            imc_runtime::RuntimeError::NonRoot { .. }
+                                | imc_runtime::RuntimeError::Security { .. }
+                        )
+                    );
                     let (reason, note) = match &e {
                         NodeError::Pull { .. } | NodeError::Registry { .. } => {
                             ("ErrImagePull", e.to_string())
                         }
                         NodeError::ImageNeverPull { .. } => ("ErrImageNeverPull", e.to_string()),
+                        _ if config => ("CreateContainerConfigError", format!("Error: {e}")),
                         _ => ("CreateContainerError", format!("Error: {e}")),
                     };
                     run.node.events.warning(&run.reference, "Failed", note.clone());
-                    if matches!(e, NodeError::Runtime(_)) && run.restart_policy == "Never" {
+                    if matches!(e, NodeError::Runtime(_)) && !config && run.restart_policy == "Never"
+                    {
                         // The process could not start and will not be retried: it ended, as
                         // kubelet reports it, with exit code 128.
                         let now = Timestamp::now();
@@ -741,6 +797,8 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                             c.state = Observed::Terminated {
                                 exit_code: 128,
                                 signal: None,
+                                reason: Some("StartError".into()),
+                                message: Some(note.clone()),
                                 started_at: now,
                                 finished_at: now,
                             };
@@ -772,50 +830,73 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                 c.ever_started = true;
                 c.container_id = Some(container_id);
             });
-            let (exit, stopped) = {
-                let wait = container.wait();
-                tokio::pin!(wait);
-                tokio::select! {
-                    exit = &mut wait => (exit, false),
-                    grace = async { stop.wait_for(Option::is_some).await.map_or(0, |g| g.unwrap_or(0)) } => {
-                        let grace = grace.max(0) as u64;
-                        if !run.node.is_shutting_down() {
-                            run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
-                        }
-                        if let Err(e) = container.kill("TERM").await {
-                            debug!(error = %e, "sending SIGTERM");
-                        }
-                        let exit = match tokio::time::timeout(Duration::from_secs(grace), &mut wait).await {
-                            Ok(exit) => exit,
-                            Err(_) => {
-                                if let Err(e) = container.kill("KILL").await {
-                                    debug!(error = %e, "sending SIGKILL");
-                                }
-                                wait.await
-                            }
-                        };
-                        (exit, true)
+            let running_image = wanted.name.clone();
+            let ended = {
+            // One wait for the process (its exit status can be collected only once).
+            let wait = container.wait();
+            tokio::pin!(wait);
+            tokio::select! {
+                exit = &mut wait => Ended::Exited(exit),
+                grace = async { stop.wait_for(Option::is_some).await.map_or(0, |g| g.unwrap_or(0)) } => {
+                    if !run.node.is_shutting_down() {
+                        run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
                     }
+                    Ended::Stopped(stop_container(&container, wait.as_mut(), &mut stop, grace).await)
                 }
+                _ = async {
+                    loop {
+                        if updates.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        let image = image_of(&updates.borrow_and_update(), &spec.name);
+                        if image.is_some_and(|i| i != running_image) {
+                            return;
+                        }
+                    }
+                } => {
+                    run.node.events.normal(
+                        &run.reference,
+                        "Killing",
+                        format!("Container {} definition changed, will be restarted", spec.name),
+                    );
+                    let grace = grace_of(&updates.borrow());
+                    Ended::Changed(stop_container(&container, wait.as_mut(), &mut stop, grace).await)
+                }
+            }
             };
             run.node.set_running(&run.uid, &spec.name, false);
-            let (code, signal) = match &exit {
-                Ok(info) => (info.code, info.signal),
+            let (exit, stopped, changed) = match ended {
+                Ended::Exited(e) => (e, false, false),
+                Ended::Stopped(e) => (e, true, false),
+                Ended::Changed(e) => (e, false, true),
+            };
+            let (code, signal, oom) = match &exit {
+                Ok(info) => (info.code, info.signal, info.oom_killed),
                 Err(e) => {
                     warn!(error = %e, "waiting for the container");
-                    (-1, None)
+                    (-1, None, false)
                 }
             };
             let will_restart = !stopped
-                && match run.restart_policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => code != 0,
-                    _ => true,
-                };
+                && (changed
+                    || match run.restart_policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => code != 0,
+                        _ => true,
+                    });
             let finished_at = Timestamp::now();
+            let reason = if oom {
+                "OOMKilled"
+            } else if code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
             let terminated = Observed::Terminated {
                 exit_code: code,
                 signal,
+                reason: Some(reason.into()),
+                message: None,
                 started_at,
                 finished_at,
             };
@@ -838,29 +919,36 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
             }
             // Kept for `kubectl logs --previous`; the container dir goes with the container.
             let previous = run.sandbox.dir.join(super::logs::previous_log_name(&spec.name));
-            if let Err(e) = std::fs::rename(&container.log_path, &previous) {
+            let log = container.log_path.clone();
+            let kept = tokio::task::spawn_blocking(move || std::fs::rename(&log, &previous)).await;
+            if let Ok(Err(e)) = kept {
                 debug!(error = %e, "keeping the previous instance's log");
             }
             if let Err(e) = container.remove().await {
                 warn!(error = %e, "removing the container before its restart");
             }
             run.update(idx, |c| {
-                c.state = Observed::Waiting {
-                    reason: "CrashLoopBackOff".into(),
-                    message: Some(format!(
-                        "back-off {}s restarting failed container={} pod={}",
-                        backoff.as_secs(),
-                        spec.name,
-                        run.name
-                    )),
-                };
                 c.last_state = Some(terminated);
                 c.restart_count += 1;
+                if !changed {
+                    c.state = Observed::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: Some(format!(
+                            "back-off {}s restarting failed container={} pod={}",
+                            backoff.as_secs(),
+                            spec.name,
+                            run.name
+                        )),
+                    };
+                }
             });
-            if sleep_or_stop(&mut stop, backoff).await {
-                return;
+            // A new image starts at once; a crash waits out the back-off.
+            if !changed {
+                if sleep_or_stop(&mut stop, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
     .instrument(span)
@@ -897,68 +985,5 @@ async fn create_auto_cache(client: kube::Client, uid: String, images: Vec<String
         Ok(_) => info!(cache = %name, "created an image cache for the missed pod"),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => warn!(cache = %name, error = %e, "creating the auto image cache"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_values_from_the_pod() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "web", "uid": "u-1", "labels": {"app": "shop"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "app", "env": [
-                {"name": "LITERAL", "value": "x"},
-                {"name": "EMPTY"},
-                {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-                {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
-            ]}]}
-        }))
-        .unwrap();
-        let container = pod.spec.as_ref().unwrap().containers[0].clone();
-        let (spec, unsupported) = runtime_spec(&pod, &container);
-        let env: Vec<(&str, &str)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            env,
-            vec![
-                ("LITERAL", "x"),
-                ("EMPTY", ""),
-                ("NAME", "web"),
-                ("NS", "default"),
-                ("NODE", "n1"),
-                ("IP", "127.0.0.1"),
-                ("APP", "shop"),
-            ]
-        );
-        assert_eq!(unsupported, vec!["SECRET"]);
-    }
-
-    #[test]
-    fn command_expansion() {
-        let env = vec![
-            ("A".to_owned(), "1".to_owned()),
-            ("B".to_owned(), "two".to_owned()),
-        ];
-        let cases = [
-            ("$(A)", "1"),
-            ("x$(A)y$(B)z", "x1ytwoz"),
-            ("$$(A)", "$(A)"),
-            ("$(UNSET)", "$(UNSET)"),
-            ("$HOME and $", "$HOME and $"),
-            ("$(A", "$(A"),
-            ("a $$ b", "a $ b"),
-        ];
-        for (text, want) in cases {
-            assert_eq!(expand(text, &env), want, "{text}");
-        }
     }
 }

@@ -24,6 +24,10 @@ pub enum Observed {
     Terminated {
         exit_code: i32,
         signal: Option<i32>,
+        /// `Completed`, `Error`, `OOMKilled`, `StartError`; by the exit code when `None`.
+        reason: Option<String>,
+        /// Why, when the node knows more than the exit code says.
+        message: Option<String>,
         started_at: Timestamp,
         finished_at: Timestamp,
     },
@@ -114,20 +118,23 @@ fn state(o: &Observed) -> ContainerState {
         Observed::Terminated {
             exit_code,
             signal,
+            reason,
+            message,
             started_at,
             finished_at,
         } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *exit_code,
                 signal: *signal,
-                reason: Some(
+                reason: Some(reason.clone().unwrap_or_else(|| {
                     if *exit_code == 0 {
                         "Completed"
                     } else {
                         "Error"
                     }
-                    .to_owned(),
-                ),
+                    .to_owned()
+                })),
+                message: message.clone(),
                 started_at: Some(time(*started_at)),
                 finished_at: Some(time(*finished_at)),
                 ..Default::default()
@@ -237,6 +244,8 @@ mod tests {
         Observed::Terminated {
             exit_code: code,
             signal: None,
+            reason: None,
+            message: None,
             started_at: t(1),
             finished_at: t(2),
         }

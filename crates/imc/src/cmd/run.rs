@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use imc_api::Reference;
 use imc_layers::{LayerStore, Puller};
 use imc_runtime::{
-    ContainerIo, ContainerSpec, PreparedImage, Runtime, StartRequest, StartTimings, prepare_image,
+    ContainerIo, ContainerSpec, PreparedImage, Runtime, SandboxConfig, StartRequest, StartTimings,
+    prepare_image,
 };
 use imc_snapshot::AttachedCache;
 use tokio::signal::unix::{SignalKind, signal};
@@ -78,7 +79,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The pid is unique among live processes, and recovery only touches dead owners' pods.
     let uid = format!("run-{me}");
     let name = "main";
-    let sandbox = runtime.create_sandbox(&uid, me)?;
+    let sandbox = runtime
+        .create_sandbox(&SandboxConfig::new(&uid, &uid), me)
+        .await?;
 
     let result = start_and_wait(
         &runtime,
@@ -90,7 +93,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &mut signals,
     )
     .await;
-    if let Err(e) = sandbox.remove() {
+    if let Err(e) = sandbox.remove().await {
         tracing::warn!(error = %e, "removing the pod sandbox");
     }
     result
@@ -123,6 +126,7 @@ async fn start_and_wait(
         Some(disk) => {
             let (cache, attach) = runtime
                 .attach_cache(disk, &sandbox.uid, name, me)
+                .await
                 .with_context(|| format!("attaching cache disk {}", disk.display()))?;
             timings.attach = attach;
             Some(cache)
@@ -134,7 +138,7 @@ async fn start_and_wait(
         Ok(i) => i,
         Err(e) => {
             if let Some(c) = &cache {
-                let _ = runtime.attacher().release(&c.id, &c.user);
+                let _ = runtime.release_cache(c).await;
             }
             return Err(e);
         }
@@ -148,6 +152,8 @@ async fn start_and_wait(
         env,
         working_dir: args.workdir.clone(),
         port: args.port,
+        // Docker's defaults: its capability set and seccomp profile, no cgroup limits.
+        ..Default::default()
     };
     let container = runtime
         .start(StartRequest {

@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// Testing only: bytes per GiB of `imageCacheSize`, so small images can exceed a cache size.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, hide = true)]
     pub gib_bytes: u64,
+    /// Most processes (and threads) each container may run at once (its cgroup's pids.max);
+    /// 0 for no limit. A fork bomb in one pod then cannot exhaust the host's pids.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub container_pids_limit: i64,
 }
 
 /// The kernel's hostname, the default Node name.
@@ -86,6 +90,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         jobs: args.registry.jobs,
         clock_offset: jiff::SignedDuration::from_secs(args.clock_offset_seconds),
         gib_bytes: args.gib_bytes.max(1),
+        container_pids_limit: (args.container_pids_limit > 0).then_some(args.container_pids_limit),
     };
     let metrics = Arc::new(Metrics::new());
     let ctx = manager::Context::new(client, settings, metrics.clone())
