@@ -26,13 +26,6 @@ pub enum QuantityError {
 }
 
 impl Exact {
-    /// Zero.
-    pub const ZERO: Exact = Exact {
-        digits: 0,
-        exp10: 0,
-        exp2: 0,
-    };
-
     /// The value in whole units, rounded up (`Quantity.Value()`), saturating at `u64::MAX`.
     pub fn units(&self) -> u64 {
         self.scaled(0)
