@@ -74,6 +74,9 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         if d.log_subresource {
             list.push(json!({"name": format!("{}/log", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get"]}));
         }
+        if d.binding_subresource {
+            list.push(json!({"name": format!("{}/binding", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": "Binding", "verbs": ["create"]}));
+        }
     }
     let gv = defs[0].api_version();
     Some(
@@ -120,6 +123,9 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
                             }
                             if d.log_subresource {
                                 subs.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "", "kind": ""}, "verbs": ["get"]}));
+                            }
+                            if d.binding_subresource {
+                                subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
                             }
                             let mut r = json!({
                                 "resource": d.plural,
@@ -310,6 +316,17 @@ mod tests {
         let doc = openapi_gv(&r, "eci.alibabacloud.com", "v1").unwrap();
         let s = &doc["components"]["schemas"]["com.alibabacloud.eci.v1.ImageCache"];
         assert!(s["properties"]["spec"]["properties"]["images"].is_object());
+        let core = resource_list(&r, "", "v1").unwrap();
+        let binding = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/binding")
+            .unwrap();
+        assert_eq!(
+            (&binding["kind"], &binding["verbs"]),
+            (&json!("Binding"), &json!(["create"]))
+        );
         let root = openapi_root(&r);
         assert!(root["paths"]["apis/eci.alibabacloud.com/v1"]["serverRelativeURL"].is_string());
     }

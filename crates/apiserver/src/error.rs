@@ -29,6 +29,14 @@ pub enum ApiError {
         "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
     )]
     Conflict { kind: String, name: String },
+    /// The write cannot be done in the object's current state; `reason` says why
+    /// (`pod p is already assigned to node "n"`).
+    #[error("Operation cannot be fulfilled on {kind} {name:?}: {reason}")]
+    ConflictBecause {
+        kind: String,
+        name: String,
+        reason: String,
+    },
     /// The object failed validation; one cause per bad field.
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -88,7 +96,9 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Conflict { .. } | ApiError::ConflictBecause { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
@@ -117,7 +127,10 @@ impl ApiError {
         let details = match self {
             ApiError::NotFound { kind, name }
             | ApiError::AlreadyExists { kind, name }
-            | ApiError::Conflict { kind, name } => Some(json!({"name": name, "kind": kind})),
+            | ApiError::Conflict { kind, name }
+            | ApiError::ConflictBecause { kind, name, .. } => {
+                Some(json!({"name": name, "kind": kind}))
+            }
             ApiError::Invalid { kind, name, causes } => Some(json!({
                 "name": name,
                 "kind": kind,

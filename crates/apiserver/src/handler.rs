@@ -235,7 +235,7 @@ impl ApiServer {
         &self.resources
     }
 
-    fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
+    pub(crate) fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
         Key {
             res: def.storage_res(),
             ns: if def.namespaced {
@@ -247,7 +247,7 @@ impl ApiServer {
         }
     }
 
-    fn not_found(def: &ResourceDef, name: &str) -> ApiError {
+    pub(crate) fn not_found(def: &ResourceDef, name: &str) -> ApiError {
         ApiError::NotFound {
             kind: def.qualified(),
             name: name.to_owned(),

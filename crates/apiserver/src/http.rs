@@ -214,6 +214,7 @@ async fn route(
     match sub {
         None | Some("status") => {}
         Some("log") if def.log_subresource => {}
+        Some("binding") if def.binding_subresource => {}
         Some(other) => {
             return Err(ApiError::NotFound {
                 kind: "subresource".into(),
@@ -322,6 +323,14 @@ async fn route(
                 json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
             ))
         }
+        (&Method::POST, Some(name)) if sub == Some("binding") => {
+            let binding = parse_body(&body)?;
+            let status = api.bind(&def, ns, name, &binding, dry_run).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        (_, Some(_)) if sub == Some("binding") => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {method}"
+        ))),
         (&Method::GET, Some(name)) if sub == Some("log") => {
             let options = LogOptions {
                 container: query.get("container").cloned(),

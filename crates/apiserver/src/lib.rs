@@ -6,6 +6,7 @@
 //! [`logs::PodLogs`].
 
 pub mod admission;
+pub mod binding;
 pub mod clock;
 pub mod discovery;
 pub mod error;

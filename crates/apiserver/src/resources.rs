@@ -114,6 +114,8 @@ pub struct ResourceDef {
     pub status_subresource: bool,
     /// Has a `log` subresource (pods).
     pub log_subresource: bool,
+    /// Has a `binding` subresource (pods): `POST` a `v1 Binding` to assign a node.
+    pub binding_subresource: bool,
     /// A custom resource: strategic merge patch is refused, as Kubernetes does for CRDs.
     pub custom: bool,
     /// Table columns after NAME.
@@ -147,6 +149,7 @@ impl ResourceDef {
             namespaced,
             status_subresource: false,
             log_subresource: false,
+            binding_subresource: false,
             custom: false,
             columns: vec![age_column()],
             name_priority: 0,
@@ -252,6 +255,7 @@ impl Resources {
             .short(&["po"])
             .with_status();
         pod.log_subresource = true;
+        pod.binding_subresource = true;
         pod.categories = vec!["all".into()];
         pod.columns = vec![
             Column::new("Ready", Cell::Func(pod_ready)),

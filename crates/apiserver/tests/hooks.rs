@@ -13,21 +13,8 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde_json::json;
 
-async fn start(dir: &std::path::Path) -> (Arc<imc_apiserver::ApiServer>, kube::Client) {
-    start_with(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap())).await
-}
-
-async fn start_with(config: ServerConfig) -> (Arc<imc_apiserver::ApiServer>, kube::Client) {
-    let server = Server::bind(config).await.unwrap();
-    let api = server.api();
-    let kubeconfig = server.kubeconfig().to_path_buf();
-    tokio::spawn(server.serve(std::future::pending()));
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    (api, kube::Client::try_from(config).unwrap())
-}
+mod support;
+use support::{start, start_with};
 
 fn cache(name: &str) -> ImageCache {
     serde_json::from_value(

@@ -1,6 +1,6 @@
 //! Pod admission as a hook (DESIGN §4): keeps an up-to-date view of every ImageCache, runs the
 //! pure [`admission::decide`] on each new pod and answers with a JSON patch (the matched cache
-//! annotation and the node the pod is bound to) or a denial.
+//! annotation) or a denial. Admission never binds a pod to a node: the scheduler does that.
 //!
 //! The same [`PodAdmission::admit`] serves the embedded server's hook point and, through
 //! [`PodAdmission::review`], an HTTPS `AdmissionReview` webhook in cluster mode.
@@ -135,22 +135,20 @@ pub type KnownLayers = Arc<dyn Fn(&Reference) -> Vec<(Digest, u64)> + Send + Syn
 pub type AdmissionFn =
     Arc<dyn Fn(&AdmissionRequest<DynamicObject>) -> AdmissionResponse + Send + Sync>;
 
-/// The pod admission function of one node.
+/// The pod admission function: picks a pod's cache; placement is the scheduler's.
 #[derive(Clone)]
 pub struct PodAdmission {
     view: CacheView,
-    node_name: String,
     known_layers: KnownLayers,
     /// Records `lastMatchedTime` on the chosen cache (retention of auto-created caches).
     client: Option<kube::Client>,
 }
 
 impl PodAdmission {
-    /// Admission deciding on `view`, binding admitted pods to `node_name`.
-    pub fn new(view: CacheView, node_name: impl Into<String>, known_layers: KnownLayers) -> Self {
+    /// Admission deciding on `view`; `known_layers` tells the layers of images pulled before.
+    pub fn new(view: CacheView, known_layers: KnownLayers) -> Self {
         Self {
             view,
-            node_name: node_name.into(),
             known_layers,
             client: None,
         }
@@ -195,8 +193,8 @@ impl PodAdmission {
         Arc::new(move |req| self.admit(req))
     }
 
-    /// Decides one request: pod CREATE gets the matched cache annotation and the node, or is
-    /// denied; anything else is allowed untouched.
+    /// Decides one request: pod CREATE gets the matched cache annotation, or is denied;
+    /// anything else is allowed untouched.
     pub fn admit(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
         let resp = AdmissionResponse::from(req);
         if req.operation != Operation::Create
@@ -246,7 +244,7 @@ impl PodAdmission {
                 {
                     self.record_match(id);
                 }
-                let patch = pod_patch(&value, matched.map(|(id, _)| id), &self.node_name);
+                let patch = pod_patch(&value, matched.map(|(id, _)| id));
                 if patch.is_empty() {
                     return resp;
                 }
@@ -300,8 +298,8 @@ impl PodAdmission {
     }
 }
 
-/// The JSON patch writing the matched cache annotation and the node name.
-fn pod_patch(pod: &Value, matched: Option<String>, node_name: &str) -> Vec<Value> {
+/// The JSON patch writing the matched cache annotation (empty when nothing matched).
+fn pod_patch(pod: &Value, matched: Option<String>) -> Vec<Value> {
     let mut ops = Vec::new();
     if let Some(id) = matched {
         if pod
@@ -316,13 +314,6 @@ fn pod_patch(pod: &Value, matched: Option<String>, node_name: &str) -> Vec<Value
         } else {
             ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {MATCHED_IMAGE_CACHE: id}}));
         }
-    }
-    let bound = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
-    if !bound && pod.pointer("/spec").is_some_and(Value::is_object) {
-        ops.push(json!({"op": "add", "path": "/spec/nodeName", "value": node_name}));
     }
     ops
 }
@@ -359,7 +350,7 @@ mod tests {
             cache("ready", READY, Phase::Ready, &["r.io/a:1"]),
             cache("building", CREATING, Phase::Creating, &["r.io/a:1"]),
         ]);
-        PodAdmission::new(view, "node-1", Arc::new(|_| Vec::new()))
+        PodAdmission::new(view, Arc::new(|_| Vec::new()))
     }
 
     fn review(pod: Value) -> Value {
@@ -400,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn review_round_trip_annotates_and_binds() {
+    fn review_round_trip_annotates_and_never_binds() {
         let a = admission();
         let body = serde_json::to_vec(&review(pod(json!({IMAGE_CACHE: "true"})))).unwrap();
         let out = a.review_json(&body);
@@ -414,8 +405,7 @@ mod tests {
         assert_eq!(
             decoded_patch(&out),
             json!([
-                {"op": "add", "path": "/metadata/annotations/k8s.aliyun.com~1eci-matched-image-cache", "value": READY},
-                {"op": "add", "path": "/spec/nodeName", "value": "node-1"}
+                {"op": "add", "path": "/metadata/annotations/k8s.aliyun.com~1eci-matched-image-cache", "value": READY}
             ])
         );
     }
@@ -433,20 +423,17 @@ mod tests {
     }
 
     #[test]
-    fn pod_without_annotations_is_only_bound() {
+    fn pod_without_annotations_is_admitted_unchanged() {
         let a = admission();
         let mut p = pod(json!({}));
         p["metadata"].as_object_mut().unwrap().remove("annotations");
         let out = a.review_json(&serde_json::to_vec(&review(p)).unwrap());
-        assert_eq!(
-            decoded_patch(&out),
-            json!([{"op": "add", "path": "/spec/nodeName", "value": "node-1"}])
-        );
+        assert_eq!(out["response"]["allowed"], true);
+        assert!(out["response"]["patch"].is_null(), "{out}");
         // Annotation object absent: the patch creates it.
         let ops = pod_patch(
             &json!({"metadata": {}, "spec": {"nodeName": "other"}}),
             Some(READY.into()),
-            "node-1",
         );
         assert_eq!(
             ops,
@@ -488,7 +475,7 @@ mod view_tests {
 
     #[test]
     fn unloaded_view_denies_cache_pods_but_admits_others() {
-        let a = PodAdmission::new(CacheView::default(), "n", Arc::new(|_| Vec::new()));
+        let a = PodAdmission::new(CacheView::default(), Arc::new(|_| Vec::new()));
         let req = |annotations: Value| -> AdmissionRequest<DynamicObject> {
             let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
                 "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",

@@ -1,5 +1,6 @@
 //! imc-controllers: the logic that runs as kube-rs controllers, in `imc server` and against a
-//! real cluster alike: pod admission (cache choice), cache lifecycle, and the node.
+//! real cluster alike: pod admission (cache choice), cache lifecycle, the scheduler (pod
+//! placement) and the node.
 
 pub mod admission;
 pub mod admission_hook;
@@ -10,3 +11,4 @@ pub mod metrics;
 pub mod node;
 pub mod quantity;
 pub mod retention;
+pub mod scheduler;

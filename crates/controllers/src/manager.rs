@@ -57,10 +57,23 @@ pub struct Context {
     stopping: Arc<AtomicBool>,
 }
 
-/// Runs every controller of this process until they all stop (they normally never do).
+/// Runs every controller of this process until they all stop (they normally never do): the
+/// cache controller and the scheduler (which binds pending pods to Nodes; on a cluster that
+/// has kube-scheduler, run the cache controller alone).
 pub async fn run(ctx: Arc<Context>) {
+    let scheduler = crate::scheduler::Options {
+        instance: format!(
+            "{}-{}",
+            crate::scheduler::SCHEDULER_NAME,
+            ctx.settings.node_name
+        ),
+        cache_holder: None,
+    };
     // One task per controller, so one that ends (or panics) does not stop the others.
-    let tasks = vec![tokio::spawn(crate::cache::run(ctx.clone()))];
+    let tasks = vec![
+        tokio::spawn(crate::cache::run(ctx.clone())),
+        tokio::spawn(crate::scheduler::run(ctx.client.clone(), scheduler)),
+    ];
     for task in tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a controller stopped");

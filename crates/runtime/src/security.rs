@@ -227,7 +227,13 @@ mod tests {
             ..Default::default()
         };
         /// add, drop, how many result, must have, must not have.
-        type Case<'a> = (&'a [&'a str], &'a [&'a str], usize, &'a [&'a str], &'a [&'a str]);
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            usize,
+            &'a [&'a str],
+            &'a [&'a str],
+        );
         let cases: &[Case] = &[
             (
                 &[],

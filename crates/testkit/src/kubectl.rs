@@ -111,6 +111,20 @@ impl TestServer {
         panic!("{kind}/{name} never became {what}; last seen: {last:#?}");
     }
 
+    /// Events about the object named `name` (any kind), as `kubectl get events -o json` lists
+    /// them.
+    pub fn events_about(&self, name: &str) -> Vec<Value> {
+        let all: Value = serde_json::from_str(&self.kubectl_ok(&["get", "events", "-o", "json"]))
+            .expect("kubectl prints JSON");
+        all["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+
     /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + PATIENCE;

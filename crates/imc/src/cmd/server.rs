@@ -107,7 +107,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
     Ok(Stoppable { node, ctx })
 }
 
-/// Registers pod admission (cache choice, binding to this node) and starts the node, whose
+/// Registers pod admission (cache choice; the scheduler binds pods) and starts the node, whose
 /// container logs the API server then serves.
 async fn start_node(
     api: &imc_apiserver::ApiServer,
@@ -130,8 +130,7 @@ async fn start_node(
             })
             .unwrap_or_default()
     });
-    let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers)
-        .with_client(ctx.client.clone());
+    let admission = PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
     let node = Node::start(ctx.clone(), view)
         .await

@@ -1,6 +1,7 @@
 //! `imc webhook`: pod admission for cluster mode, served as an HTTPS `AdmissionReview` webhook
 //! (a MutatingWebhookConfiguration points `pods` CREATE at `POST /mutate`). It is the same
-//! admission function `imc server` registers at its hook point.
+//! admission function `imc server` registers at its hook point: it writes the matched cache
+//! annotation and never `spec.nodeName` (the cluster's scheduler places pods).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +30,10 @@ pub struct WebhookArgs {
     /// PEM private key of the certificate.
     #[arg(long, value_name = "FILE")]
     pub tls_key: PathBuf,
-    /// The node admitted pods are bound to (the `imc node` of the cluster).
+    /// Accepted for compatibility and ignored: the webhook no longer binds pods to a node
+    /// (the cluster's scheduler places them).
     #[arg(long, value_name = "NAME")]
-    pub node_name: String,
+    pub node_name: Option<String>,
 }
 
 pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
@@ -53,10 +55,15 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    if let Some(node) = &args.node_name {
+        tracing::info!(
+            node = %node,
+            "--node-name is ignored: the webhook only picks caches, the scheduler places pods"
+        );
+    }
     let admission = Arc::new(
         PodAdmission::new(
             CacheView::watch(client.clone()),
-            args.node_name.clone(),
             // The webhook runs apart from the node's layer store: no layer sizes known.
             Arc::new(|_| Vec::new()),
         )
