@@ -7,7 +7,8 @@ use oci_spec::runtime::Capability;
 use crate::spec::DEFAULT_CAPABILITIES;
 use crate::{RuntimeError, SeccompProfile};
 
-/// Every capability Linux defines (as of 6.x), for `add: [ALL]` and privileged containers.
+/// Every capability Linux defines (as of 6.x), in bit order, for `add: [ALL]` and privileged
+/// containers.
 const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -136,10 +137,28 @@ fn parse_capability(container: &str, name: &str) -> Result<Option<Capability>, R
         })
 }
 
+/// Every capability this node itself holds in its bounding set (what "all" means for a
+/// container, as containerd computes it: a process cannot grant more than it has). Read once.
 fn all_capabilities() -> Vec<Capability> {
+    static HOST: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let bounding = *HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX)
+    });
+    // ALL_CAPABILITIES is in kernel bit order.
     ALL_CAPABILITIES
         .iter()
-        .filter_map(|c| serde_json::from_value(serde_json::Value::String((*c).to_owned())).ok())
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, c)| {
+            serde_json::from_value(serde_json::Value::String((*c).to_owned())).ok()
+        })
         .collect()
 }
 
@@ -257,7 +276,13 @@ mod tests {
                 &["CAP_SYS_TIME"],
                 &["CAP_NET_RAW"],
             ),
-            (&["ALL"], &["CHOWN"], 40, &["CAP_SYS_ADMIN"], &["CAP_CHOWN"]),
+            (
+                &["ALL"],
+                &["CHOWN"],
+                all_capabilities().len() - 1,
+                &["CAP_SYS_ADMIN"],
+                &["CAP_CHOWN"],
+            ),
         ];
         for (add, drop, count, has, lacks) in cases {
             let got = names(&capabilities("c", &sec(add, drop)).unwrap());
@@ -274,7 +299,8 @@ mod tests {
             drop_capabilities: vec!["ALL".into()],
             ..Default::default()
         };
-        assert_eq!(capabilities("c", &privileged).unwrap().len(), 41);
+        assert_eq!(capabilities("c", &privileged).unwrap(), all_capabilities());
+        assert!(all_capabilities().len() > 30);
         let err = capabilities("c", &sec(&["NOT_A_CAP"], &[])).unwrap_err();
         assert!(err.to_string().contains("NOT_A_CAP"), "{err}");
     }

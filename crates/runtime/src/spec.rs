@@ -469,7 +469,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            41
+            capabilities("c", &c.security).unwrap().len()
         );
         assert_eq!(json["process"]["noNewPrivileges"], false);
         assert_eq!(
