@@ -265,7 +265,12 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
                 "delete": {"operationId": format!("delete{}", d.kind), "responses": ok, "x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk},
             }),
         );
-        let mut schema = d.schema.clone();
+        for (component, schema) in d.schema.components.iter() {
+            schemas
+                .entry(component.clone())
+                .or_insert_with(|| schema.clone());
+        }
+        let mut schema = d.schema.root.clone();
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
         schemas.insert(name, schema);
     }
