@@ -73,8 +73,7 @@ impl Schema {
     /// Removes the fields [`Schema::unknown_fields`] finds; returns their paths.
     pub fn prune(&self, obj: &mut Value) -> Vec<String> {
         let mut out = Vec::new();
-        let root = self.root.clone();
-        self.walk_mut(&root, obj, "", &mut out);
+        self.walk_mut(&self.root, obj, "", &mut out);
         out
     }
 

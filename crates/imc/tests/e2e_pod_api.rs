@@ -183,7 +183,11 @@ async fn a_bound_pod_keeps_its_node_and_only_its_image_may_change() {
     let s = server();
     let pods: Api<Pod> = Api::namespaced(s.client().await.expect("client"), "default");
     let manifest = one_container("web", json!({})).to_string();
-    s.create_ok(&manifest);
+    s.kubectl_args_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(
+        s.get_json("pod", "web").is_some(),
+        "kubectl apply created web"
+    );
 
     let status = bind(&pods, "web", "node-a").await.expect("first binding");
     assert_eq!(status.code, Some(201));
@@ -211,11 +215,18 @@ async fn a_bound_pod_keeps_its_node_and_only_its_image_may_change() {
     let web = s.get_json("pod", "web").expect("web");
     assert_eq!(web["spec"]["nodeName"], "node-a");
 
-    // Applying the manifest changes nothing in the spec; an image change is accepted.
+    // Applying the unchanged manifest is a no-op, client-side and server-side (what admission
+    // added, such as the service account, belongs to no field manager and stays).
     let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(ok, "{out}");
+    assert!(ok && out.contains("pod/web unchanged"), "{out}");
+    let (ok, out) = s.kubectl_args_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &manifest,
+    );
+    assert!(ok && !out.contains("failed"), "{out}");
     let web = s.get_json("pod", "web").expect("web");
     assert_eq!(web["spec"]["nodeName"], "node-a");
+    assert_eq!(web["spec"]["serviceAccountName"], "default");
     s.kubectl_ok(&["set", "image", "pod/web", "app=busybox:1.37"]);
     let web = s.get_json("pod", "web").expect("web");
     assert_eq!(web["spec"]["containers"][0]["image"], "busybox:1.37");

@@ -223,6 +223,13 @@ fn validate_spec(spec: &Value, path: &Path, c: &mut Causes) {
         }
     }
     validate_tolerations(arr(spec, "tolerations"), &path.child("tolerations"), c);
+    // Ephemeral containers come only through their own subresource, which is not served.
+    if !arr(spec, "ephemeralContainers").is_empty() {
+        c.push(forbidden(
+            &path.child("ephemeralContainers"),
+            "cannot be set on create",
+        ));
+    }
 }
 
 fn is_sysctl_name(n: &str) -> bool {
