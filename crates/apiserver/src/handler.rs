@@ -26,6 +26,7 @@ pub struct ApiServer {
     pub(crate) resources: Resources,
     admission: Admission,
     pod_security: PodSecurity,
+    openapi: std::sync::OnceLock<crate::discovery::OpenApiDocs>,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
     metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
@@ -210,6 +211,7 @@ impl ApiServer {
             resources,
             admission: Admission::default(),
             pod_security,
+            openapi: std::sync::OnceLock::new(),
             logs: RwLock::new(None),
             metrics: RwLock::new(None),
             me: me.clone(),
@@ -239,6 +241,12 @@ impl ApiServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         f.map(|f| f())
+    }
+
+    /// The OpenAPI v3 documents of the served resources (rendered on first use).
+    pub fn openapi(&self) -> &crate::discovery::OpenApiDocs {
+        self.openapi
+            .get_or_init(|| crate::discovery::OpenApiDocs::render(&self.resources))
     }
 
     /// The served resources.

@@ -64,6 +64,16 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// A JSON document already rendered.
+fn raw_json(text: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        text.to_owned(),
+    )
+        .into_response()
+}
+
 fn ok(v: Value) -> Response {
     json_response(StatusCode::OK, &v)
 }
@@ -190,15 +200,19 @@ async fn route(
                 .map(ok)
                 .ok_or_else(|| not_found_path(path));
         }
-        ["openapi", "v3"] => return Ok(ok(discovery::openapi_root(resources))),
+        ["openapi", "v3"] => return Ok(raw_json(api.openapi().root())),
         ["openapi", "v3", "api", v] => {
-            return discovery::openapi_gv(resources, "", v)
-                .map(ok)
+            return api
+                .openapi()
+                .group_version("", v)
+                .map(raw_json)
                 .ok_or_else(|| not_found_path(path));
         }
         ["openapi", "v3", "apis", g, v] => {
-            return discovery::openapi_gv(resources, g, v)
-                .map(ok)
+            return api
+                .openapi()
+                .group_version(g, v)
+                .map(raw_json)
                 .ok_or_else(|| not_found_path(path));
         }
         _ => {}

@@ -165,6 +165,14 @@ fn get_shows_the_defaults_and_the_qos_class() {
         "IfNotPresent"
     );
     assert_eq!(plain["spec"]["containers"][0]["resources"], json!({}));
+
+    // The schema behind the field checks is the one kubectl explains.
+    let explained = s.kubectl_ok(&["explain", "pod.spec.containers"]);
+    assert!(
+        explained.contains("FIELD: containers <[]Container>")
+            && explained.contains("command\t<[]string>"),
+        "{explained}"
+    );
 }
 
 /// Binds `pod` to `node` as a scheduler does.
