@@ -68,9 +68,9 @@ impl Admission {
             .collect()
     }
 
-    /// Runs every registered function for the object's kind. Mutations are applied to `object`;
-    /// a denial becomes the error answered to the client.
-    pub(crate) fn admit(
+    /// Runs the mutating functions for the object's kind, in registration order; their patches
+    /// are applied to `object`, and a denial becomes the error answered to the client.
+    pub(crate) fn mutate(
         &self,
         def: &ResourceDef,
         operation: Operation,
@@ -78,16 +78,34 @@ impl Admission {
         object: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
-        let mutating = Self::hooks(&self.mutating, def);
-        let validating = Self::hooks(&self.validating, def);
-        if mutating.is_empty() && validating.is_empty() {
-            return Ok(());
-        }
-        for (f, mutate) in mutating
-            .iter()
-            .map(|f| (f, true))
-            .chain(validating.iter().map(|f| (f, false)))
-        {
+        let hooks = Self::hooks(&self.mutating, def);
+        Self::run(&hooks, true, def, operation, sub_resource, object, old)
+    }
+
+    /// Runs the validating functions for the object's kind; a denial becomes the error answered
+    /// to the client.
+    pub(crate) fn validate(
+        &self,
+        def: &ResourceDef,
+        operation: Operation,
+        sub_resource: Option<&str>,
+        object: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let hooks = Self::hooks(&self.validating, def);
+        Self::run(&hooks, false, def, operation, sub_resource, object, old)
+    }
+
+    fn run(
+        hooks: &[AdmissionFn],
+        mutate: bool,
+        def: &ResourceDef,
+        operation: Operation,
+        sub_resource: Option<&str>,
+        object: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        for f in hooks {
             let req = request(def, &operation, sub_resource, object, old)?;
             let resp = f(&req);
             if !resp.allowed {

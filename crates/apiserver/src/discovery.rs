@@ -184,6 +184,42 @@ fn fnv(s: &str) -> String {
     format!("{h:016X}")
 }
 
+/// The OpenAPI v3 documents, rendered once: the served kinds do not change while a server runs.
+pub struct OpenApiDocs {
+    root: String,
+    docs: std::collections::HashMap<String, String>,
+}
+
+impl OpenApiDocs {
+    /// Renders the root and every group version's document.
+    pub fn render(resources: &Resources) -> Self {
+        let mut docs = std::collections::HashMap::new();
+        let mut gvs: Vec<(String, String)> = vec![("".into(), "v1".into())];
+        for (g, vs) in resources.groups() {
+            gvs.extend(vs.into_iter().map(|v| (g.clone(), v)));
+        }
+        for (g, v) in gvs {
+            if let Some(doc) = openapi_gv(resources, &g, &v) {
+                docs.insert(gv_path(&g, &v), doc.to_string());
+            }
+        }
+        OpenApiDocs {
+            root: openapi_root(resources).to_string(),
+            docs,
+        }
+    }
+
+    /// `/openapi/v3`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// `/openapi/v3/api/v1` (group "") or `/openapi/v3/apis/GROUP/VERSION`.
+    pub fn group_version(&self, group: &str, version: &str) -> Option<&str> {
+        self.docs.get(&gv_path(group, version)).map(String::as_str)
+    }
+}
+
 /// `/openapi/v3`: where each group version's document is.
 pub fn openapi_root(resources: &Resources) -> Value {
     let mut paths = serde_json::Map::new();
@@ -265,7 +301,12 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
                 "delete": {"operationId": format!("delete{}", d.kind), "responses": ok, "x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk},
             }),
         );
-        let mut schema = d.schema.clone();
+        for (component, schema) in d.schema.components.iter() {
+            schemas
+                .entry(component.clone())
+                .or_insert_with(|| schema.clone());
+        }
+        let mut schema = d.schema.root.clone();
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
         schemas.insert(name, schema);
     }

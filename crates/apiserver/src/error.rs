@@ -38,7 +38,7 @@ pub enum ApiError {
         reason: String,
     },
     /// The object failed validation; one cause per bad field.
-    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
+    #[error("{kind} {name:?} is invalid: {}", invalid_list(causes))]
     Invalid {
         kind: String,
         name: String,
@@ -159,6 +159,24 @@ impl IntoResponse for ApiError {
             self.status().to_string(),
         )
             .into_response()
+    }
+}
+
+/// The causes as Kubernetes lists them: `field: message`, several in brackets.
+fn invalid_list(causes: &[Cause]) -> String {
+    let each: Vec<String> = causes
+        .iter()
+        .map(|c| {
+            if c.field.is_empty() {
+                c.message.clone()
+            } else {
+                format!("{}: {}", c.field, c.message)
+            }
+        })
+        .collect();
+    match each.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", each.join(", ")),
     }
 }
 

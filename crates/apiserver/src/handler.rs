@@ -12,16 +12,21 @@ use crate::admission::Admission;
 use crate::clock;
 use crate::error::{ApiError, Cause, Result};
 use crate::logs::{LogOptions, PodLogs};
+use crate::names;
 use crate::patch::{self, PatchType};
+use crate::pod_security::PodSecurity;
 use crate::resources::{ResourceDef, Resources};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Expect, Key, Store};
+use crate::strategies::{FollowUp, NameRule};
 
 /// The API server's state: store, served resources, admission hooks and the log provider.
 pub struct ApiServer {
     pub(crate) store: Store,
     pub(crate) resources: Resources,
     admission: Admission,
+    pod_security: PodSecurity,
+    openapi: std::sync::OnceLock<crate::discovery::OpenApiDocs>,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
     metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
@@ -83,49 +88,14 @@ fn finalizers_empty(obj: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// The grace period of deleting `obj` when it is a pod bound to a node: the request's
-/// `gracePeriodSeconds`, else the pod's `terminationGracePeriodSeconds`, else 30. None for
-/// anything else (deleted at once).
-fn pod_grace_period(def: &ResourceDef, obj: &Value, options: &Value) -> Option<i64> {
-    let bound = obj
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
-    if !(def.group.is_empty() && def.kind == "Pod" && bound) {
-        return None;
-    }
-    Some(
-        options
-            .get("gracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                obj.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30)
-            .max(0),
-    )
-}
-
 /// A label name or value part: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
 fn is_label_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b.first().is_none_or(u8::is_ascii_alphanumeric)
-        && b.last().is_none_or(u8::is_ascii_alphanumeric)
+    names::label_value(s).is_empty()
 }
 
 /// A qualified key: `[prefix/]name`, the prefix a DNS subdomain.
 fn is_qualified_key(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    !name.is_empty()
-        && is_label_part(name)
-        && prefix.is_none_or(imc_api::validation::is_dns_subdomain)
+    names::qualified_name(k).is_empty()
 }
 
 /// Label and annotation keys and label values Kubernetes would refuse, one cause each.
@@ -166,15 +136,56 @@ fn label_causes(obj: &Value) -> Vec<Cause> {
     causes
 }
 
-/// Where a write goes, who sends it, and whether it is only tried (`dryRun`).
+/// How fields a kind does not declare are treated (`fieldValidation`): dropped silently,
+/// dropped with a warning (the default, as in Kubernetes), or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Dropped.
+    Ignore,
+    /// Dropped, each named in a `Warning` header.
+    #[default]
+    Warn,
+    /// The request is refused (400) naming them.
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses the `fieldValidation` query parameter (absent: `Warn`).
+    pub fn parse(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "fieldValidation {other:?} is invalid: valid values are Ignore, Warn, Strict"
+            ))),
+        }
+    }
+}
+
+/// Where a write goes, who sends it, whether it is only tried (`dryRun`), and how unknown
+/// fields are treated.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PatchTarget<'a> {
+pub struct WriteOptions<'a> {
     /// `Some("status")` for the status subresource.
     pub sub: Option<&'a str>,
     /// The `fieldManager` (required for server-side apply).
     pub manager: Option<&'a str>,
     /// `dryRun=All`: everything but storing.
     pub dry_run: bool,
+    /// Unknown fields: dropped, warned about, or refused.
+    pub field_validation: FieldValidation,
+    /// The write is a server-side apply (its refusals are worded as such).
+    pub apply: bool,
+}
+
+/// A stored (or, with `dryRun`, computed) object and the warnings for the client.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The object as stored.
+    pub object: Value,
+    /// `Warning` header texts (unknown fields dropped, PodSecurity `warn`).
+    pub warnings: Vec<String>,
 }
 
 /// Query options of a list or watch.
@@ -193,12 +204,14 @@ impl ListOptions {
 }
 
 impl ApiServer {
-    /// State over `store` serving `resources`.
-    pub fn new(store: Store, resources: Resources) -> Arc<Self> {
+    /// State over `store` serving `resources`, with Pod Security Admission's defaults.
+    pub fn new(store: Store, resources: Resources, pod_security: PodSecurity) -> Arc<Self> {
         Arc::new_cyclic(|me| ApiServer {
             store,
             resources,
             admission: Admission::default(),
+            pod_security,
+            openapi: std::sync::OnceLock::new(),
             logs: RwLock::new(None),
             metrics: RwLock::new(None),
             me: me.clone(),
@@ -228,6 +241,12 @@ impl ApiServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         f.map(|f| f())
+    }
+
+    /// The OpenAPI v3 documents of the served resources (rendered on first use).
+    pub fn openapi(&self) -> &crate::discovery::OpenApiDocs {
+        self.openapi
+            .get_or_init(|| crate::discovery::OpenApiDocs::render(&self.resources))
     }
 
     /// The served resources.
@@ -341,34 +360,84 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Fields of `obj` its kind does not declare: refused (`Strict`), or dropped and, with
+    /// `Warn`, named in `warnings`.
+    fn decode_fields(
+        def: &ResourceDef,
+        obj: &mut Value,
+        opts: &WriteOptions<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        if opts.field_validation == FieldValidation::Strict {
+            let unknown = def.schema.unknown_fields(obj);
+            if unknown.is_empty() {
+                return Ok(());
+            }
+            return Err(ApiError::BadRequest(if opts.apply {
+                let name = meta_str(obj, "name").unwrap_or("");
+                let key = match meta_str(obj, "namespace") {
+                    Some(ns) if def.namespaced => format!("{ns}/{name}"),
+                    _ => name.to_owned(),
+                };
+                format!(
+                    "failed to create typed patch object ({key}; {}/{}, Kind={}): {}",
+                    def.group,
+                    def.version,
+                    def.kind,
+                    unknown
+                        .iter()
+                        .map(|f| format!(".{f}: field not declared in schema"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {fields}",
+                    kind = def.kind,
+                    version = def.version,
+                    fields = unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }));
+        }
+        let dropped = def.schema.prune(obj);
+        if opts.field_validation == FieldValidation::Warn {
+            warnings.extend(dropped.iter().map(|f| format!("unknown field \"{f}\"")));
+        }
+        Ok(())
+    }
+
     fn validate(def: &ResourceDef, obj: &Value) -> Result<()> {
         let name = meta_str(obj, "name").unwrap_or("");
         let mut causes = Vec::new();
-        let name_ok = if def.kind == "Namespace" {
-            imc_api::validation::is_dns_label(name)
-        } else {
-            imc_api::validation::is_dns_subdomain(name)
+        let (problems, rule) = match def.strategy.name_rule() {
+            NameRule::DnsLabel => (names::dns_label(name), "label"),
+            NameRule::DnsSubdomain => (names::dns_subdomain(name), "subdomain"),
         };
         if name.is_empty() {
             causes.push(Cause {
                 field: "metadata.name".into(),
                 reason: "FieldValueRequired".into(),
-                message: "name or generateName is required".into(),
+                message: "Required value: name or generateName is required".into(),
             });
-        } else if !name_ok {
+        } else if !problems.is_empty() {
             causes.push(Cause {
                 field: "metadata.name".into(),
                 reason: "FieldValueInvalid".into(),
                 message: format!(
-                    "{name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-                    if def.kind == "Namespace" { "label" } else { "subdomain" }
+                    "Invalid value: {name:?}: a lowercase RFC 1123 {rule} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
                 ),
             });
         }
         causes.extend(label_causes(obj));
-        if let Some(v) = def.validate {
-            causes.extend(v(obj));
-        }
+        causes.extend(def.strategy.validate(obj));
+        Self::invalid_if_any(def, name, causes)
+    }
+
+    fn invalid_if_any(def: &ResourceDef, name: &str, causes: Vec<Cause>) -> Result<()> {
         if causes.is_empty() {
             Ok(())
         } else {
@@ -380,9 +449,25 @@ impl ApiServer {
         }
     }
 
+    /// The admission built into the server (Pod Security Admission); its warnings.
+    fn builtin_admission(
+        &self,
+        def: &ResourceDef,
+        sub: Option<&str>,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Result<Vec<String>> {
+        if sub.is_some() {
+            return Ok(Vec::new());
+        }
+        self.pod_security.admit(def, &self.store, obj, old)
+    }
+
     /// Creates an object (POST).
     pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
-        self.create_with(def, ns, obj, PatchTarget::default()).await
+        self.create_with(def, ns, obj, WriteOptions::default())
+            .await
+            .map(|w| w.object)
     }
 
     /// Creates an object on behalf of a field manager, or only tries to (`dryRun=All`).
@@ -391,8 +476,8 @@ impl ApiServer {
         def: &ResourceDef,
         ns: Option<&str>,
         obj: Value,
-        target: PatchTarget<'_>,
-    ) -> Result<Value> {
+        target: WriteOptions<'_>,
+    ) -> Result<Written> {
         self.create_inner(def, ns, obj, false, target).await
     }
 
@@ -404,10 +489,12 @@ impl ApiServer {
         ns: Option<&str>,
         mut obj: Value,
         keep_managed: bool,
-        target: PatchTarget<'_>,
-    ) -> Result<Value> {
+        target: WriteOptions<'_>,
+    ) -> Result<Written> {
         let dry_run = target.dry_run;
         Self::check_type(def, &mut obj)?;
+        let mut decode_warnings = Vec::new();
+        Self::decode_fields(def, &mut obj, &target, &mut decode_warnings)?;
         let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
         let ns = if def.namespaced {
             match (ns, body_ns.as_deref()) {
@@ -460,17 +547,23 @@ impl ApiServer {
                 meta.insert("creationTimestamp".into(), json!(clock::now_time()));
                 meta.insert("generation".into(), json!(1));
             }
-            if let Some(prepare) = def.prepare_create {
-                prepare(&mut o);
-            }
-            if let Some(d) = def.default {
-                d(&mut o);
-            }
+            // As kube-apiserver: defaults (decoding), mutating admission (its output defaulted
+            // again), the strategy's create preparation, validation, validating admission.
+            def.strategy.default(&mut o);
+            // The client owns what it sent, defaults included, as in Kubernetes; what admission
+            // and the strategy add afterwards belongs to no one.
+            let sent = o.clone();
             self.admission
-                .admit(def, Operation::Create, None, &mut o, None)?;
+                .mutate(def, Operation::Create, None, &mut o, None)?;
+            def.strategy.default(&mut o);
+            def.strategy.prepare_for_create(&mut o);
             Self::validate(def, &o)?;
+            let mut warnings = decode_warnings.clone();
+            warnings.extend(self.builtin_admission(def, None, &o, None)?);
+            self.admission
+                .validate(def, Operation::Create, None, &mut o, None)?;
             if !keep_managed {
-                o = self.record_update(def, &json!({}), o, None, target.manager);
+                o = self.record_fields(def, &json!({}), &sent, o, None, target.manager);
             }
             let key = Self::key(def, ns.as_deref(), &name);
             if dry_run {
@@ -480,7 +573,10 @@ impl ApiServer {
                         name,
                     });
                 }
-                return Ok(o);
+                return Ok(Written {
+                    object: o,
+                    warnings,
+                });
             }
             let stored = o.clone();
             match self
@@ -498,25 +594,36 @@ impl ApiServer {
                 }
                 Err(e) => return Err(e),
                 Ok(saved) => {
-                    if def.group.is_empty() && def.kind == "Namespace" {
-                        Box::pin(self.create_default_service_account(&name)).await?;
+                    let object = def.from_storage(&saved);
+                    for follow_up in def.strategy.after_create(&object) {
+                        Box::pin(self.follow_up(follow_up)).await?;
                     }
-                    return Ok(def.from_storage(&saved));
+                    return Ok(Written { object, warnings });
                 }
             }
         }
     }
 
-    async fn create_default_service_account(&self, ns: &str) -> Result<()> {
-        let Some(sa) = self.resources.find("", "v1", "serviceaccounts") else {
-            return Ok(());
-        };
-        match self
-            .create(&sa, Some(ns), json!({"metadata": {"name": "default"}}))
-            .await
-        {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e),
+    /// Does what a strategy asked for along with a write.
+    async fn follow_up(&self, follow_up: FollowUp) -> Result<()> {
+        match follow_up {
+            FollowUp::CreateCore {
+                plural,
+                namespace,
+                object,
+            } => {
+                let Some(def) = self.resources.find("", "v1", plural) else {
+                    return Ok(());
+                };
+                match self.create(&def, Some(&namespace), object).await {
+                    Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            FollowUp::EmptyNamespace(ns) => {
+                self.delete_namespace_contents(&ns).await;
+                Ok(())
+            }
         }
     }
 
@@ -538,15 +645,15 @@ impl ApiServer {
     }
 
     /// Computes the object to store when `incoming` replaces `old` through the main resource
-    /// or the status subresource. None means the object is to be removed (deleting, and its
-    /// last finalizer is gone).
+    /// or the status subresource, and the warnings of admission. None means the object is to
+    /// be removed (deleting, and its last finalizer is gone).
     fn prepare_update(
         &self,
         def: &ResourceDef,
         old: &Value,
         mut incoming: Value,
         sub: Option<&str>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<(Option<Value>, Vec<String>)> {
         Self::check_type(def, &mut incoming)?;
         let name = meta_str(old, "name").unwrap_or("").to_owned();
         if let Some(n) = meta_str(&incoming, "name")
@@ -599,9 +706,8 @@ impl ApiServer {
                     };
                 }
             }
-            if let Some(d) = def.default {
-                d(&mut incoming);
-            }
+            def.strategy.default(&mut incoming);
+            def.strategy.prepare_for_update(&mut incoming, old);
             incoming
         };
         if spec_part(&new) != spec_part(old) {
@@ -612,10 +718,16 @@ impl ApiServer {
             new["metadata"]["generation"] = json!(generation + 1);
         }
         self.admission
-            .admit(def, Operation::Update, sub, &mut new, Some(old))?;
+            .mutate(def, Operation::Update, sub, &mut new, Some(old))?;
+        let mut warnings = Vec::new();
         if sub != Some("status") {
             Self::validate(def, &new)?;
+            let name = meta_str(&new, "name").unwrap_or("").to_owned();
+            Self::invalid_if_any(def, &name, def.strategy.validate_update(&new, old))?;
+            warnings = self.builtin_admission(def, sub, &new, Some(old))?;
         }
+        self.admission
+            .validate(def, Operation::Update, sub, &mut new, Some(old))?;
         // Removing the last finalizer removes a deleted object, but a pod still in its grace
         // period (marked for its node, no finalizers) stays until the node deletes it with
         // grace 0, so the node's status writes during shutdown remain visible (as in Kubernetes).
@@ -627,9 +739,9 @@ impl ApiServer {
             && finalizers_empty(&new)
             && !in_grace
         {
-            return Ok(None);
+            return Ok((None, warnings));
         }
-        Ok(Some(new))
+        Ok((Some(new), warnings))
     }
 
     /// Replaces an object (PUT), through the main resource or the `status` subresource.
@@ -638,14 +750,17 @@ impl ApiServer {
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
-        incoming: Value,
-        target: PatchTarget<'_>,
-    ) -> Result<Value> {
-        let PatchTarget {
+        mut incoming: Value,
+        target: WriteOptions<'_>,
+    ) -> Result<Written> {
+        let WriteOptions {
             sub,
             dry_run,
             manager,
+            ..
         } = target;
+        let mut warnings = Vec::new();
+        Self::decode_fields(def, &mut incoming, &target, &mut warnings)?;
         let key = Self::key(def, ns, name);
         let current = self
             .store
@@ -656,10 +771,11 @@ impl ApiServer {
             v => v,
         };
         let old = def.from_storage(&current);
-        let next = self
-            .prepare_update(def, &old, incoming, sub)?
-            .map(|new| self.record_update(def, &old, new, sub, manager));
-        self.commit(def, key, next, expect, dry_run).await
+        let (next, admitted) = self.prepare_update(def, &old, incoming, sub)?;
+        warnings.extend(admitted);
+        let next = next.map(|new| self.record_update(def, &old, new, sub, manager));
+        let object = self.commit(def, key, next, expect, dry_run).await?;
+        Ok(Written { object, warnings })
     }
 
     async fn commit(
@@ -709,6 +825,21 @@ impl ApiServer {
         &self,
         def: &ResourceDef,
         old: &Value,
+        new: Value,
+        sub: Option<&str>,
+        manager: Option<&str>,
+    ) -> Value {
+        let changed = new.clone();
+        self.record_fields(def, old, &changed, new, sub, manager)
+    }
+
+    /// Notes the fields that differ between `old` and `changed` under the write's manager, in
+    /// the managedFields of `new` (the object to store).
+    fn record_fields(
+        &self,
+        def: &ResourceDef,
+        old: &Value,
+        changed: &Value,
         mut new: Value,
         sub: Option<&str>,
         manager: Option<&str>,
@@ -718,7 +849,7 @@ impl ApiServer {
             (None, true) => Some(false),
             _ => None,
         };
-        let set = crate::managed_fields::changed_set(old, &new, scope);
+        let set = crate::managed_fields::changed_set(old, changed, scope);
         crate::managed_fields::record_update(
             &mut new,
             manager.unwrap_or("unknown"),
@@ -737,13 +868,18 @@ impl ApiServer {
         name: &str,
         patch_type: PatchType,
         body: &[u8],
-        target: PatchTarget<'_>,
-    ) -> Result<Value> {
-        let PatchTarget {
+        target: WriteOptions<'_>,
+    ) -> Result<Written> {
+        let WriteOptions {
             sub,
             manager,
             dry_run,
+            ..
         } = target;
+        let target = WriteOptions {
+            apply: patch_type == PatchType::Apply,
+            ..target
+        };
         if patch_type == PatchType::Strategic && def.custom {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({} does not support strategic merge patch)",
@@ -777,10 +913,9 @@ impl ApiServer {
                             set,
                         );
                     }
-                    let target = PatchTarget {
+                    let target = WriteOptions {
                         sub: None,
-                        manager,
-                        dry_run,
+                        ..target
                     };
                     return self.create_inner(def, ns, obj, true, target).await;
                 }
@@ -827,7 +962,10 @@ impl ApiServer {
                     name: name.to_owned(),
                 });
             }
-            let next = self.prepare_update(def, &old, new, sub)?;
+            let mut warnings = Vec::new();
+            Self::decode_fields(def, &mut new, &target, &mut warnings)?;
+            let (next, admitted) = self.prepare_update(def, &old, new, sub)?;
+            warnings.extend(admitted);
             let next = match patch_type {
                 PatchType::Apply => next,
                 _ => next.map(|new| self.record_update(def, &old, new, sub, manager)),
@@ -837,7 +975,8 @@ impl ApiServer {
                 .await
             {
                 Err(ApiError::Conflict { .. }) => continue,
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(object) => return Ok(Written { object, warnings }),
             }
         }
         Err(ApiError::Conflict {
@@ -884,7 +1023,9 @@ impl ApiServer {
             let old = def.from_storage(&current);
             let mut probe = old.clone();
             self.admission
-                .admit(def, Operation::Delete, None, &mut probe, Some(&old))?;
+                .mutate(def, Operation::Delete, None, &mut probe, Some(&old))?;
+            self.admission
+                .validate(def, Operation::Delete, None, &mut probe, Some(&old))?;
             let dry_run = options
                 .get("dryRun")
                 .and_then(Value::as_array)
@@ -892,14 +1033,16 @@ impl ApiServer {
             if dry_run {
                 return Ok(old);
             }
-            if def.group.is_empty() && def.kind == "Namespace" && finalizers_empty(&current) {
-                self.delete_namespace_contents(name).await;
+            if finalizers_empty(&current) {
+                for follow_up in def.strategy.before_removal(&old) {
+                    Box::pin(self.follow_up(follow_up)).await?;
+                }
             }
             let orphan = options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
                 || options.get("orphanDependents") == Some(&json!(true));
-            // A pod bound to a node is only marked: its node stops the containers, then deletes
-            // it with grace period 0 (as kubelet and virtual-kubelet do).
-            let grace = pod_grace_period(def, &current, options);
+            // An object someone must finish (a pod bound to a node) is only marked; whoever runs
+            // it deletes it again with grace period 0 (as kubelet and virtual-kubelet do).
+            let grace = def.strategy.grace_period(&current, options);
             let marked_grace = current
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::discovery;
 use crate::error::{ApiError, Result};
-use crate::handler::{ApiServer, ListOptions};
+use crate::handler::{ApiServer, FieldValidation, ListOptions, WriteOptions, Written};
 use crate::logs::LogOptions;
 use crate::patch::PatchType;
 use crate::resources::ResourceDef;
@@ -64,8 +64,58 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// A JSON document already rendered.
+fn raw_json(text: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        text.to_owned(),
+    )
+        .into_response()
+}
+
 fn ok(v: Value) -> Response {
     json_response(StatusCode::OK, &v)
+}
+
+/// At most this much warning text goes into one answer (kube-apiserver's limit is 4 KiB).
+const MAX_WARNINGS_BYTES: usize = 4096;
+
+/// A written object, with each warning as a `Warning: 299 - "text"` header.
+fn written_response(code: StatusCode, written: Written) -> Response {
+    let mut response = json_response(code, &written.object);
+    let mut budget = MAX_WARNINGS_BYTES;
+    let mut seen = std::collections::HashSet::new();
+    for text in written.warnings.iter().filter(|w| seen.insert(w.as_str())) {
+        let Some(value) = warning_header(text) else {
+            continue;
+        };
+        if value.len() > budget {
+            break;
+        }
+        budget -= value.len();
+        response.headers_mut().append(header::WARNING, value);
+    }
+    response
+}
+
+/// `299 - "text"`, with quotes and backslashes escaped and anything but printable ASCII
+/// replaced, so the header is always valid.
+fn warning_header(text: &str) -> Option<header::HeaderValue> {
+    let mut quoted = String::with_capacity(text.len() + 8);
+    quoted.push_str("299 - \"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            ' '..='~' => quoted.push(c),
+            _ => quoted.push('?'),
+        }
+    }
+    quoted.push('"');
+    header::HeaderValue::from_str(&quoted).ok()
 }
 
 fn accept_header(headers: &HeaderMap) -> &str {
@@ -150,15 +200,19 @@ async fn route(
                 .map(ok)
                 .ok_or_else(|| not_found_path(path));
         }
-        ["openapi", "v3"] => return Ok(ok(discovery::openapi_root(resources))),
+        ["openapi", "v3"] => return Ok(raw_json(api.openapi().root())),
         ["openapi", "v3", "api", v] => {
-            return discovery::openapi_gv(resources, "", v)
-                .map(ok)
+            return api
+                .openapi()
+                .group_version("", v)
+                .map(raw_json)
                 .ok_or_else(|| not_found_path(path));
         }
         ["openapi", "v3", "apis", g, v] => {
-            return discovery::openapi_gv(resources, g, v)
-                .map(ok)
+            return api
+                .openapi()
+                .group_version(g, v)
+                .map(raw_json)
                 .ok_or_else(|| not_found_path(path));
         }
         _ => {}
@@ -228,27 +282,16 @@ async fn route(
         .unwrap_or("");
     let protobuf = content_type.contains("protobuf");
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
-    // kubectl asks for Strict by default: unknown fields of a custom resource are refused,
-    // as the Kubernetes API server does, so a typo in a manifest is not silently dropped.
-    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
-    let check_fields = |obj: &Value| -> Result<()> {
-        if !(strict && def.custom) {
-            return Ok(());
-        }
-        let unknown = crate::resources::unknown_fields(&def.schema, obj);
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(ApiError::BadRequest(format!(
-            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {fields}",
-            kind = def.kind,
-            version = def.version,
-            fields = unknown
-                .iter()
-                .map(|f| format!("unknown field \"{f}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+    // kubectl asks for Strict by default (`--validate=strict`): unknown fields are refused, as
+    // the Kubernetes API server does, so a typo in a manifest is not silently dropped.
+    let field_validation =
+        FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
+    let write_options = |sub| WriteOptions {
+        sub,
+        manager: query.get("fieldManager").map(String::as_str),
+        dry_run,
+        field_validation,
+        apply: false,
     };
     let parse_body = |body: &Bytes| -> Result<Value> {
         if protobuf {
@@ -285,14 +328,8 @@ async fn route(
         }
         (&Method::POST, None) => {
             let obj = parse_body(&body)?;
-            check_fields(&obj)?;
-            let target = crate::handler::PatchTarget {
-                sub: None,
-                manager: query.get("fieldManager").map(String::as_str),
-                dry_run,
-            };
-            let created = api.create_with(&def, ns, obj, target).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            let created = api.create_with(&def, ns, obj, write_options(None)).await?;
+            Ok(written_response(StatusCode::CREATED, created))
         }
         (&Method::DELETE, None) => {
             let opts = list_options(&query)?;
@@ -351,13 +388,8 @@ async fn route(
         }
         (&Method::PUT, Some(name)) => {
             let obj = parse_body(&body)?;
-            check_fields(&obj)?;
-            let target = crate::handler::PatchTarget {
-                sub,
-                manager: query.get("fieldManager").map(String::as_str),
-                dry_run,
-            };
-            Ok(ok(api.update(&def, ns, name, obj, target).await?))
+            let updated = api.update(&def, ns, name, obj, write_options(sub)).await?;
+            Ok(written_response(StatusCode::OK, updated))
         }
         (&Method::PATCH, Some(name)) => {
             let ct = headers
@@ -365,29 +397,10 @@ async fn route(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let patch_type = PatchType::from_content_type(ct)?;
-            match patch_type {
-                PatchType::Merge | PatchType::Strategic => {
-                    if let Ok(partial) = serde_json::from_slice::<Value>(&body) {
-                        check_fields(&partial)?;
-                    }
-                }
-                PatchType::Apply => check_fields(&crate::patch::parse_apply(&body)?)?,
-                PatchType::Json => {}
-            }
-            Ok(ok(api
-                .patch(
-                    &def,
-                    ns,
-                    name,
-                    patch_type,
-                    &body,
-                    crate::handler::PatchTarget {
-                        sub,
-                        manager: query.get("fieldManager").map(String::as_str),
-                        dry_run,
-                    },
-                )
-                .await?))
+            let patched = api
+                .patch(&def, ns, name, patch_type, &body, write_options(sub))
+                .await?;
+            Ok(written_response(StatusCode::OK, patched))
         }
         (&Method::DELETE, Some(name)) => {
             let mut options = if body.is_empty() {

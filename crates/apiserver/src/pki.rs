@@ -93,9 +93,8 @@ impl Pki {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        // Keys and the token live here: owner only.
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(io)?;
+        // Keys and the token live here: owner only (files of older versions included).
+        crate::data_dir::tighten_private_dir(dir)?;
         let ca_key_path = dir.join("ca.key");
         let ca_crt_path = dir.join("ca.crt");
         let token_path = dir.join("admin.token");

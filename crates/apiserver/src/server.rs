@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::error::{ApiError, Result};
 use crate::handler::ApiServer;
 use crate::http::{self, HttpState};
 use crate::pki::Pki;
+use crate::pod_security::{Level as PodSecurityLevel, PodSecurity};
 use crate::resources::Resources;
 use crate::store::Store;
 
@@ -35,10 +37,13 @@ pub struct ServerConfig {
     pub watch_window: u64,
     /// How long Events are kept (Kubernetes' default is one hour).
     pub event_ttl: std::time::Duration,
+    /// The Pod Security level enforced in namespaces without a
+    /// `pod-security.kubernetes.io/enforce` label.
+    pub pod_security_default: PodSecurityLevel,
 }
 
 impl ServerConfig {
-    /// Defaults: the built-in resources, a 10,000-change watch window.
+    /// Defaults: the built-in resources, a 10,000-change watch window, `baseline` enforced.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
@@ -46,6 +51,7 @@ impl ServerConfig {
             resources: Resources::builtin(),
             watch_window: 10_000,
             event_ttl: std::time::Duration::from_secs(3600),
+            pod_security_default: PodSecurityLevel::Baseline,
         }
     }
 }
@@ -76,6 +82,7 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::data_dir::FILE_MODE)
         .open(&path)
         .map_err(|source| ApiError::Io {
             path: path.display().to_string(),
@@ -93,17 +100,31 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Runs blocking file work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{what}: {e}")))?
+}
+
 impl Server {
     /// Opens the state, creates the PKI on first start, binds the listener and writes the
-    /// kubeconfig.
+    /// kubeconfig. The data directory is created (or tightened to) 0700 and the state files
+    /// 0600; the file work runs off the async workers.
     pub async fn bind(config: ServerConfig) -> Result<Self> {
         install_crypto_provider();
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| ApiError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let lock = lock_data_dir(dir)?;
+        let lock = {
+            let dir = dir.clone();
+            blocking("preparing the data directory", move || {
+                crate::data_dir::prepare(&dir)?;
+                lock_data_dir(&dir)
+            })
+            .await?
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ApiError::Io {
@@ -114,8 +135,15 @@ impl Server {
             path: format!("listen {}", config.listen),
             source,
         })?;
-        let pki = Pki::load_or_create(&dir.join("pki"), addr)?;
-        let kubeconfig = pki.write_kubeconfig(&dir.join("kubeconfig.yaml"), addr)?;
+        let (pki, kubeconfig) = {
+            let dir = dir.clone();
+            blocking("writing credentials", move || {
+                let pki = Pki::load_or_create(&dir.join("pki"), addr)?;
+                let kubeconfig = pki.write_kubeconfig(&dir.join("kubeconfig.yaml"), addr)?;
+                Ok((pki, kubeconfig))
+            })
+            .await?
+        };
         let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| ApiError::Internal(format!("serving certificate: {e}")))?;
@@ -129,11 +157,13 @@ impl Server {
         let store = {
             let path = store_path.clone();
             let window = config.watch_window;
-            tokio::task::spawn_blocking(move || Store::open(&path, window))
-                .await
-                .map_err(|e| ApiError::Internal(format!("opening store: {e}")))??
+            blocking("opening store", move || Store::open(&path, window)).await?
         };
-        let api = ApiServer::new(store, config.resources);
+        let api = ApiServer::new(
+            store,
+            config.resources,
+            PodSecurity::new(config.pod_security_default),
+        );
         let event_ttl = config.event_ttl;
         api.bootstrap().await?;
         Ok(Server {

@@ -104,11 +104,13 @@ fn rv_of(obj: &Value) -> u64 {
 
 impl Store {
     /// Opens (creating if needed) `path`, keeping the last `window` changes for watch resume.
+    /// The database and its `-wal`/`-shm` files are owner-only (0600). Blocking.
     pub fn open(path: &Path, window: u64) -> Result<Self> {
         let db_err = |source| ApiError::Database {
             path: path.display().to_string(),
             source,
         };
+        crate::data_dir::prepare_database(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;

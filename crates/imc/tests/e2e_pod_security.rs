@@ -30,11 +30,11 @@ fn pod(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
 }
 
-fn terminated<'a>(pod: &'a Value, idx: usize) -> &'a Value {
+fn terminated(pod: &Value, idx: usize) -> &Value {
     &pod["status"]["containerStatuses"][idx]["state"]["terminated"]
 }
 
-fn waiting<'a>(pod: &'a Value, idx: usize) -> &'a Value {
+fn waiting(pod: &Value, idx: usize) -> &Value {
     &pod["status"]["containerStatuses"][idx]["state"]["waiting"]
 }
 

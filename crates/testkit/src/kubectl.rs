@@ -35,6 +35,18 @@ impl TestServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs kubectl (with `stdin` fed to it when given), which must fail; its stderr. Panics
+    /// with stdout when it succeeds.
+    pub fn kubectl_err(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_stdin(args, stdin).expect("kubectl runs");
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// `kubectl create -f -` of a manifest (YAML text, or a `serde_json::Value`); (success,
     /// stdout + stderr).
     pub fn create(&self, manifest: impl std::fmt::Display) -> (bool, String) {

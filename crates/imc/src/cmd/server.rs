@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// Registries used by the cache controller and the node (per-cache annotations add to them).
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Pod Security Standards level enforced in namespaces without a
+    /// `pod-security.kubernetes.io/enforce` label: privileged, baseline or restricted.
+    #[arg(long, value_name = "LEVEL", default_value = "baseline", value_parser = parse_pod_security_level)]
+    pub pod_security_default: imc_apiserver::PodSecurityLevel,
     /// Name of this machine's Node [default: the hostname].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -45,6 +49,12 @@ pub struct ServerArgs {
     /// 0 for no limit. A fork bomb in one pod then cannot exhaust the host's pids.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub container_pids_limit: i64,
+}
+
+/// A Pod Security Standards level, as `--pod-security-default` takes it.
+fn parse_pod_security_level(s: &str) -> Result<imc_apiserver::PodSecurityLevel, String> {
+    s.parse()
+        .map_err(|e: imc_apiserver::pod_security::LabelError| e.to_string())
 }
 
 /// The kernel's hostname, the default Node name.
@@ -177,6 +187,7 @@ impl imc_apiserver::PodLogs for NodeLogs {
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
+    config.pod_security_default = args.pod_security_default;
     let server = Server::bind(config).await.with_context(|| {
         format!(
             "starting the API server in {}",

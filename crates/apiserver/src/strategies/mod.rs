@@ -1,0 +1,115 @@
+//! Per-kind behaviour, as kube-apiserver's `strategy.go` files hold it: defaulting, preparing
+//! objects for create and update, validation of both, the name rule, deletion grace and what the
+//! server does along with a write. The generic verbs in [`crate::handler`] call these and know no
+//! kind by name; each kind's file also builds its [`ResourceDef`] (columns, schema,
+//! subresources).
+
+pub mod config_map;
+pub mod event;
+pub mod image_cache;
+pub mod lease;
+pub mod namespace;
+pub mod node;
+pub mod pod;
+pub mod secret;
+pub mod service_account;
+
+use serde_json::Value;
+
+use crate::error::Cause;
+use crate::resources::ResourceDef;
+
+/// Which rule `metadata.name` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain (most kinds).
+    DnsSubdomain,
+    /// A DNS-1123 label (namespaces).
+    DnsLabel,
+}
+
+/// Work the server does on behalf of a write, in generic terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowUp {
+    /// Create `object` as a `plural` of the core group in `namespace`, unless it exists (a
+    /// namespace's `default` ServiceAccount).
+    CreateCore {
+        /// Resource (plural) in the core `v1` group.
+        plural: &'static str,
+        /// Namespace of the new object.
+        namespace: String,
+        /// The object.
+        object: Value,
+    },
+    /// Delete every object in this namespace first (a namespace going away).
+    EmptyNamespace(String),
+}
+
+/// The behaviour of one kind. Every method has the behaviour of a kind with nothing special,
+/// so a strategy states only what differs.
+pub trait Strategy: Send + Sync {
+    /// Fills in defaults, as decoding does in Kubernetes: on create, and on every update
+    /// through the main resource before it is compared with the stored object.
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Sets what a client may not choose on create (status, computed fields). Runs after
+    /// defaulting and mutating admission.
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+
+    /// Carries over from `old` what an update through the main resource may not change
+    /// (beyond the status of kinds with a status subresource, which the handler keeps).
+    fn prepare_for_update(&self, _new: &mut Value, _old: &Value) {}
+
+    /// Every bad field of an object about to be created (or updated); empty means valid.
+    fn validate(&self, _obj: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
+    /// Every bad field of an update from `old` to `new` (immutability); [`Strategy::validate`]
+    /// runs on `new` as well.
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
+    /// The rule `metadata.name` follows.
+    fn name_rule(&self) -> NameRule {
+        NameRule::DnsSubdomain
+    }
+
+    /// The grace period of deleting `obj` with request `options`: `Some(n > 0)` marks it
+    /// (`deletionTimestamp`) for whoever runs it to finish; `None` removes it at once.
+    fn grace_period(&self, _obj: &Value, _options: &Value) -> Option<i64> {
+        None
+    }
+
+    /// What the server does once `obj` has been created.
+    fn after_create(&self, _obj: &Value) -> Vec<FollowUp> {
+        Vec::new()
+    }
+
+    /// What the server does before removing `obj` for good.
+    fn before_removal(&self, _obj: &Value) -> Vec<FollowUp> {
+        Vec::new()
+    }
+}
+
+/// The strategy of kinds with nothing special.
+pub struct Generic;
+
+impl Strategy for Generic {}
+
+/// Every kind imc serves out of the box.
+pub fn builtin() -> Vec<ResourceDef> {
+    vec![
+        namespace::def(),
+        pod::def(),
+        event::def(),
+        event::events_k8s_io_def(),
+        secret::def(),
+        config_map::def(),
+        node::def(),
+        service_account::def(),
+        lease::def(),
+        image_cache::def(),
+    ]
+}
