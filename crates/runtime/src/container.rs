@@ -103,12 +103,14 @@ pub struct Runtime {
 
 impl Runtime {
     /// Opens the runtime of `data_dir`. Makes this process a child subreaper, so container init
-    /// processes are re-parented to it and their exit codes can be collected.
+    /// processes are re-parented to it and their exit codes can be collected. The data dir,
+    /// `pods/`, `run/` and `run/runc/` are made mode 0700 (pod root filesystems hold images'
+    /// setuid binaries).
     pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
         let pods_dir = data_dir.join("pods");
         let runc_root = data_dir.join("run/runc");
-        for d in [&pods_dir, &runc_root] {
-            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        for d in [data_dir, &pods_dir, &data_dir.join("run"), &runc_root] {
+            imc_layers::ensure_private_dir(d).map_err(RuntimeError::io("creating", d))?;
         }
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| RuntimeError::io("becoming child subreaper", "/proc/self")(e.into()))?;
@@ -436,11 +438,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Run
 }
 
 /// Removes a directory tree; one already gone (e.g. removed by a concurrent recovery) is fine.
+/// Symlinks are never followed and mounts inside it never entered ([`crate::tree`]).
 pub(crate) fn remove_tree(dir: &Path) -> Result<(), RuntimeError> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::io("removing", dir)(e))
-        }
-        _ => Ok(()),
-    }
+    crate::tree::remove_tree(dir).map_err(RuntimeError::io("removing", dir))
 }

@@ -14,6 +14,7 @@ mod rootfs;
 mod runc;
 mod spec;
 mod timings;
+mod tree;
 mod user;
 
 pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};

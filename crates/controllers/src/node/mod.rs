@@ -80,12 +80,10 @@ impl Node {
     /// the pods bound to `ctx.settings.node_name`.
     pub async fn start(ctx: Arc<Context>, view: CacheView) -> Result<Arc<Node>, NodeError> {
         let runtime = imc_runtime::Runtime::new(&ctx.settings.data_dir)?;
-        match runtime.recover().await {
-            Ok(r) if !r.containers.is_empty() => {
-                info!(containers = ?r.containers, "cleaned up containers of an earlier run")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cleaning up after an earlier run"),
+        // What it could not clean it has logged already, once each.
+        let r = runtime.recover().await;
+        if !r.containers.is_empty() || !r.pods.is_empty() {
+            info!(containers = ?r.containers, pods = ?r.pods, unmounted = r.unmounted.len(), "cleaned up after an earlier run");
         }
         let node = Arc::new(Node {
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),

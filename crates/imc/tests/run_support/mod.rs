@@ -113,6 +113,30 @@ fn image(layers: &[&BuiltLayer], cmd: &[&str]) -> BuiltImage {
     b.build()
 }
 
+/// Pushes `img` to the registry as `HOST:PORT/<repo>:1`; returns that reference.
+pub fn push(reg: &Registry, repo: &str, img: &BuiltImage) -> String {
+    let host = reg.registry.host();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(imc_testkit::image::push(&host, repo, "1", img, None))
+        .unwrap_or_else(|e| panic!("push {repo}: {e:#}"));
+    format!("{host}/{repo}:1")
+}
+
+/// The busybox image with `USER app` (uid 1000 in its /etc/passwd), running `cmd`.
+pub fn non_root_image(cmd: &[&str]) -> BuiltImage {
+    ImageBuilder::new(Format::Oci)
+        .config(ImageConfig {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            user: Some("app".to_string()),
+            ..Default::default()
+        })
+        .layer(busybox_layer())
+        .build()
+}
+
 /// Starts a registry and pushes the test images.
 pub fn registry_with_images() -> Registry {
     let registry = TestRegistry::start(Auth::None);
