@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::image::ImageConfig;
+use crate::log_writer::{LogLimits, LogWriter};
 use crate::runc::{ContainerStatus, Runc};
 use crate::{
     PodSandbox, PreparedImage, RuntimeError, StartTimings, generate_spec, resolve_user, rootfs,
@@ -35,7 +36,8 @@ pub struct ContainerSpec {
 /// Where the container's stdout/stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerIo {
-    /// Both to `DIR/pods/<uid>/<name>/container.log`.
+    /// Both to `DIR/pods/<uid>/<name>/container.log` in the CRI log format, rotated within
+    /// the runtime's [`LogLimits`].
     Log,
     /// The calling process's own stdout/stderr (`imc run` in the foreground).
     Inherit,
@@ -88,6 +90,9 @@ pub(crate) struct ContainerRecord {
 }
 
 pub(crate) const RECORD_FILE: &str = "container.json";
+/// How long [`Container::wait`] waits for the log of an exited container to be complete (its
+/// pipes close when its last process is gone, at once unless something outside holds them).
+const LOG_DRAIN_BOUND: Duration = Duration::from_secs(5);
 pub(crate) const POD_OWNER_FILE: &str = "owner.json";
 /// Prefix of a pod dir being created (renamed into place once its owner is recorded).
 pub(crate) const NEW_POD_PREFIX: &str = ".new-";
@@ -99,13 +104,14 @@ pub struct Runtime {
     pub(crate) pods_dir: PathBuf,
     pub(crate) runc: Runc,
     pub(crate) attacher: Attacher,
+    pub(crate) log_limits: LogLimits,
 }
 
 impl Runtime {
     /// Opens the runtime of `data_dir`. Makes this process a child subreaper, so container init
     /// processes are re-parented to it and their exit codes can be collected. The data dir,
     /// `pods/`, `run/` and `run/runc/` are made mode 0700 (pod root filesystems hold images'
-    /// setuid binaries).
+    /// setuid binaries). Container logs use the default [`LogLimits`].
     pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
         let pods_dir = data_dir.join("pods");
         let runc_root = data_dir.join("run/runc");
@@ -118,7 +124,14 @@ impl Runtime {
             pods_dir,
             runc: Runc::new(&runc_root),
             attacher: Attacher::new(data_dir)?,
+            log_limits: LogLimits::default(),
         })
+    }
+
+    /// This runtime with containers' logs ([`ContainerIo::Log`]) rotated within `limits`.
+    pub fn with_log_limits(mut self, limits: LogLimits) -> Self {
+        self.log_limits = limits;
+        self
     }
 
     /// The cache attacher of this data directory.
@@ -190,6 +203,7 @@ impl Runtime {
             pid: 0,
             timings: StartTimings::default(),
             cache: req.cache.as_ref().map(|c| (c.id.clone(), c.user.clone())),
+            log: None,
             runtime: self.clone(),
         };
         let record = ContainerRecord {
@@ -275,15 +289,10 @@ impl Runtime {
         let (stdout, stderr) = match io {
             ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
             ContainerIo::Log => {
-                let open = || {
-                    fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&c.log_path)
-                };
-                let out = open().map_err(RuntimeError::io("opening", &c.log_path))?;
-                let err = open().map_err(RuntimeError::io("opening", &c.log_path))?;
-                (Stdio::from(out), Stdio::from(err))
+                let (writer, pipes) =
+                    LogWriter::start(&c.log_path, self.log_limits, &c.name).await?;
+                c.log = Some(writer);
+                (Stdio::from(pipes.stdout), Stdio::from(pipes.stderr))
             }
         };
         let runc_log = c.dir.join("runc.log");
@@ -318,11 +327,14 @@ pub struct Container {
     /// How long each step of the start took.
     pub timings: StartTimings,
     cache: Option<(String, String)>,
+    /// The thread writing its log ([`ContainerIo::Log`]).
+    log: Option<LogWriter>,
     runtime: Runtime,
 }
 
 impl Container {
-    /// Waits for the container's process to exit.
+    /// Waits for the container's process to exit, then (briefly) for its last output to reach
+    /// the log.
     pub async fn wait(&self) -> Result<ExitInfo, RuntimeError> {
         let pid = self.pid;
         let status = tokio::task::spawn_blocking(move || wait_pid(pid))
@@ -340,6 +352,11 @@ impl Container {
             },
             Some(status) => exit_info(status, finished_at),
         };
+        if let Some(log) = &self.log
+            && !log.finished(LOG_DRAIN_BOUND).await
+        {
+            warn!(container = %self.id, "the container's output is still open after its exit");
+        }
         debug!(container = %self.id, code = info.code, "container exited");
         Ok(info)
     }

@@ -8,6 +8,7 @@
 mod container;
 mod error;
 mod image;
+mod log_writer;
 mod netns;
 mod recover;
 mod rootfs;
@@ -20,6 +21,7 @@ mod user;
 pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};
 pub use error::RuntimeError;
 pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
+pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
 pub use netns::PodSandbox;
 pub use recover::RuntimeRecovery;
 pub use runc::{ContainerStatus, Runc};

@@ -53,6 +53,9 @@ pub enum NodeError {
     /// `--previous` on a container that has not been restarted.
     #[error("previous terminated container {container:?} in pod {pod:?} not found")]
     NoPrevious { pod: String, container: String },
+    /// A name that would become a path is not a single plain path component.
+    #[error("invalid {what} {name:?}: not a single path component")]
+    InvalidName { what: &'static str, name: String },
     /// The container has no log yet (it never started).
     #[error("container {container:?} in pod {pod:?} is waiting to start")]
     NotStarted { pod: String, container: String },

@@ -41,6 +41,20 @@ pub struct ServerArgs {
     /// Testing only: bytes per GiB of `imageCacheSize`, so small images can exceed a cache size.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, hide = true)]
     pub gib_bytes: u64,
+    /// Size at which a container's log file is rotated (a quantity such as 10Mi or 64Ki), as
+    /// the kubelet's --container-log-max-size.
+    #[arg(long, value_name = "QUANTITY", default_value = "10Mi", value_parser = parse_quantity)]
+    pub container_log_max_size: u64,
+    /// Log files kept per container, the current one included (at least 2), as the kubelet's
+    /// --container-log-max-files.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub container_log_max_files: u32,
+}
+
+/// A byte quantity (`10Mi`, `64Ki`, `1000000`) for a flag.
+fn parse_quantity(s: &str) -> Result<u64, String> {
+    imc_controllers::quantity::parse_bytes(s)
+        .ok_or_else(|| format!("{s:?} is not a quantity of bytes (e.g. 10Mi, 64Ki)"))
 }
 
 /// The kernel's hostname, the default Node name.
@@ -97,7 +111,9 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         "ImageCache",
         Arc::new(imc_controllers::cache::validate_spec_change),
     );
-    let node = start_node(&api, &ctx).await?;
+    let log_limits =
+        imc_runtime::LogLimits::new(args.container_log_max_size, args.container_log_max_files)?;
+    let node = start_node(&api, &ctx, log_limits).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
 }
@@ -107,6 +123,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
 async fn start_node(
     api: &imc_apiserver::ApiServer,
     ctx: &Arc<manager::Context>,
+    log_limits: imc_runtime::LogLimits,
 ) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
     let view = CacheView::watch(ctx.client.clone());
@@ -128,7 +145,7 @@ async fn start_node(
     let admission = PodAdmission::new(view.clone(), ctx.settings.node_name.clone(), known_layers)
         .with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
-    let node = Node::start(ctx.clone(), view)
+    let node = Node::start(ctx.clone(), view, log_limits)
         .await
         .context("starting the node")?;
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
@@ -151,15 +168,26 @@ impl imc_apiserver::PodLogs for NodeLogs {
                 text("/metadata/uid").to_owned(),
                 text("/metadata/name").to_owned(),
             );
+            // The API server has checked it against the pod's containers.
             let container = options
                 .container
                 .clone()
                 .unwrap_or_else(|| text("/spec/containers/0/name").to_owned());
+            let since = options.since_time.or_else(|| {
+                options.since_seconds.map(|s| {
+                    jiff::Timestamp::now()
+                        .checked_sub(jiff::SignedDuration::from_secs(s))
+                        .unwrap_or(jiff::Timestamp::MIN)
+                })
+            });
             let request = imc_controllers::node::LogRequest {
                 container,
                 follow: options.follow,
                 tail_lines: options.tail_lines,
                 previous: options.previous,
+                timestamps: options.timestamps,
+                since,
+                limit_bytes: options.limit_bytes,
             };
             let stream = node
                 .logs(&uid, &name, request)
