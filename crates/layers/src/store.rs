@@ -27,7 +27,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LayerError;
-use crate::private_dir::ensure_private_dir;
+use crate::private_dir::{ensure_data_dir, ensure_private_dir};
 use crate::unpack::{UnpackOptions, remove_all_at, unpack_layer_with};
 
 /// Content-addressed store under a data dir. Cheap to clone.
@@ -133,7 +133,7 @@ impl LayerStore {
         };
         // The data dir and everything the store keeps in it: only root may enter (layer trees
         // hold images' setuid binaries); an older, looser dir is tightened here.
-        ensure_private_dir(data_dir).map_err(store_err(data_dir, "create directory"))?;
+        ensure_data_dir(data_dir).map_err(store_err(data_dir, "create directory"))?;
         for sub in [
             "blobs",
             "blobs/sha256",

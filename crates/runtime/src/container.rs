@@ -115,7 +115,8 @@ impl Runtime {
     pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
         let pods_dir = data_dir.join("pods");
         let runc_root = data_dir.join("run/runc");
-        for d in [data_dir, &pods_dir, &data_dir.join("run"), &runc_root] {
+        imc_layers::ensure_data_dir(data_dir).map_err(RuntimeError::io("creating", data_dir))?;
+        for d in [&pods_dir, &data_dir.join("run"), &runc_root] {
             imc_layers::ensure_private_dir(d).map_err(RuntimeError::io("creating", d))?;
         }
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))

@@ -42,6 +42,10 @@ pub struct RuntimeRecovery {
     pub caches: RecoveryReport,
 }
 
+/// How old a pod dir being created (`.new-<uid>`) without owner record must be to count as
+/// abandoned: its creator records the owner right after making it.
+const NEW_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest owner or container record read (they are a few hundred bytes).
 const MAX_RECORD: u64 = 64 * 1024;
 
@@ -331,7 +335,8 @@ fn scan_pods(pods_dir: &Path) -> Plan {
             let abandoned = match &owner {
                 Record::Found(o) => !o.is_alive(),
                 Record::Unreadable(_) => true,
-                Record::Missing => only_temporaries(&path),
+                // Its creator may be between mkdir and the owner record: only an old one.
+                Record::Missing => only_temporaries(&path) && older_than(&path, NEW_POD_GRACE),
             };
             if abandoned {
                 plan.dead_pods.push((name, path, false));
@@ -383,6 +388,13 @@ fn scan_pods(pods_dir: &Path) -> Plan {
         }
     }
     plan
+}
+
+/// Whether `path` was last modified more than `age` ago.
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age))
 }
 
 /// Whether a directory holds nothing but what `write_json` leaves mid-way (`*.tmp`).

@@ -86,7 +86,8 @@ impl Attacher {
     pub fn new(data_dir: &Path) -> Result<Self, SnapshotError> {
         let dir = data_dir.join("run/caches");
         let caches_dir = data_dir.join("caches");
-        for d in [data_dir, &data_dir.join("run"), &dir, &caches_dir] {
+        imc_layers::ensure_data_dir(data_dir).map_err(SnapshotError::io("creating", data_dir))?;
+        for d in [&data_dir.join("run"), &dir, &caches_dir] {
             imc_layers::ensure_private_dir(d).map_err(SnapshotError::io("creating", d))?;
         }
         crate::remove_stale_temp_disks(&caches_dir);

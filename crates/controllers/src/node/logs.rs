@@ -304,6 +304,8 @@ struct Reader {
     remaining: Option<u64>,
     /// After a rotation: the files to read once the current one is read to its end.
     switch_to: Option<Vec<LogFile>>,
+    /// Read buffer.
+    chunk: Vec<u8>,
 }
 
 impl Reader {
@@ -327,6 +329,7 @@ impl Reader {
             since: request.since,
             remaining: request.limit_bytes.map(|b| b.max(0) as u64),
             switch_to: None,
+            chunk: vec![0u8; BLOCK],
         })
     }
 
@@ -345,13 +348,12 @@ impl Reader {
             if out.len() >= BLOCK {
                 return Ok(Step::Data(out));
             }
-            let mut chunk = vec![0u8; BLOCK];
             let n = self.files[self.pos.file]
                 .file
-                .read_at(&mut chunk, self.pos.offset)?;
+                .read_at(&mut self.chunk, self.pos.offset)?;
             if n > 0 {
                 self.pos.offset += n as u64;
-                self.buf.extend_from_slice(&chunk[..n]);
+                self.buf.extend_from_slice(&self.chunk[..n]);
                 continue;
             }
             // End of this file.
