@@ -3,34 +3,16 @@
 
 mod run_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use run_support::{busybox_cache, imc, loops_backed_by, mounts_under};
+use run_support::{busybox_cache, imc, loops_backed_by, mounts_under, run_until_ready};
 
 #[test]
 fn next_start_after_kill_9_leaves_nothing_stale() {
     let tmp = tempfile::tempdir().unwrap();
     let (reg, disk) = busybox_cache(tmp.path());
-    let mut victim = imc()
-        .arg("run")
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .arg("--cache")
-        .arg(&disk)
-        .arg(&reg.busybox)
-        .args(["--", "sh", "-c", "echo ready; sleep 600"])
-        .stdout(Stdio::piped())
-        // Not the test harness's own stderr: a container outliving a failed test would hold
-        // that pipe open and hang the run.
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(victim.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let (mut victim, _out) =
+        run_until_ready(tmp.path(), &disk, &reg.busybox, "echo ready; sleep 600");
     assert_eq!(loops_backed_by(&disk), 1);
 
     // SIGKILL: imc gets no chance to clean anything.
@@ -81,24 +63,7 @@ fn start_sleeper(
     disk: &std::path::Path,
     image: &str,
 ) -> std::process::Child {
-    let mut victim = imc()
-        .arg("run")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--cache")
-        .arg(disk)
-        .arg(image)
-        .args(["--", "sh", "-c", "echo ready; exec sleep 600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(victim.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    victim
+    run_until_ready(data, disk, image, "echo ready; exec sleep 600").0
 }
 
 /// Sets or clears the immutable attribute (root cannot remove an immutable file either).

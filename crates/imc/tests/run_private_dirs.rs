@@ -6,12 +6,11 @@
 
 mod run_support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use run_support::{cache_build, imc, non_root_image, push, registry_with_images};
+use run_support::{cache_build, imc, non_root_image, push, registry_with_images, run_until_ready};
 
 /// Every directory imc keeps directly in the data dir (and the data dir itself).
 const PRIVATE: &[&str] = &[
@@ -72,24 +71,7 @@ fn other_users_reach_no_layer_tree_pod_rootfs_or_cache_mount() {
     }
     let disk = data.join("caches/layered.erofs");
     cache_build(&reg, &data, &[&reg.layered], &disk);
-    let mut run = imc()
-        .arg("run")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--cache")
-        .arg(&disk)
-        .args(reg.flags())
-        .arg(&reg.layered)
-        .args(["--", "sh", "-c", "echo ready; exec sleep 600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(run.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let (mut run, _out) = run_until_ready(&data, &disk, &reg.layered, "echo ready; exec sleep 600");
 
     for d in PRIVATE {
         assert_eq!(mode(&data.join(d)), 0o700, "DIR/{d} after the start");

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use imc_api::Digest;
 use imc_snapshot::{
-    Attacher, BackendChoice, BuildImage, BuildOptions, CacheUser, SnapshotBuilder, is_mount_point,
+    AttachedCache, Attacher, BackendChoice, BuildImage, BuildOptions, CacheUser, SnapshotBuilder,
+    is_mount_point,
 };
 
 fn build_disk(root: &Path) -> (PathBuf, Digest) {
@@ -87,20 +88,26 @@ fn attach_twice_mounts_once_and_last_release_detaches() {
     assert!(!a.mount_point.exists());
 }
 
-#[test]
-fn recover_detaches_a_disk_whose_users_died() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (disk, _) = build_disk(tmp.path());
-    let attacher = Attacher::new(tmp.path()).unwrap();
+/// Attaches `disk` for user `name` owned by a process that then dies.
+fn attach_for_a_dead_process(attacher: &Attacher, disk: &Path, name: &str) -> AttachedCache {
     let mut child = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
     let a = attacher
-        .attach(&disk, CacheUser::for_process("dead-pod", child.id()))
+        .attach(disk, CacheUser::for_process(name, child.id()))
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    a
+}
+
+#[test]
+fn recover_detaches_a_disk_whose_users_died() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, _) = build_disk(tmp.path());
+    let attacher = Attacher::new(tmp.path()).unwrap();
+    let a = attach_for_a_dead_process(&attacher, &disk, "dead-pod");
     // Also a mount that lost its refs file.
     let b_dir = tmp.path().join("run/caches/orphan");
     fs::create_dir_all(&b_dir).unwrap();
@@ -175,15 +182,7 @@ fn recovery_goes_on_past_a_corrupt_refs_file_and_reports_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (disk, _) = build_disk(tmp.path());
     let attacher = Attacher::new(tmp.path()).unwrap();
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    let a = attacher
-        .attach(&disk, CacheUser::for_process("dead-pod", child.id()))
-        .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let a = attach_for_a_dead_process(&attacher, &disk, "dead-pod");
     // Another attachment whose refs file is garbage.
     let bad = tmp.path().join("run/caches/aaa-corrupt.refs");
     fs::write(&bad, b"{not json").unwrap();

@@ -20,6 +20,39 @@ pub fn imc() -> Command {
     c
 }
 
+/// Starts `imc run --data-dir DATA --cache DISK IMAGE -- sh -c SCRIPT` whose script prints
+/// "ready" first; returns once it has, with the rest of the container's stdout.
+pub fn run_until_ready(
+    data: &Path,
+    disk: &Path,
+    image: &str,
+    script: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = imc()
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--cache")
+        .arg(disk)
+        .arg(image)
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        // Not the test harness's own stderr: a container outliving a failed test would hold
+        // that pipe open and hang the run.
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
 /// Mounts whose mount point is `path`.
 pub fn mounts_at(path: &Path) -> usize {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
