@@ -228,3 +228,33 @@ fn tail_of_a_50_mib_log_keeps_the_server_small() {
     assert_eq!(files.len(), 5, "10 MiB × 5 files kept: {files:?}");
     assert!(files.iter().all(|(_, size)| *size <= 10 << 20), "{files:?}");
 }
+
+#[test]
+fn log_limits_that_keep_nothing_are_refused_before_the_server_starts() {
+    let cases = [
+        ("--container-log-max-files", "1", "must be at least 2"),
+        ("--container-log-max-size", "0", "must be greater than 0"),
+        (
+            "--container-log-max-size",
+            "10Qi",
+            "is not a quantity of bytes",
+        ),
+    ];
+    for (flag, value, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imc"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args([flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+        assert!(
+            !dir.path().join("state.db").exists(),
+            "{flag} {value}: nothing started"
+        );
+    }
+}

@@ -82,7 +82,11 @@ struct Stoppable {
 /// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
 /// client) and installs `/metrics` and the admission hooks they own. Returns what the shutdown
 /// stops.
-async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<Stoppable> {
+async fn start_controllers(
+    server: &Server,
+    args: &ServerArgs,
+    log_limits: imc_runtime::LogLimits,
+) -> anyhow::Result<Stoppable> {
     let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
         .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -111,8 +115,6 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         "ImageCache",
         Arc::new(imc_controllers::cache::validate_spec_change),
     );
-    let log_limits =
-        imc_runtime::LogLimits::new(args.container_log_max_size, args.container_log_max_files)?;
     let node = start_node(&api, &ctx, log_limits).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
@@ -199,6 +201,9 @@ impl imc_apiserver::PodLogs for NodeLogs {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    // Refused before anything starts.
+    let log_limits =
+        imc_runtime::LogLimits::new(args.container_log_max_size, args.container_log_max_files)?;
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     let server = Server::bind(config).await.with_context(|| {
@@ -211,7 +216,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let stoppable = if args.api_only {
         None
     } else {
-        Some(start_controllers(&server, &args).await?)
+        Some(start_controllers(&server, &args, log_limits).await?)
     };
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
