@@ -387,7 +387,8 @@ impl LogFile {
             limits,
             file,
             size,
-            pending: Vec::with_capacity(FLUSH_AT),
+            // Grows with use: an idle container costs no buffer.
+            pending: Vec::new(),
             failing: false,
         })
     }
