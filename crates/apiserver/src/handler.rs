@@ -1195,9 +1195,11 @@ impl ApiServer {
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
-        options: LogOptions,
+        mut options: LogOptions,
     ) -> Result<axum::body::Body> {
         let pod = self.get(def, ns, name)?;
+        // Before anything else sees it: the container must be one of this pod's.
+        options.container = Some(crate::logs::resolve_container(&pod, &options)?);
         let provider = self.logs.read().unwrap_or_else(|e| e.into_inner()).clone();
         match provider {
             Some(p) => p.logs(pod, options).await,

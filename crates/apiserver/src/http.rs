@@ -369,13 +369,7 @@ async fn route(
             "the server does not allow this method on the requested resource: {method}"
         ))),
         (&Method::GET, Some(name)) if sub == Some("log") => {
-            let options = LogOptions {
-                container: query.get("container").cloned(),
-                follow: query.get("follow").is_some_and(|v| v == "true"),
-                tail_lines: query.get("tailLines").and_then(|v| v.parse().ok()),
-                previous: query.get("previous").is_some_and(|v| v == "true"),
-                timestamps: query.get("timestamps").is_some_and(|v| v == "true"),
-            };
+            let options = LogOptions::from_query(&query, name)?;
             let body = api.pod_logs(&def, ns, name, options).await?;
             Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
         }

@@ -204,3 +204,105 @@ fn json_output_reports_the_build_and_reuse() {
     assert_eq!(downloaded, 0);
     assert_eq!(first["build"]["diskId"], second["build"]["diskId"]);
 }
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet: it runs no more either).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_killed_build_takes_mkfs_with_it_and_the_next_build_removes_its_temporary_disk() {
+    use imc_testkit::kubectl::PATIENCE;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    let reg = registry_with_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let output = out_dir.join("bb.erofs");
+    // A mkfs.erofs that starts writing the disk, says so, and then never ends.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = tmp.path().join("mkfs.pid");
+    let fake = bin.join("mkfs.erofs");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n# --quiet -U<uuid> OUTPUT TREE\necho half-written > \"$3\"\necho $$ > {}.tmp\nmv {}.tmp {}\nexec sleep 600\n",
+            marker.display(),
+            marker.display(),
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut build = imc()
+        .env("PATH", path)
+        .args(["cache", "build", "--backend", "erofs", "--data-dir"])
+        .arg(&data)
+        .args(reg.flags())
+        .arg("--output")
+        .arg(&output)
+        .args(["--image", &reg.busybox])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mkfs: u32 = loop {
+        if let Ok(pid) = std::fs::read_to_string(&marker) {
+            break pid.trim().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "mkfs.erofs never started");
+        assert!(build.try_wait().unwrap().is_none(), "the build ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let temp_disks = || -> Vec<String> {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".bb.erofs.imc-tmp-"))
+            .collect()
+    };
+    assert_eq!(
+        temp_disks().len(),
+        1,
+        "precondition: the disk is being written"
+    );
+
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // mkfs.erofs dies with its parent.
+    let deadline = Instant::now() + PATIENCE;
+    while !process_gone(mkfs) {
+        assert!(
+            Instant::now() < deadline,
+            "mkfs.erofs (pid {mkfs}) outlived the killed build"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        temp_disks().len(),
+        1,
+        "the killed build left its temporary disk"
+    );
+    assert!(!output.exists());
+
+    // The next build (real mkfs.erofs) removes it and writes the disk.
+    cache_build(&reg, &data, &[&reg.busybox], &output);
+    assert_eq!(temp_disks(), Vec::<String>::new());
+    assert_eq!(inspect(&output)["images"].as_array().unwrap().len(), 1);
+}

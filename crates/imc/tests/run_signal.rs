@@ -3,38 +3,11 @@
 
 mod run_support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 
-use run_support::{busybox_cache, imc, loops_backed_by, mounts_under};
-
-fn start(
-    data: &Path,
-    disk: &Path,
-    image: &str,
-    script: &str,
-) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = imc()
-        .arg("run")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--cache")
-        .arg(disk)
-        .arg(image)
-        .args(["--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        // Not the test harness's own stderr: a container outliving a failed test would hold
-        // that pipe open and hang the run.
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    (child, out)
-}
+use run_support::{busybox_cache, loops_backed_by, mounts_under, run_until_ready};
 
 fn signal(child: &Child, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -63,7 +36,7 @@ fn assert_clean(data: &Path, disk: &Path) {
 fn ctrl_c_reaches_the_container_and_its_exit_code_is_returned() {
     let tmp = tempfile::tempdir().unwrap();
     let (reg, disk) = busybox_cache(tmp.path());
-    let (mut child, mut out) = start(
+    let (mut child, mut out) = run_until_ready(
         tmp.path(),
         &disk,
         &reg.busybox,
@@ -85,7 +58,7 @@ fn sigterm_ignored_by_the_container_ends_in_a_kill_and_a_clean_host() {
     let tmp = tempfile::tempdir().unwrap();
     let (reg, disk) = busybox_cache(tmp.path());
     // As pid 1 without a handler, sh ignores SIGTERM.
-    let (mut child, _out) = start(
+    let (mut child, _out) = run_until_ready(
         tmp.path(),
         &disk,
         &reg.busybox,

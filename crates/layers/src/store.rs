@@ -27,6 +27,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LayerError;
+use crate::private_dir::{ensure_data_dir, ensure_private_dir};
 use crate::unpack::{UnpackOptions, remove_all_at, unpack_layer_with};
 
 /// Content-addressed store under a data dir. Cheap to clone.
@@ -117,7 +118,7 @@ pub struct StoreLock {
 
 impl LayerStore {
     /// Opens (creating) the store under `data_dir` and removes temporary files left by processes
-    /// that no longer run.
+    /// that no longer run. The data dir and the store's directories are made mode 0700.
     pub fn open(data_dir: &Path) -> Result<Self, LayerError> {
         Self::open_with(data_dir, UnpackOptions::default())
     }
@@ -130,9 +131,20 @@ impl LayerStore {
                 unpack,
             }),
         };
-        for sub in ["blobs/sha256", "layers/sha256", "images", "locks", "tmp"] {
+        // The data dir and everything the store keeps in it: only root may enter (layer trees
+        // hold images' setuid binaries); an older, looser dir is tightened here.
+        ensure_data_dir(data_dir).map_err(store_err(data_dir, "create directory"))?;
+        for sub in [
+            "blobs",
+            "blobs/sha256",
+            "layers",
+            "layers/sha256",
+            "images",
+            "locks",
+            "tmp",
+        ] {
             let p = data_dir.join(sub);
-            fs::create_dir_all(&p).map_err(store_err(&p, "create directory"))?;
+            ensure_private_dir(&p).map_err(store_err(&p, "create directory"))?;
         }
         store.clean_tmp()?;
         Ok(store)

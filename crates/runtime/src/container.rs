@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::image::ImageConfig;
+use crate::log_writer::{LogLimits, LogWriter};
 use crate::netns::SandboxConfig;
 use crate::runc::{ContainerStatus, Runc};
 use crate::security::{capabilities, verify_non_root};
@@ -43,7 +44,8 @@ pub struct ContainerSpec {
 /// Where the container's stdout/stderr go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerIo {
-    /// Both to `DIR/pods/<uid>/<name>/container.log`.
+    /// Both to `DIR/pods/<uid>/<name>/container.log` in the CRI log format, rotated within
+    /// the runtime's [`LogLimits`].
     Log,
     /// The calling process's own stdout/stderr (`imc run` in the foreground).
     Inherit,
@@ -98,6 +100,9 @@ pub(crate) struct ContainerRecord {
 }
 
 pub(crate) const RECORD_FILE: &str = "container.json";
+/// How long [`Container::wait`] waits for the log of an exited container to be complete (its
+/// pipes close when its last process is gone, at once unless something outside holds them).
+const LOG_DRAIN_BOUND: Duration = Duration::from_secs(5);
 pub(crate) const POD_OWNER_FILE: &str = "owner.json";
 /// Prefix of a pod dir being created (renamed into place once its owner is recorded).
 pub(crate) const NEW_POD_PREFIX: &str = ".new-";
@@ -111,16 +116,20 @@ pub struct Runtime {
     pub(crate) seccomp_dir: PathBuf,
     pub(crate) runc: Runc,
     pub(crate) attacher: Attacher,
+    pub(crate) log_limits: LogLimits,
 }
 
 impl Runtime {
     /// Opens the runtime of `data_dir`. Makes this process a child subreaper, so container init
-    /// processes are re-parented to it and their exit codes can be collected.
+    /// processes are re-parented to it and their exit codes can be collected. The data dir,
+    /// `pods/`, `run/` and `run/runc/` are made mode 0700 (pod root filesystems hold images'
+    /// setuid binaries). Container logs use the default [`LogLimits`].
     pub fn new(data_dir: &Path) -> Result<Self, RuntimeError> {
         let pods_dir = data_dir.join("pods");
         let runc_root = data_dir.join("run/runc");
-        for d in [&pods_dir, &runc_root] {
-            fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        imc_layers::ensure_data_dir(data_dir).map_err(RuntimeError::io("creating", data_dir))?;
+        for d in [&pods_dir, &data_dir.join("run"), &runc_root] {
+            imc_layers::ensure_private_dir(d).map_err(RuntimeError::io("creating", d))?;
         }
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| RuntimeError::io("becoming child subreaper", "/proc/self")(e.into()))?;
@@ -129,7 +138,14 @@ impl Runtime {
             seccomp_dir: data_dir.join("seccomp"),
             runc: Runc::new(&runc_root),
             attacher: Attacher::new(data_dir)?,
+            log_limits: LogLimits::default(),
         })
+    }
+
+    /// This runtime with containers' logs ([`ContainerIo::Log`]) rotated within `limits`.
+    pub fn with_log_limits(mut self, limits: LogLimits) -> Self {
+        self.log_limits = limits;
+        self
     }
 
     /// The cache attacher of this data directory.
@@ -209,6 +225,7 @@ impl Runtime {
             pid: 0,
             timings: StartTimings::default(),
             cache: req.cache.as_ref().map(|c| (c.id.clone(), c.user.clone())),
+            log: None,
             runtime: self.clone(),
         };
         let record = ContainerRecord {
@@ -256,13 +273,19 @@ impl Runtime {
         timings: &mut StartTimings,
     ) -> Result<(), RuntimeError> {
         let t = Instant::now();
-        let (stdout, stderr) = crate::blocking("preparing the container's bundle", move || {
-            bundle.prepare(io)
-        })
-        .await?;
+        crate::blocking("preparing the container's bundle", move || bundle.prepare()).await?;
         timings.rootfs_assembled = t.elapsed();
 
         let t = Instant::now();
+        let (stdout, stderr) = match io {
+            ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
+            ContainerIo::Log => {
+                let (writer, pipes) =
+                    LogWriter::start(&c.log_path, self.log_limits, &c.name).await?;
+                c.log = Some(writer);
+                (Stdio::from(pipes.stdout), Stdio::from(pipes.stderr))
+            }
+        };
         let runc_log = c.dir.join("runc.log");
         c.pid = self
             .runc
@@ -316,9 +339,9 @@ struct Bundle {
 }
 
 impl Bundle {
-    /// Mounts the overlay rootfs, resolves the user, writes `config.json` and opens the
-    /// container's stdout/stderr. Blocking: it mounts and reads files of the image.
-    fn prepare(self, io: ContainerIo) -> Result<(Stdio, Stdio), RuntimeError> {
+    /// Mounts the overlay rootfs, resolves the user and writes `config.json`. Blocking: it
+    /// mounts and reads files of the image.
+    fn prepare(self) -> Result<(), RuntimeError> {
         let name = &self.container.name;
         let upper = self.dir.join("upper");
         let work = self.dir.join("work");
@@ -355,21 +378,7 @@ impl Bundle {
             container: name.clone(),
             reason: e.to_string(),
         })?;
-        Ok(match io {
-            ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
-            ContainerIo::Log => {
-                let log_path = self.dir.join("container.log");
-                let open = || {
-                    fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&log_path)
-                };
-                let out = open().map_err(RuntimeError::io("opening", &log_path))?;
-                let err = open().map_err(RuntimeError::io("opening", &log_path))?;
-                (Stdio::from(out), Stdio::from(err))
-            }
-        })
+        Ok(())
     }
 }
 
@@ -413,11 +422,14 @@ pub struct Container {
     /// How long each step of the start took.
     pub timings: StartTimings,
     cache: Option<(String, String)>,
+    /// The thread writing its log ([`ContainerIo::Log`]).
+    log: Option<LogWriter>,
     runtime: Runtime,
 }
 
 impl Container {
-    /// Waits for the container's process to exit.
+    /// Waits for the container's process to exit, then (briefly) for its last output to reach
+    /// the log.
     pub async fn wait(&self) -> Result<ExitInfo, RuntimeError> {
         let (pid, uid, name) = (self.pid, self.pod_uid.clone(), self.name.clone());
         let (status, oom_kills) = crate::blocking("waiting for the container", move || {
@@ -438,6 +450,11 @@ impl Container {
             Some(status) => exit_info(status, finished_at),
         };
         info.oom_killed = oom_kills > 0;
+        if let Some(log) = &self.log
+            && !log.finished(LOG_DRAIN_BOUND).await
+        {
+            warn!(container = %self.id, "the container's output is still open after its exit");
+        }
         debug!(container = %self.id, code = info.code, "container exited");
         Ok(info)
     }
@@ -547,11 +564,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Run
 }
 
 /// Removes a directory tree; one already gone (e.g. removed by a concurrent recovery) is fine.
+/// Symlinks are never followed and mounts inside it never entered ([`crate::tree`]).
 pub(crate) fn remove_tree(dir: &Path) -> Result<(), RuntimeError> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::io("removing", dir)(e))
-        }
-        _ => Ok(()),
-    }
+    crate::tree::remove_tree(dir).map_err(RuntimeError::io("removing", dir))
 }

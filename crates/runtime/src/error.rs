@@ -92,6 +92,9 @@ pub enum RuntimeError {
         action: &'static str,
         reason: String,
     },
+    /// Container log limits that could keep nothing.
+    #[error("invalid container log limits: {reason}")]
+    InvalidLogLimits { reason: String },
     /// Building the OCI runtime spec failed.
     #[error("OCI runtime spec of container {container}: {reason}")]
     Spec { container: String, reason: String },

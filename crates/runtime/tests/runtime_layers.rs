@@ -156,7 +156,10 @@ async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
         .await
         .unwrap();
     let exit = container.wait().await.unwrap();
-    let log = fs::read_to_string(&container.log_path).unwrap();
+    let log = String::from_utf8(imc_runtime::log_text(
+        &fs::read(&container.log_path).unwrap(),
+    ))
+    .unwrap();
     assert_eq!(container.timings.layers_from_cache, 3);
     container.remove().await.unwrap();
     sandbox.remove().await.unwrap();
@@ -207,7 +210,10 @@ async fn run_in(
         .unwrap();
     assert_eq!(container.timings.layers_from_store, layers.len());
     let exit = container.wait().await.unwrap();
-    let log = fs::read_to_string(&container.log_path).unwrap();
+    let log = String::from_utf8(imc_runtime::log_text(
+        &fs::read(&container.log_path).unwrap(),
+    ))
+    .unwrap();
     container.remove().await.unwrap();
     (exit.code, log)
 }

@@ -69,17 +69,29 @@ pub struct RecoveryReport {
     pub unmounted: Vec<PathBuf>,
     /// Loop devices detached (backed by a cache disk, not mounted).
     pub loop_devices: Vec<PathBuf>,
+    /// What could not be cleaned, and why (each logged once, as a warning).
+    pub leftovers: Vec<String>,
+}
+
+impl RecoveryReport {
+    fn leftover(&mut self, what: String) {
+        self.leftovers.push(what);
+    }
 }
 
 impl Attacher {
-    /// An attacher keeping its state under `data_dir/run/caches`.
+    /// An attacher keeping its state under `data_dir/run/caches`. The data dir, `run/`,
+    /// `run/caches/` and `caches/` are made mode 0700 (cache mounts hold images' setuid
+    /// binaries), and cache disks a killed build left half-written in `caches/` are removed.
     pub fn new(data_dir: &Path) -> Result<Self, SnapshotError> {
         let dir = data_dir.join("run/caches");
-        fs::create_dir_all(&dir).map_err(SnapshotError::io("creating", &dir))?;
-        Ok(Attacher {
-            dir,
-            caches_dir: data_dir.join("caches"),
-        })
+        let caches_dir = data_dir.join("caches");
+        imc_layers::ensure_data_dir(data_dir).map_err(SnapshotError::io("creating", data_dir))?;
+        for d in [&data_dir.join("run"), &dir, &caches_dir] {
+            imc_layers::ensure_private_dir(d).map_err(SnapshotError::io("creating", d))?;
+        }
+        crate::remove_stale_temp_disks(&caches_dir);
+        Ok(Attacher { dir, caches_dir })
     }
 
     /// The attachment id of a disk: its file name plus a hash of its canonical path.
@@ -165,55 +177,40 @@ impl Attacher {
     }
 
     /// Cleans what a crash left: users whose process is gone, mounts with no live user or no
-    /// refs file, and loop devices backed by a cache disk that nothing mounts.
-    pub fn recover(&self) -> Result<RecoveryReport, SnapshotError> {
+    /// refs file, and loop devices backed by a cache disk that nothing mounts. Goes on past
+    /// whatever it cannot clean (a corrupt refs file, a mount that will not go) and lists it in
+    /// [`RecoveryReport::leftovers`], each logged once. Blocks (flock, umount): call it off the
+    /// async workers.
+    pub fn recover(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let mut disks = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(SnapshotError::io("listing", &self.dir))?;
         let mut ids = Vec::new();
         let mut dirs = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".refs") {
-                ids.push(id.to_string());
-            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(name);
+        match fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    // Attachment ids are ASCII (see `cache_id`): anything else is not ours.
+                    let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if let Some(id) = name.strip_suffix(".refs") {
+                        ids.push(id.to_string());
+                    } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(name);
+                    }
+                }
             }
+            Err(e) => report.leftover(format!("listing {}: {e}", self.dir.display())),
         }
         for id in &ids {
-            let _lock = self.lock(id)?;
-            let Some(mut refs) = self.read_refs(id)? else {
-                continue;
-            };
-            disks.push(refs.disk.clone());
-            let before = refs.users.len();
-            refs.users.retain(|u| {
-                let alive = u.is_alive();
-                if !alive {
-                    report.dead_users.push(u.name.clone());
-                }
-                alive
-            });
-            if refs.users.is_empty() {
-                warn!(cache = %id, "detaching cache disk left attached with no live user");
-                self.detach(id, &refs.disk)?;
-                report.unmounted.push(self.mount_point(id));
-            } else if refs.users.len() != before {
-                self.write_refs(id, &refs)?;
+            if let Err(e) = self.recover_attachment(id, &mut report, &mut disks) {
+                report.leftover(format!("cache attachment {id}: {e}"));
             }
         }
         for name in dirs.iter().filter(|d| !ids.contains(d)) {
-            let _lock = self.lock(name)?;
-            if self.refs_path(name).exists() {
-                continue;
+            if let Err(e) = self.recover_unrecorded_mount(name, &mut report) {
+                report.leftover(format!("cache mount {name}: {e}"));
             }
-            let mount_point = self.mount_point(name);
-            if mountinfo::is_mount_point(&mount_point) {
-                warn!(mount_point = %mount_point.display(), "unmounting cache mount without a refs file");
-                unmount(&mount_point, &mount_point)?;
-                report.unmounted.push(mount_point.clone());
-            }
-            let _ = fs::remove_dir(&mount_point);
         }
         // With autoclear a loop device cannot outlive its last user; a stale one comes from an
         // older or foreign setup: detach it when it is backed by one of our disks and unmounted.
@@ -222,12 +219,70 @@ impl Attacher {
             let ours = disks.contains(&backing) || backing.starts_with(&self.caches_dir);
             if ours && !mounted.iter().any(|s| Path::new(s) == device) {
                 warn!(device = %device.display(), disk = %backing.display(), "detaching stale loop device");
-                if loop_device::detach(&device).is_ok() {
-                    report.loop_devices.push(device);
+                match loop_device::detach(&device) {
+                    Ok(()) => report.loop_devices.push(device),
+                    Err(e) => report.leftover(format!(
+                        "loop device {} backed by {}: {e}",
+                        device.display(),
+                        backing.display()
+                    )),
                 }
             }
         }
-        Ok(report)
+        for l in &report.leftovers {
+            warn!(leftover = %l, "cache recovery could not clean this up");
+        }
+        report
+    }
+
+    /// Drops the dead users of attachment `id`; detaches the disk when none is left.
+    fn recover_attachment(
+        &self,
+        id: &str,
+        report: &mut RecoveryReport,
+        disks: &mut Vec<PathBuf>,
+    ) -> Result<(), SnapshotError> {
+        let _lock = self.lock(id)?;
+        let Some(mut refs) = self.read_refs(id)? else {
+            return Ok(());
+        };
+        disks.push(refs.disk.clone());
+        let before = refs.users.len();
+        refs.users.retain(|u| {
+            let alive = u.is_alive();
+            if !alive {
+                report.dead_users.push(u.name.clone());
+            }
+            alive
+        });
+        if refs.users.is_empty() {
+            warn!(cache = %id, "detaching cache disk left attached with no live user");
+            self.detach(id, &refs.disk)?;
+            report.unmounted.push(self.mount_point(id));
+        } else if refs.users.len() != before {
+            self.write_refs(id, &refs)?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts (and removes) a cache mount point that has no refs file.
+    fn recover_unrecorded_mount(
+        &self,
+        name: &str,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SnapshotError> {
+        let _lock = self.lock(name)?;
+        if self.refs_path(name).exists() {
+            return Ok(());
+        }
+        let mount_point = self.mount_point(name);
+        if mountinfo::is_mount_point(&mount_point) {
+            warn!(mount_point = %mount_point.display(), "unmounting cache mount without a refs file");
+            unmount(&mount_point, &mount_point)?;
+            report.unmounted.push(mount_point.clone());
+        }
+        let _ = fs::remove_dir(&mount_point);
+        Ok(())
     }
 
     fn detach(&self, id: &str, disk: &Path) -> Result<(), SnapshotError> {

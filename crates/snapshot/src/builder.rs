@@ -10,13 +10,14 @@ use std::time::Instant;
 use imc_api::Digest;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use tracing::{info, info_span};
+use tracing::{info, info_span, warn};
 
 use crate::SnapshotError;
 use crate::index::{
     CacheIndex, INDEX_FILE, INDEX_SCHEMA_VERSION, IndexImage, IndexLayer, layer_location,
 };
 use crate::staging::{BUILDER_MTIME, fix_builder_entry, set_mtime, stage_tree};
+use crate::user::process_start_time;
 use rustix::fs::Timespec;
 
 /// `SOURCE_DATE_EPOCH` given to mkfs.erofs. erofs-utils 1.5 then stamps the superblock with it
@@ -145,7 +146,9 @@ impl SnapshotBuilder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "cache".to_string());
-        let tmp_output = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        // Disks a killed build left half-written next to the output (this one's included).
+        remove_stale_temp_disks(&parent);
+        let tmp_output = parent.join(temp_disk_name(&name));
         remove_any(&tmp_output)?;
 
         // The tree to turn into a disk: the staging dir (EROFS) or the output itself (directory).
@@ -366,8 +369,27 @@ fn write_index(root: &Path, index: &CacheIndex) -> Result<(), SnapshotError> {
 }
 
 fn run_mkfs(tree: &Path, output: &Path, uuid: &str) -> Result<(), SnapshotError> {
+    use std::os::unix::process::CommandExt;
     let mkfs = find_in_path("mkfs.erofs").ok_or(SnapshotError::MkfsNotFound)?;
-    let out = Command::new(mkfs)
+    let mut command = Command::new(mkfs);
+    // mkfs.erofs dies with the thread that runs it (this one waits for it), so a killed build
+    // leaves no mkfs.erofs writing on; the parent check closes the race of a parent that died
+    // before the death signal was armed.
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid); the error it may return is built without allocating.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent.as_raw_nonzero().get() {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let out = command
         .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
         .arg("--quiet")
         .arg(format!("-U{uuid}"))
@@ -383,6 +405,54 @@ fn run_mkfs(tree: &Path, output: &Path, uuid: &str) -> Result<(), SnapshotError>
         });
     }
     Ok(())
+}
+
+/// Marks the name of a disk being written: `.<name>.imc-tmp-<pid>-<start time>` next to its
+/// output, so a disk left by a killed build is recognised (and no other program's file is).
+const TEMP_DISK_MARK: &str = ".imc-tmp-";
+
+/// The temporary name this process writes disk `name` under.
+fn temp_disk_name(name: &str) -> String {
+    let pid = std::process::id();
+    let start = process_start_time(pid).unwrap_or(0);
+    format!(".{name}{TEMP_DISK_MARK}{pid}-{start}")
+}
+
+/// The writer (pid, start time) of a temporary disk, from its name.
+fn temp_disk_owner(file_name: &str) -> Option<(u32, u64)> {
+    let rest = file_name.strip_prefix('.')?;
+    let (_, owner) = rest.rsplit_once(TEMP_DISK_MARK)?;
+    let (pid, start) = owner.split_once('-')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+/// Removes the temporary disks in `dir` whose writing process is gone (a build killed while
+/// `mkfs.erofs` ran, or before the rename into place); returns what was removed. Entries it
+/// cannot remove are logged and left. Only names carrying imc's temporary-disk mark are
+/// considered, so it is safe on any directory an output was written to.
+pub fn remove_stale_temp_disks(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((pid, start)) = name.to_str().and_then(temp_disk_owner) else {
+            continue;
+        };
+        if process_start_time(pid).is_some_and(|t| t == start) {
+            continue;
+        }
+        let path = entry.path();
+        match remove_any(&path) {
+            Ok(()) => {
+                info!(path = %path.display(), "removed a cache disk a killed build left half-written");
+                removed.push(path);
+            }
+            Err(e) => warn!(error = %e, "cannot remove a half-written cache disk"),
+        }
+    }
+    removed
 }
 
 /// Renames `tmp` over `output` (a file is replaced atomically; an old directory is moved aside
@@ -420,5 +490,55 @@ impl Drop for RemoveOnDrop {
         if let Some(p) = self.0.take() {
             let _ = remove_any(&p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_disk_owners_are_read_from_imc_names_only() {
+        let cases: [(&str, Option<(u32, u64)>); 6] = [
+            (".c.erofs.imc-tmp-12-345", Some((12, 345))),
+            (".a.imc-tmp-b.imc-tmp-7-8", Some((7, 8))),
+            (".c.erofs.tmp-12", None),
+            ("c.erofs.imc-tmp-12-345", None),
+            (".c.erofs.imc-tmp-x-1", None),
+            (".c.erofs.imc-tmp-12", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(temp_disk_owner(name), want, "{name}");
+        }
+        let mine = temp_disk_name("disk.erofs");
+        assert_eq!(
+            temp_disk_owner(&mine).map(|(pid, _)| pid),
+            Some(std::process::id())
+        );
+    }
+
+    #[test]
+    fn only_temp_disks_of_dead_writers_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_file = tmp.path().join(format!(".x.erofs.imc-tmp-{dead}-1"));
+        let dead_dir = tmp.path().join(format!(".y.imc-tmp-{dead}-1"));
+        let live = tmp.path().join(temp_disk_name("z.erofs"));
+        let other = tmp.path().join(format!(".w.erofs.tmp-{dead}"));
+        fs::write(&dead_file, "half").unwrap();
+        fs::create_dir_all(dead_dir.join("layers")).unwrap();
+        fs::write(&live, "being written").unwrap();
+        fs::write(&other, "not ours").unwrap();
+
+        let mut removed = remove_stale_temp_disks(tmp.path());
+        removed.sort();
+        let mut want = vec![dead_file.clone(), dead_dir.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(!dead_file.exists() && !dead_dir.exists());
+        assert!(live.exists(), "a live build's disk is kept");
+        assert!(other.exists(), "a name without imc's mark is not touched");
     }
 }

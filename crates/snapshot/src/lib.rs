@@ -17,9 +17,12 @@ mod staging;
 mod user;
 
 pub use attach::{AttachedCache, Attacher, RecoveryReport};
-pub use builder::{Backend, BackendChoice, BuildImage, BuildOptions, BuildReport, SnapshotBuilder};
+pub use builder::{
+    Backend, BackendChoice, BuildImage, BuildOptions, BuildReport, SnapshotBuilder,
+    remove_stale_temp_disks,
+};
 pub use disk::{DiskKind, SnapshotDisk};
 pub use error::SnapshotError;
 pub use index::{CacheIndex, IndexImage, IndexLayer};
-pub use mountinfo::is_mount_point;
+pub use mountinfo::{is_mount_point, mounts_under};
 pub use user::CacheUser;

@@ -52,6 +52,19 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Mount points at or below `dir` (paths as the kernel shows them, so `dir` should be
+/// canonical), deepest first: the order to unmount them in.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by(|a, b| (b.components().count(), b).cmp(&(a.components().count(), a)));
+    found.dedup();
+    found
+}
+
 /// Whether `path` is currently a mount point (of any filesystem).
 pub fn is_mount_point(path: &Path) -> bool {
     mounts().iter().any(|m| m.mount_point == path)

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use imc_api::Digest;
 use imc_snapshot::{
-    Attacher, BackendChoice, BuildImage, BuildOptions, CacheUser, SnapshotBuilder, is_mount_point,
+    AttachedCache, Attacher, BackendChoice, BuildImage, BuildOptions, CacheUser, SnapshotBuilder,
+    is_mount_point,
 };
 
 fn build_disk(root: &Path) -> (PathBuf, Digest) {
@@ -87,20 +88,26 @@ fn attach_twice_mounts_once_and_last_release_detaches() {
     assert!(!a.mount_point.exists());
 }
 
-#[test]
-fn recover_detaches_a_disk_whose_users_died() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (disk, _) = build_disk(tmp.path());
-    let attacher = Attacher::new(tmp.path()).unwrap();
+/// Attaches `disk` for user `name` owned by a process that then dies.
+fn attach_for_a_dead_process(attacher: &Attacher, disk: &Path, name: &str) -> AttachedCache {
     let mut child = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
     let a = attacher
-        .attach(&disk, CacheUser::for_process("dead-pod", child.id()))
+        .attach(disk, CacheUser::for_process(name, child.id()))
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    a
+}
+
+#[test]
+fn recover_detaches_a_disk_whose_users_died() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, _) = build_disk(tmp.path());
+    let attacher = Attacher::new(tmp.path()).unwrap();
+    let a = attach_for_a_dead_process(&attacher, &disk, "dead-pod");
     // Also a mount that lost its refs file.
     let b_dir = tmp.path().join("run/caches/orphan");
     fs::create_dir_all(&b_dir).unwrap();
@@ -115,9 +122,10 @@ fn recover_detaches_a_disk_whose_users_died() {
     );
     assert_eq!(mounts_of(&b_dir), 1);
 
-    let report = Attacher::new(tmp.path()).unwrap().recover().unwrap();
+    let report = Attacher::new(tmp.path()).unwrap().recover();
 
     assert_eq!(report.dead_users, vec!["dead-pod".to_string()]);
+    assert_eq!(report.leftovers, Vec::<String>::new());
     assert_eq!(mounts_of(&a.mount_point), 0);
     assert_eq!(mounts_of(&b_dir), 0);
     assert_eq!(loops_backed_by(&disk), 0);
@@ -167,4 +175,58 @@ fn directory_disk_is_attached_as_a_read_only_bind_mount() {
         fs::read(out.join("layers/sha256").join(d.hex()).join("hello")).unwrap(),
         b"hi"
     );
+}
+
+#[test]
+fn recovery_goes_on_past_a_corrupt_refs_file_and_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, _) = build_disk(tmp.path());
+    let attacher = Attacher::new(tmp.path()).unwrap();
+    let a = attach_for_a_dead_process(&attacher, &disk, "dead-pod");
+    // Another attachment whose refs file is garbage.
+    let bad = tmp.path().join("run/caches/aaa-corrupt.refs");
+    fs::write(&bad, b"{not json").unwrap();
+
+    let report = attacher.recover();
+
+    assert_eq!(
+        mounts_of(&a.mount_point),
+        0,
+        "the good one is still detached"
+    );
+    assert_eq!(loops_backed_by(&disk), 0);
+    assert_eq!(report.leftovers.len(), 1, "{:?}", report.leftovers);
+    assert!(
+        report.leftovers[0].contains("aaa-corrupt"),
+        "{:?}",
+        report.leftovers
+    );
+}
+
+#[test]
+fn opening_removes_half_written_disks_of_dead_builds_and_makes_dirs_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let caches = tmp.path().join("caches");
+    fs::create_dir_all(&caches).unwrap();
+    fs::set_permissions(&caches, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = caches.join(format!(".c1.g1.erofs.imc-tmp-{dead}-1"));
+    fs::write(&stale, b"half").unwrap();
+    let disk = caches.join("c1.g0.erofs");
+    fs::write(&disk, b"a finished disk").unwrap();
+
+    Attacher::new(tmp.path()).unwrap();
+
+    assert!(!stale.exists(), "the half-written disk is removed");
+    assert!(disk.exists(), "finished disks are kept");
+    for d in ["", "caches", "run", "run/caches"] {
+        let mode = fs::metadata(tmp.path().join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "DIR/{d}");
+    }
 }

@@ -136,6 +136,34 @@ impl TestServer {
         Ok(())
     }
 
+    /// The pid of the running server process, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resets the server's peak resident set size (`VmHWM`) to its current size, so
+    /// [`TestServer::rss_kib`] then tells how high memory went from now on.
+    pub fn reset_peak_rss(&self) -> Result<()> {
+        let pid = self.pid().context("no server runs")?;
+        // "5" resets the peak RSS (proc(5), /proc/PID/clear_refs).
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+        Ok(())
+    }
+
+    /// (current, peak) resident set size of the server process in KiB (`VmRSS`, `VmHWM`).
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        let pid = self.pid().context("no server runs")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("{name} in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// The data directory (kept across restarts).
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
@@ -176,14 +204,23 @@ impl TestServer {
         self.kubectl_stdin(args, None)
     }
 
-    /// Runs kubectl with `stdin` fed to it.
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        use std::io::Write;
-        let mut child = Command::new(KUBECTL)
+    /// The kubectl command for `args` against the server (`KUBECONFIG` set, a private cache
+    /// dir), not started yet: for a test that reads its output while it runs (`logs -f`).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(KUBECTL);
+        command
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBECACHEDIR", self.dir.path().join("kubectl-cache"))
-            .env("HOME", self.dir.path())
+            .env("HOME", self.dir.path());
+        command
+    }
+
+    /// Runs kubectl with `stdin` fed to it.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_command(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -203,7 +203,8 @@ async fn build_once(
     tracker.all_pulled();
 
     let caches = disk::caches_dir(&ctx.settings.data_dir);
-    std::fs::create_dir_all(&caches).map_err(|cause| CacheError::Io {
+    // Only root may enter (disks hold images' setuid binaries).
+    imc_layers::ensure_private_dir(&caches).map_err(|cause| CacheError::Io {
         action: "creating",
         path: caches.clone(),
         cause,

@@ -81,15 +81,19 @@ pub struct Node {
 
 impl Node {
     /// Opens the runtime (cleaning up after a crash), registers the node and starts watching
-    /// the pods bound to `ctx.settings.node_name`.
-    pub async fn start(ctx: Arc<Context>, view: CacheView) -> Result<Arc<Node>, NodeError> {
-        let runtime = imc_runtime::Runtime::new(&ctx.settings.data_dir)?;
-        match runtime.recover().await {
-            Ok(r) if !r.containers.is_empty() => {
-                info!(containers = ?r.containers, "cleaned up containers of an earlier run")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cleaning up after an earlier run"),
+    /// the pods bound to `ctx.settings.node_name`. Container logs are rotated within
+    /// `log_limits`.
+    pub async fn start(
+        ctx: Arc<Context>,
+        view: CacheView,
+        log_limits: imc_runtime::LogLimits,
+    ) -> Result<Arc<Node>, NodeError> {
+        let runtime =
+            imc_runtime::Runtime::new(&ctx.settings.data_dir)?.with_log_limits(log_limits);
+        // What it could not clean it has logged already, once each.
+        let r = runtime.recover().await;
+        if !r.containers.is_empty() || !r.pods.is_empty() {
+            info!(containers = ?r.containers, pods = ?r.pods, unmounted = r.unmounted.len(), "cleaned up after an earlier run");
         }
         let node = Arc::new(Node {
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
@@ -280,31 +284,23 @@ impl Node {
     }
 
     /// The log of container `request.container` of pod `pod_uid` (named `pod_name` in
-    /// messages), as `kubectl logs` asks for it.
+    /// messages), as `kubectl logs` asks for it. A container name or uid that is not a single
+    /// plain path component is refused before any path is built (the API checks the name
+    /// against the pod's containers; this holds even if a caller does not).
     pub async fn logs(
         &self,
         pod_uid: &str,
         pod_name: &str,
         request: LogRequest,
     ) -> Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static, NodeError> {
+        imc_runtime::check_component("pod uid", pod_uid)?;
+        imc_runtime::check_component("container name", &request.container)?;
         let pod_dir = self.ctx.settings.data_dir.join("pods").join(pod_uid);
         let path = if request.previous {
             pod_dir.join(logs::previous_log_name(&request.container))
         } else {
             pod_dir.join(&request.container).join("container.log")
         };
-        if request.previous && !path.is_file() {
-            return Err(NodeError::NoPrevious {
-                pod: pod_name.to_owned(),
-                container: request.container,
-            });
-        }
-        if !path.is_file() {
-            return Err(NodeError::NotStarted {
-                pod: pod_name.to_owned(),
-                container: request.container,
-            });
-        }
         // A previous instance's log is complete: never followed.
         let running = self.running.clone();
         let request = LogRequest {
@@ -312,17 +308,29 @@ impl Node {
             ..request
         };
         let key = (pod_uid.to_owned(), request.container.clone());
-        logs::stream(
-            path,
-            request,
-            Arc::new(move || {
-                running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&key)
-            }),
-        )
-        .await
+        let (pod, container, previous) = (
+            pod_name.to_owned(),
+            request.container.clone(),
+            request.previous,
+        );
+        let running = Arc::new(move || {
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key)
+        });
+        match logs::stream(path, request, running).await {
+            Err(NodeError::Logs { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(if previous {
+                    NodeError::NoPrevious { pod, container }
+                } else {
+                    NodeError::NotStarted { pod, container }
+                })
+            }
+            other => other,
+        }
     }
 }
 

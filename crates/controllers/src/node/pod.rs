@@ -919,9 +919,9 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
             }
             // Kept for `kubectl logs --previous`; the container dir goes with the container.
             let previous = run.sandbox.dir.join(super::logs::previous_log_name(&spec.name));
-            let log = container.log_path.clone();
-            let kept = tokio::task::spawn_blocking(move || std::fs::rename(&log, &previous)).await;
-            if let Ok(Err(e)) = kept {
+            if let Err(e) =
+                super::logs::keep_previous(container.log_path.clone(), previous).await
+            {
                 debug!(error = %e, "keeping the previous instance's log");
             }
             if let Err(e) = container.remove().await {

@@ -67,12 +67,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid image reference {:?}", args.image))?;
     let runtime = Runtime::new(&args.data.data_dir)?;
     // What a crashed imc left behind must not stop this container from starting.
-    match runtime.recover().await {
-        Ok(r) if !r.containers.is_empty() || !r.caches.unmounted.is_empty() => {
-            info!(containers = ?r.containers, caches = ?r.caches.unmounted, "cleaned up after an earlier crash");
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cleaning up after an earlier crash"),
+    // Whatever it could not clean it has already logged, once each.
+    let r = runtime.recover().await;
+    if !r.containers.is_empty() || !r.pods.is_empty() || !r.caches.unmounted.is_empty() {
+        info!(containers = ?r.containers, pods = ?r.pods, caches = ?r.caches.unmounted, "cleaned up after an earlier crash");
     }
 
     let me = std::process::id();

@@ -49,12 +49,26 @@ pub struct ServerArgs {
     /// 0 for no limit. A fork bomb in one pod then cannot exhaust the host's pids.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub container_pids_limit: i64,
+    /// Size at which a container's log file is rotated (a quantity such as 10Mi or 64Ki), as
+    /// the kubelet's --container-log-max-size.
+    #[arg(long, value_name = "QUANTITY", default_value = "10Mi", value_parser = parse_quantity)]
+    pub container_log_max_size: u64,
+    /// Log files kept per container, the current one included (at least 2), as the kubelet's
+    /// --container-log-max-files.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub container_log_max_files: u32,
 }
 
 /// A Pod Security Standards level, as `--pod-security-default` takes it.
 fn parse_pod_security_level(s: &str) -> Result<imc_apiserver::PodSecurityLevel, String> {
     s.parse()
         .map_err(|e: imc_apiserver::pod_security::LabelError| e.to_string())
+}
+
+/// A byte quantity (`10Mi`, `64Ki`, `1000000`) for a flag.
+fn parse_quantity(s: &str) -> Result<u64, String> {
+    imc_controllers::quantity::parse_bytes(s)
+        .ok_or_else(|| format!("{s:?} is not a quantity of bytes (e.g. 10Mi, 64Ki)"))
 }
 
 /// The kernel's hostname, the default Node name.
@@ -82,7 +96,11 @@ struct Stoppable {
 /// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
 /// client) and installs `/metrics` and the admission hooks they own. Returns what the shutdown
 /// stops.
-async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result<Stoppable> {
+async fn start_controllers(
+    server: &Server,
+    args: &ServerArgs,
+    log_limits: imc_runtime::LogLimits,
+) -> anyhow::Result<Stoppable> {
     let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
         .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -112,7 +130,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         "ImageCache",
         Arc::new(imc_controllers::cache::validate_spec_change),
     );
-    let node = start_node(&api, &ctx).await?;
+    let node = start_node(&api, &ctx, log_limits).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
 }
@@ -122,6 +140,7 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
 async fn start_node(
     api: &imc_apiserver::ApiServer,
     ctx: &Arc<manager::Context>,
+    log_limits: imc_runtime::LogLimits,
 ) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
     let view = CacheView::watch(ctx.client.clone());
@@ -142,7 +161,7 @@ async fn start_node(
     });
     let admission = PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
-    let node = Node::start(ctx.clone(), view)
+    let node = Node::start(ctx.clone(), view, log_limits)
         .await
         .context("starting the node")?;
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
@@ -165,15 +184,26 @@ impl imc_apiserver::PodLogs for NodeLogs {
                 text("/metadata/uid").to_owned(),
                 text("/metadata/name").to_owned(),
             );
+            // The API server has checked it against the pod's containers.
             let container = options
                 .container
                 .clone()
                 .unwrap_or_else(|| text("/spec/containers/0/name").to_owned());
+            let since = options.since_time.or_else(|| {
+                options.since_seconds.map(|s| {
+                    jiff::Timestamp::now()
+                        .checked_sub(jiff::SignedDuration::from_secs(s))
+                        .unwrap_or(jiff::Timestamp::MIN)
+                })
+            });
             let request = imc_controllers::node::LogRequest {
                 container,
                 follow: options.follow,
                 tail_lines: options.tail_lines,
                 previous: options.previous,
+                timestamps: options.timestamps,
+                since,
+                limit_bytes: options.limit_bytes,
             };
             let stream = node
                 .logs(&uid, &name, request)
@@ -185,6 +215,9 @@ impl imc_apiserver::PodLogs for NodeLogs {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    // Refused before anything starts.
+    let log_limits =
+        imc_runtime::LogLimits::new(args.container_log_max_size, args.container_log_max_files)?;
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     config.pod_security_default = args.pod_security_default;
@@ -198,7 +231,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let stoppable = if args.api_only {
         None
     } else {
-        Some(start_controllers(&server, &args).await?)
+        Some(start_controllers(&server, &args, log_limits).await?)
     };
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());

@@ -20,6 +20,39 @@ pub fn imc() -> Command {
     c
 }
 
+/// Starts `imc run --data-dir DATA --cache DISK IMAGE -- sh -c SCRIPT` whose script prints
+/// "ready" first; returns once it has, with the rest of the container's stdout.
+pub fn run_until_ready(
+    data: &Path,
+    disk: &Path,
+    image: &str,
+    script: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = imc()
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--cache")
+        .arg(disk)
+        .arg(image)
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        // Not the test harness's own stderr: a container outliving a failed test would hold
+        // that pipe open and hang the run.
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
 /// Mounts whose mount point is `path`.
 pub fn mounts_at(path: &Path) -> usize {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -111,6 +144,30 @@ fn image(layers: &[&BuiltLayer], cmd: &[&str]) -> BuiltImage {
         b = b.layer((*l).clone());
     }
     b.build()
+}
+
+/// Pushes `img` to the registry as `HOST:PORT/<repo>:1`; returns that reference.
+pub fn push(reg: &Registry, repo: &str, img: &BuiltImage) -> String {
+    let host = reg.registry.host();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(imc_testkit::image::push(&host, repo, "1", img, None))
+        .unwrap_or_else(|e| panic!("push {repo}: {e:#}"));
+    format!("{host}/{repo}:1")
+}
+
+/// The busybox image with `USER app` (uid 1000 in its /etc/passwd), running `cmd`.
+pub fn non_root_image(cmd: &[&str]) -> BuiltImage {
+    ImageBuilder::new(Format::Oci)
+        .config(ImageConfig {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            user: Some("app".to_string()),
+            ..Default::default()
+        })
+        .layer(busybox_layer())
+        .build()
 }
 
 /// Starts a registry and pushes the test images.
