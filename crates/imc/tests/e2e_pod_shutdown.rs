@@ -228,3 +228,162 @@ fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_i
     });
     assert_eq!(ready["status"]["phase"], "Ready", "{ready:#}");
 }
+
+/// Everything of the node under `data`: (runc containers, mounts, loop devices, pod dirs).
+fn node_leftovers(
+    data: &Path,
+) -> (
+    Vec<String>,
+    Vec<std::path::PathBuf>,
+    Vec<std::path::PathBuf>,
+    Vec<String>,
+) {
+    let pods = std::fs::read_dir(data.join("pods"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        runc_containers(data),
+        mounts_under(data),
+        loop_devices_under(data),
+        pods,
+    )
+}
+
+fn server_args(reg: &run_support::Registry) -> Vec<String> {
+    vec![
+        "--node-name".to_owned(),
+        "imc-test-node".to_owned(),
+        "--plain-http".to_owned(),
+        reg.registry.host(),
+    ]
+}
+
+#[test]
+fn sigterm_while_fifty_pods_are_being_deleted_stops_within_the_bound_and_leaves_nothing() {
+    let reg = registry_with_images();
+    let mut server = TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &server_args(&reg))
+        .expect("imc server starts");
+    let data = server.data_dir().to_path_buf();
+    server.create_ok(
+        json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+                "metadata": {"name": "busybox"}, "spec": {"images": [reg.busybox]}}),
+    );
+    let cache = server.wait_for("imagecache", "busybox", "Ready", |o| {
+        o["status"]["phase"] == "Ready"
+    });
+    let id = cache["status"]["imageCacheId"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    // Each pod ignores SIGTERM and has the default 30 s grace period: a deletion waits for it.
+    let names: Vec<String> = (0..50).map(|i| format!("doomed-{i}")).collect();
+    let stream: Vec<String> = names
+        .iter()
+        .map(|n| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": n, "annotations": {PINNED: id}},
+                "spec": {"containers": [{"name": "app", "image": reg.busybox,
+                         "command": ["sh", "-c", "trap '' TERM; sleep 3600 & wait; sleep 3600"]}]}})
+            .to_string()
+        })
+        .collect();
+    // A stream of JSON objects, as kubectl reads several manifests from one input.
+    server.create_ok(stream.join("\n"));
+    let deadline = Instant::now() + PATIENCE;
+    while runc_containers(&data).len() < names.len() {
+        assert!(Instant::now() < deadline, "the 50 pods never all ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for n in &names {
+        server.wait_for("pod", n, "Running", pod_running);
+    }
+    server.kubectl_ok(&["delete", "pods", "--all", "--wait=false"]);
+    // Every pod is terminating (its containers getting SIGTERM) when the server is told to stop.
+    for n in &names {
+        server.wait_for("pod", n, "terminating", |p| {
+            p["metadata"]["deletionTimestamp"].is_string()
+        });
+    }
+    let stopped = Instant::now();
+    assert!(
+        server.stop().expect("server stops"),
+        "imc server did not exit 0 within its bound after SIGTERM"
+    );
+    assert!(
+        stopped.elapsed() < imc_testkit::apiserver::STOP_WAIT,
+        "the stop overran"
+    );
+    let (containers, mounts, loops, pods) = node_leftovers(&data);
+    assert_eq!(containers, Vec::<String>::new(), "runc containers left");
+    assert_eq!(mounts, Vec::<std::path::PathBuf>::new(), "mounts left");
+    assert_eq!(loops, Vec::<std::path::PathBuf>::new(), "loop devices left");
+    assert_eq!(
+        pods,
+        Vec::<String>::new(),
+        "pod dirs (and their netns) left"
+    );
+}
+
+#[test]
+fn a_killed_server_with_a_stray_file_in_pods_restarts_clean() {
+    let reg = registry_with_images();
+    let mut server = TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &server_args(&reg))
+        .expect("imc server starts");
+    let data = server.data_dir().to_path_buf();
+    server.create_ok(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "survivor"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "app", "image": reg.busybox, "command": ["sleep", "3600"]}]}}));
+    let before = server.wait_for("pod", "survivor", "Running", pod_running);
+    let old = runc_containers(&data);
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old_pid = container_pid(&data, &old[0]);
+
+    server.kill().expect("kill -9");
+    // Strays recovery must step over, not stop at.
+    std::fs::write(data.join("pods/aaa-stray-file"), "x").unwrap();
+    std::fs::create_dir_all(data.join("pods/bogus-dir/nothing-here")).unwrap();
+    server.restart().expect("server restarts");
+
+    let after = server.wait_for("pod", "survivor", "Running again", |p| {
+        pod_running(p)
+            && p["status"]["containerStatuses"][0]["containerID"]
+                != before["status"]["containerStatuses"][0]["containerID"]
+            || pod_running(p) && !sleeping(old_pid)
+    });
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert!(
+        !sleeping(old_pid),
+        "the dead server's container {old_pid} still runs"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while runc_containers(&data).len() != 1 {
+        assert!(Instant::now() < deadline, "{:?}", runc_containers(&data));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the live pod's own mounts: its rootfs overlay and its netns.
+    let uid = after["metadata"]["uid"].as_str().unwrap();
+    let mounts = mounts_under(&data);
+    assert!(
+        mounts
+            .iter()
+            .all(|m| m.starts_with(data.join("pods").join(uid))),
+        "mounts of the dead run left: {mounts:?}"
+    );
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert!(
+        !data.join("pods/bogus-dir").exists(),
+        "the ownerless dir was removed"
+    );
+
+    // And a graceful stop then leaves nothing at all.
+    assert!(server.stop().expect("server stops"));
+    let (containers, mounts, loops, _) = node_leftovers(&data);
+    assert!(
+        containers.is_empty() && mounts.is_empty() && loops.is_empty(),
+        "{containers:?} {mounts:?} {loops:?}"
+    );
+}
