@@ -339,3 +339,36 @@ fn a_changed_image_restarts_its_container() {
         "{killing:?}"
     );
 }
+
+#[test]
+fn a_container_over_its_ephemeral_storage_limit_gets_its_pod_evicted() {
+    let reg = registry_with_images();
+    let server = start(&reg);
+    server.create_ok(pod(
+        "filler",
+        json!({"containers": [
+            {"name": "app", "image": reg.busybox,
+             "command": ["sh", "-c", "dd if=/dev/zero of=/tmp/fill bs=1M count=4; sleep 3600"],
+             "resources": {"limits": {"ephemeral-storage": "1Mi"}}},
+            {"name": "sidecar", "image": reg.busybox, "command": ["sleep", "3600"]}
+        ]}),
+    ));
+    let p = server.wait_for("pod", "filler", "evicted", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(p["status"]["reason"], "Evicted", "{p:#}");
+    assert_eq!(
+        p["status"]["message"],
+        "Container app exceeded its local ephemeral storage limit \"1Mi\". "
+    );
+    // Every container of the pod stopped, and none is restarted.
+    for idx in 0..2 {
+        assert!(terminated(&p, idx).is_object(), "{p:#}");
+    }
+    let evicted: Vec<Value> = server
+        .events_about("filler")
+        .into_iter()
+        .filter(|e| e["reason"] == "Evicted")
+        .collect();
+    assert_eq!(evicted.len(), 1, "{evicted:#?}");
+}

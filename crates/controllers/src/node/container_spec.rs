@@ -28,6 +28,8 @@ pub struct Planned {
     pub spec: ContainerSpec,
     /// Names of env vars whose source the node does not read.
     pub unsupported_env: Vec<String>,
+    /// `limits.ephemeral-storage` in bytes and as written (for the eviction message).
+    pub ephemeral_limit: Option<(u64, String)>,
 }
 
 /// Why a container cannot be run as asked (the kubelet's `CreateContainerConfigError`).
@@ -66,10 +68,59 @@ pub fn sandbox_config(pod: &Pod) -> Result<SandboxConfig, ConfigError> {
     })
 }
 
+/// What of container `c` this node does not do yet and says so in a warning (it does not change
+/// what runs, only what is checked): probes and lifecycle hooks.
+pub fn not_run(c: &Container) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if c.startup_probe.is_some() {
+        out.push("startupProbe");
+    }
+    if c.liveness_probe.is_some() {
+        out.push("livenessProbe");
+    }
+    if c.readiness_probe.is_some() {
+        out.push("readinessProbe");
+    }
+    if c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()) {
+        out.push("lifecycle.postStart");
+    }
+    if c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) {
+        out.push("lifecycle.preStop");
+    }
+    out
+}
+
 /// Plans container `c` of `pod`.
 pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Planned, ConfigError> {
     check_component("container name", &c.name).map_err(|e| ConfigError(e.to_string()))?;
-    let (env, unsupported_env) = container_env(pod, c);
+    // A volume or a host port the node cannot provide would leave the container without what
+    // it expects: refused rather than started without it.
+    if let Some(m) = c.volume_mounts.iter().flatten().next() {
+        return Err(ConfigError(format!(
+            "volume {:?} (mounted at {}): volumes are not supported by this node yet",
+            m.name, m.mount_path
+        )));
+    }
+    if let Some(p) = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.host_port.is_some_and(|h| h > 0))
+    {
+        return Err(ConfigError(format!(
+            "hostPort {}: host ports are not supported by this node yet",
+            p.host_port.unwrap_or_default()
+        )));
+    }
+    let (env, mut unsupported_env) = container_env(pod, c);
+    for from in c.env_from.iter().flatten() {
+        let source = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(cm), _) => format!("envFrom configMapRef {:?}", cm.name),
+            (_, Some(s)) => format!("envFrom secretRef {:?}", s.name),
+            _ => "envFrom".to_owned(),
+        };
+        unsupported_env.push(source);
+    }
     let expand_all = |list: &Option<Vec<String>>| {
         list.as_ref()
             .map(|l| l.iter().map(|a| expand(a, &env)).collect::<Vec<_>>())
@@ -90,9 +141,23 @@ pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Pla
         resources: resources(c.resources.as_ref(), limits)?,
         env,
     };
+    let ephemeral_limit = match c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("ephemeral-storage"))
+    {
+        None => None,
+        Some(q) => {
+            let parsed = Quantity::parse(&q.0)
+                .map_err(|e| ConfigError(format!("resources.limits.ephemeral-storage: {e}")))?;
+            Some((u64::try_from(parsed.value()).unwrap_or(0), q.0.clone()))
+        }
+    };
     Ok(Planned {
         spec,
         unsupported_env,
+        ephemeral_limit,
     })
 }
 
@@ -309,7 +374,9 @@ mod tests {
             json!({"containers": [{"name": "app", "image": "x", "resources": {
             "limits": {"cpu": "1500m", "memory": "64Mi"}, "requests": {"cpu": "0.25"}}}]}),
         );
-        let r = plan(&p).unwrap().spec.resources;
+        let planned = plan(&p).unwrap();
+        assert_eq!(planned.ephemeral_limit, None);
+        let r = planned.spec.resources;
         assert_eq!(r.cpu_limit_millis, Some(1500));
         assert_eq!(r.cpu_request_millis, Some(250));
         assert_eq!(r.memory_limit_bytes, Some(64 << 20));
@@ -356,6 +423,20 @@ mod tests {
             let err = plan(&p).unwrap_err().0;
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    #[test]
+    fn what_is_not_run_is_named() {
+        let p = pod(json!({"containers": [{"name": "app", "image": "x",
+            "readinessProbe": {"exec": {"command": ["true"]}},
+            "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+            "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(not_run(c), ["readinessProbe", "lifecycle.preStop"]);
+        assert_eq!(
+            plan(&p).unwrap().unsupported_env,
+            ["envFrom configMapRef \"cfg\""]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod container_spec;
 mod env;
 mod error;
 mod events;
+mod eviction;
 pub mod image;
 pub mod logs;
 mod pod;

@@ -18,10 +18,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::container_spec::{NodeLimits, runtime_spec, sandbox_config};
+use super::container_spec::{NodeLimits, not_run, runtime_spec, sandbox_config};
 use super::image::{self, PullPolicy, Source};
 use super::status::{ContainerView, Observed, PodView, pod_status};
-use super::{Node, NodeError, confirm_deletion};
+use super::{Node, NodeError, confirm_deletion, eviction};
 use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
 use crate::metrics::CacheUse;
 
@@ -62,6 +62,8 @@ struct PodRun {
     limits: NodeLimits,
     /// The pod's latest spec.
     updates: watch::Receiver<Pod>,
+    /// Set when the pod is evicted: every container stops.
+    evicted: watch::Sender<bool>,
 }
 
 /// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
@@ -123,6 +125,7 @@ async fn run_inner(
         start_time: now,
         ready_transition: now,
         init_failed: false,
+        evicted: None,
     };
     let (status_tx, status_rx) = watch::channel(Some(pod_status(&view)));
     let writer = tokio::spawn(write_status(
@@ -184,6 +187,7 @@ async fn run_inner(
             pids_limit: node.ctx.settings.container_pids_limit,
         },
         updates,
+        evicted: watch::Sender::new(false),
         pod,
     });
 
@@ -354,6 +358,16 @@ async fn resolve_cache(
 }
 
 impl PodRun {
+    /// Marks the pod evicted (it fails; containers are not restarted) and stops its other
+    /// containers as the kubelet's eviction does.
+    fn evict(&self, why: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.view.evicted = Some(why.to_owned());
+        self.status.send_replace(Some(pod_status(&state.view)));
+        drop(state);
+        self.evicted.send_replace(true);
+    }
+
     /// Changes the view of container `idx` and publishes the new status.
     fn update(&self, idx: usize, f: impl FnOnce(&mut ContainerView)) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -677,6 +691,11 @@ enum Ended {
     Stopped(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
     /// Its image changed in the pod spec: it was stopped to be started with the new one.
     Changed(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
+    /// It used more local storage than its limit: the pod is evicted (this message).
+    Evicted(
+        Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>,
+        String,
+    ),
 }
 
 /// The image container `name` asks for in `pod`.
@@ -712,6 +731,11 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
         let mut first = true;
         loop {
             if stop.borrow().is_some() {
+                return;
+            }
+            if *run.evicted.borrow() {
+                // An evicted pod starts nothing more; it waits to be deleted.
+                let _ = stop.wait_for(Option::is_some).await;
                 return;
             }
             // The latest spec of this container (its image may have changed).
@@ -753,6 +777,7 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                 }
             };
             let spec = planned.spec;
+            let ephemeral = planned.ephemeral_limit.clone();
             if first && !planned.unsupported_env.is_empty() {
                 run.node.events.warning(
                     &run.reference,
@@ -761,6 +786,18 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                         "container {}: env {} left unset (only literal values and fieldRef are read)",
                         spec.name,
                         planned.unsupported_env.join(", ")
+                    ),
+                );
+            }
+            let skipped = not_run(&k8s);
+            if first && !skipped.is_empty() {
+                run.node.events.warning(
+                    &run.reference,
+                    "Unsupported",
+                    format!(
+                        "container {}: {} not run by this node yet (Ready means started)",
+                        spec.name,
+                        skipped.join(", ")
                     ),
                 );
             }
@@ -862,13 +899,27 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                     let grace = grace_of(&updates.borrow());
                     Ended::Changed(stop_container(&container, wait.as_mut(), &mut stop, grace).await)
                 }
+                // The container dir holds its writable layer and its logs (the rootfs mount
+                // in it is another file system, not counted twice).
+                used = eviction::exceeded(ephemeral.as_ref().map(|l| l.0), vec![container.dir.clone()]) => {
+                    let limit = ephemeral.as_ref().map(|l| l.1.clone()).unwrap_or_default();
+                    let message = eviction::message(&spec.name, &limit);
+                    warn!(used, limit = %limit, "container over its ephemeral storage limit: evicting the pod");
+                    run.node.events.warning(&run.reference, "Evicted", message.clone());
+                    Ended::Evicted(stop_container(&container, wait.as_mut(), &mut stop, 0).await, message)
+                }
+                // Another container of the pod got it evicted: this one stops too.
+                _ = async { run.evicted.subscribe().wait_for(|e| *e).await.map(|_| ()) } => {
+                    Ended::Evicted(stop_container(&container, wait.as_mut(), &mut stop, 0).await, String::new())
+                }
             }
             };
             run.node.set_running(&run.uid, &spec.name, false);
-            let (exit, stopped, changed) = match ended {
-                Ended::Exited(e) => (e, false, false),
-                Ended::Stopped(e) => (e, true, false),
-                Ended::Changed(e) => (e, false, true),
+            let (exit, stopped, changed, evicted) = match ended {
+                Ended::Exited(e) => (e, false, false, None),
+                Ended::Stopped(e) => (e, true, false, None),
+                Ended::Changed(e) => (e, false, true, None),
+                Ended::Evicted(e, why) => (e, false, false, Some(why)),
             };
             let (code, signal, oom) = match &exit {
                 Ok(info) => (info.code, info.signal, info.oom_killed),
@@ -877,7 +928,11 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                     (-1, None, false)
                 }
             };
+            if let Some(why) = evicted.as_deref().filter(|w| !w.is_empty()) {
+                run.evict(why);
+            }
             let will_restart = !stopped
+                && evicted.is_none()
                 && (changed
                     || match run.restart_policy.as_str() {
                         "Never" => false,

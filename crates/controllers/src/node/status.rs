@@ -62,6 +62,8 @@ pub struct PodView {
     pub ready_transition: Timestamp,
     /// The init containers failed (the pod cannot run).
     pub init_failed: bool,
+    /// Why the node evicted the pod (it then fails, reason `Evicted`), if it did.
+    pub evicted: Option<String>,
 }
 
 impl PodView {
@@ -77,7 +79,7 @@ impl PodView {
     /// The pod phase (kubelet's rules): Succeeded/Failed once every container has ended for good,
     /// Running once every container started and one runs or will restart, else Pending.
     pub fn phase(&self) -> &'static str {
-        if self.init_failed {
+        if self.init_failed || self.evicted.is_some() {
             return "Failed";
         }
         let ended =
@@ -187,6 +189,8 @@ pub fn pod_status(view: &PodView) -> PodStatus {
                 })
                 .collect(),
         ),
+        reason: view.evicted.as_ref().map(|_| "Evicted".to_owned()),
+        message: view.evicted.clone(),
         start_time: Some(time(view.start_time)),
         host_ip: Some(LOOPBACK.to_owned()),
         host_ips: Some(vec![HostIP {
@@ -228,6 +232,7 @@ mod tests {
             start_time: t(0),
             ready_transition: t(1),
             init_failed: false,
+            evicted: None,
         }
     }
 
