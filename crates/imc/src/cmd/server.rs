@@ -57,6 +57,38 @@ pub struct ServerArgs {
     /// --container-log-max-files.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub container_log_max_files: u32,
+    /// Most read requests (GET) served at once; more are answered 429 with Retry-After, as
+    /// kube-apiserver's flag. Watches and log streams are counted apart. 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Most writing requests (POST, PUT, PATCH, DELETE) served at once, as kube-apiserver's
+    /// flag; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// Most watches and log streams open at once; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_watches: usize,
+    /// Most connections open at once (lowered to fit the open files limit). At the limit the
+    /// oldest connection without an authenticated request is closed to make room.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Longest a request other than a watch or a log stream may take (a request's ?timeout=
+    /// may only shorten it), as kube-apiserver's flag: 60s, 2m, 1h30m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Testing only: time a client has to finish its TLS handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub tls_handshake_timeout: Duration,
+    /// Testing only: a connection without requests or traffic this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration, hide = true)]
+    pub idle_connection_timeout: Duration,
+}
+
+/// A Go-style duration (`60s`, `2m`, `1h30m`) for a flag.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    imc_apiserver::inflight::parse_go_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 60s, 2m, 1h30m)"))
 }
 
 /// A Pod Security Standards level, as `--pod-security-default` takes it.
@@ -221,6 +253,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     config.pod_security_default = args.pod_security_default;
+    config.inflight = imc_apiserver::inflight::InflightConfig {
+        max_requests_inflight: args.max_requests_inflight,
+        max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+        max_long_running: args.max_watches,
+        request_timeout: args.request_timeout,
+    };
+    config.connections = imc_apiserver::connections::ConnectionConfig {
+        max_connections: args.max_connections,
+        handshake_timeout: args.tls_handshake_timeout,
+        idle_timeout: args.idle_connection_timeout,
+        ..Default::default()
+    };
     let server = Server::bind(config).await.with_context(|| {
         format!(
             "starting the API server in {}",
@@ -235,6 +279,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     };
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
+    println!(
+        "read-only kubeconfig: {}",
+        server
+            .kubeconfig()
+            .with_file_name("kubeconfig-view.yaml")
+            .display()
+    );
     println!("kubeconfig: {}", server.kubeconfig().display());
     println!("  export KUBECONFIG={}", server.kubeconfig().display());
     let signalled = std::sync::OnceLock::new();
