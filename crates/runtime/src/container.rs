@@ -39,6 +39,19 @@ pub struct ContainerSpec {
     pub security: SecuritySpec,
     /// Its cgroup limits (`resources`).
     pub resources: ResourceSpec,
+    /// Host paths bind-mounted into it (its volumes), in order.
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A host path bind-mounted into a container (one `volumeMounts` entry, resolved by the node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// Absolute path inside the container (runc creates it, resolved inside the rootfs).
+    pub destination: String,
+    /// The host file or directory mounted there.
+    pub source: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// Where the container's stdout/stderr go.

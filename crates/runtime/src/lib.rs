@@ -27,7 +27,9 @@ mod timings;
 mod tree;
 mod user;
 
-pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};
+pub use container::{
+    Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest, VolumeMount,
+};
 pub use error::RuntimeError;
 pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};

@@ -109,6 +109,11 @@ impl PodSandbox {
     pub(crate) fn remove_now(&self) -> Result<(), RuntimeError> {
         names::check_component("pod uid", &self.uid)?;
         let _ = rustix::mount::unmount(netns_file(&self.dir), UnmountFlags::DETACH);
+        // Volumes the node mounted for the pod (memory-backed emptyDirs, subPath binds).
+        let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        for m in imc_snapshot::mounts_under(&dir) {
+            let _ = rustix::mount::unmount(&m, UnmountFlags::DETACH);
+        }
         crate::cgroups::remove_pod(&self.uid);
         if self.dir.exists() {
             crate::container::remove_tree(&self.dir)?;

@@ -137,6 +137,24 @@ impl TestServer {
             .collect()
     }
 
+    /// Polls `kubectl logs POD -c CONTAINER` until it contains `text` (within [`PATIENCE`]);
+    /// the log then.
+    pub fn wait_for_log(&self, pod: &str, container: &str, text: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = self
+                .kubectl(&["logs", pod, "-c", container])
+                .expect("kubectl runs");
+            last = output_text(&out);
+            if out.status.success() && last.contains(text) {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("the log of {pod}/{container} never showed {text:?}; last: {last}");
+    }
+
     /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + PATIENCE;

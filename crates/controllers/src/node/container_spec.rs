@@ -93,14 +93,8 @@ pub fn not_run(c: &Container) -> Vec<&'static str> {
 /// Plans container `c` of `pod`.
 pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Planned, ConfigError> {
     check_component("container name", &c.name).map_err(|e| ConfigError(e.to_string()))?;
-    // A volume or a host port the node cannot provide would leave the container without what
-    // it expects: refused rather than started without it.
-    if let Some(m) = c.volume_mounts.iter().flatten().next() {
-        return Err(ConfigError(format!(
-            "volume {:?} (mounted at {}): volumes are not supported by this node yet",
-            m.name, m.mount_path
-        )));
-    }
+    // A host port the node cannot provide would leave the container without what it expects:
+    // refused rather than started without it.
     if let Some(p) = c
         .ports
         .iter()
@@ -139,6 +133,8 @@ pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Pla
             .and_then(|p| u16::try_from(p.container_port).ok()),
         security: security(pod_security, c)?,
         resources: resources(c.resources.as_ref(), limits)?,
+        // Resolved by the volume manager at each start (they depend on the host).
+        mounts: Vec::new(),
         env,
     };
     let ephemeral_limit = match c

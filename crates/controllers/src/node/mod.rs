@@ -15,6 +15,7 @@ pub mod logs;
 mod pod;
 pub mod registration;
 pub mod status;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

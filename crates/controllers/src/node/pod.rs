@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::container_spec::{NodeLimits, not_run, runtime_spec, sandbox_config};
 use super::image::{self, PullPolicy, Source};
 use super::status::{ContainerView, Observed, PodView, pod_status};
+use super::volumes::{self, PodVolumes, container_mounts};
 use super::{Node, NodeError, confirm_deletion, eviction};
 use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
 use crate::metrics::CacheUse;
@@ -64,6 +65,8 @@ struct PodRun {
     updates: watch::Receiver<Pod>,
     /// Set when the pod is evicted: every container stops.
     evicted: watch::Sender<bool>,
+    /// The pod's volumes, set up.
+    volumes: PodVolumes,
 }
 
 /// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
@@ -163,6 +166,18 @@ async fn run_inner(
             return;
         }
     };
+    let Some(volumes) = prepare_volumes(&node, &pod, &sandbox, &reference, &mut stop).await else {
+        // Deleted before its volumes could be set up.
+        if let Err(e) = sandbox.remove().await {
+            warn!(error = %e, "removing the pod sandbox");
+        }
+        drop(status_tx);
+        let _ = writer.await;
+        if !node.is_shutting_down() {
+            confirm_deletion(&api, &name, &uid).await;
+        }
+        return;
+    };
     let (cache, auto_create) = resolve_cache(&node, &pod, &reference).await;
     let run = Arc::new(PodRun {
         restart_policy: pod
@@ -188,8 +203,24 @@ async fn run_inner(
         },
         updates,
         evicted: watch::Sender::new(false),
+        volumes,
         pod,
     });
+    // Disk-backed emptyDirs over their sizeLimit get the pod evicted, as the kubelet does.
+    for (volume, dir, limit, text) in run.volumes.limited.clone() {
+        let run = run.clone();
+        tokio::spawn(async move {
+            let mut evicted = run.evicted.subscribe();
+            tokio::select! {
+                _ = eviction::exceeded(Some(limit), vec![dir]) => {
+                    let why = format!("Usage of EmptyDir volume {volume:?} exceeds the limit {text:?}. ");
+                    run.node.events.warning(&run.reference, "Evicted", why.clone());
+                    run.evict(&why);
+                }
+                _ = evicted.wait_for(|e| *e) => {}
+            }
+        });
+    }
 
     let init_ok = run_init_containers(&run, &mut stop).await;
     if !init_ok {
@@ -229,6 +260,35 @@ async fn run_inner(
     }
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
+}
+
+/// Sets up the pod's volumes, retrying every 10 s with a `FailedMount` event (once per distinct
+/// reason) while it fails, as the kubelet's volume manager does; `None` when the pod is deleted
+/// meanwhile.
+async fn prepare_volumes(
+    node: &Node,
+    pod: &Pod,
+    sandbox: &imc_runtime::PodSandbox,
+    reference: &ObjectReference,
+    stop: &mut watch::Receiver<Option<i64>>,
+) -> Option<PodVolumes> {
+    let mut last: Option<String> = None;
+    loop {
+        let (p, dir) = (pod.clone(), sandbox.dir.clone());
+        match tokio::task::spawn_blocking(move || volumes::prepare(&p, &dir)).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => {
+                if last.as_deref() != Some(e.0.as_str()) {
+                    node.events.warning(reference, "FailedMount", e.0.clone());
+                    last = Some(e.0);
+                }
+            }
+            Err(e) => warn!(error = %e, "setting up the pod's volumes"),
+        }
+        if sleep_or_stop(stop, Duration::from_secs(10)).await {
+            return None;
+        }
+    }
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
@@ -366,6 +426,21 @@ impl PodRun {
         self.status.send_replace(Some(pod_status(&state.view)));
         drop(state);
         self.evicted.send_replace(true);
+    }
+
+    /// The volume mounts of container `c` (subPaths resolved and pinned), on the blocking pool.
+    async fn mounts_of(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<Vec<imc_runtime::VolumeMount>, volumes::VolumeError> {
+        let (volumes, c, dir) = (self.volumes.clone(), c.clone(), self.sandbox.dir.clone());
+        tokio::task::spawn_blocking(move || container_mounts(&volumes, &c, &dir))
+            .await
+            .unwrap_or_else(|e| {
+                Err(volumes::VolumeError(format!(
+                    "resolving volume mounts: {e}"
+                )))
+            })
     }
 
     /// Changes the view of container `idx` and publishes the new status.
@@ -598,10 +673,19 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
                 .warning(&run.reference, "Failed", format!("Error: {message}"));
             false
         };
-        let spec = match runtime_spec(&run.pod, &k8s, &run.limits) {
+        let mut spec = match runtime_spec(&run.pod, &k8s, &run.limits) {
             Ok(planned) => planned.spec,
             Err(e) => return fail(format!("init container {}: {e}", k8s.name)),
         };
+        match run.mounts_of(&k8s).await {
+            Ok(m) => spec.mounts = m,
+            Err(e) => {
+                run.node
+                    .events
+                    .warning(&run.reference, "FailedMount", e.0.clone());
+                return fail(format!("init container {}: {e}", k8s.name));
+            }
+        }
         let wanted = match WantedImage::of(&k8s) {
             Ok(w) => w,
             Err(e) => return fail(format!("init container {}: {e}", spec.name)),
@@ -776,8 +860,25 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                     continue;
                 }
             };
-            let spec = planned.spec;
+            let mut spec = planned.spec;
             let ephemeral = planned.ephemeral_limit.clone();
+            match run.mounts_of(&k8s).await {
+                Ok(m) => spec.mounts = m,
+                Err(e) => {
+                    run.node.events.warning(&run.reference, "FailedMount", e.0.clone());
+                    run.update(idx, |c| {
+                        c.state = Observed::Waiting {
+                            reason: "CreateContainerConfigError".into(),
+                            message: Some(e.0.clone()),
+                        }
+                    });
+                    if sleep_or_stop(&mut stop, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
             if first && !planned.unsupported_env.is_empty() {
                 run.node.events.warning(
                     &run.reference,
