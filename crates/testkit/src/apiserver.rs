@@ -26,6 +26,21 @@ pub struct TestServer {
     watch_window: Option<u64>,
     extra_args: Vec<String>,
     child: Option<Child>,
+    /// This server's pod network: (`--pod-cidr`, `--pod-bridge`), private to it so that servers
+    /// of concurrent tests never share addresses or a bridge.
+    network: (String, String),
+}
+
+/// A pod range and bridge name no other test server of this machine uses at the same time:
+/// from this process's pid and a counter, in 10.100.0.0–10.227.255.0 (/24 each).
+fn private_network() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+    let key = (std::process::id() % 2048) * 16 + n;
+    (
+        format!("10.{}.{}.0/24", 100 + (key >> 8), key & 255),
+        format!("imct{key}"),
+    )
 }
 
 impl TestServer {
@@ -44,6 +59,7 @@ impl TestServer {
             watch_window: window,
             extra_args: Vec::new(),
             child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -58,6 +74,7 @@ impl TestServer {
             watch_window: None,
             extra_args: args.to_vec(),
             child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -73,6 +90,7 @@ impl TestServer {
             watch_window: window,
             extra_args: vec!["--api-only".to_owned()],
             child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -96,6 +114,14 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if !self.extra_args.iter().any(|a| a == "--pod-cidr") {
+            cmd.args([
+                "--pod-cidr",
+                &self.network.0,
+                "--pod-bridge",
+                &self.network.1,
+            ]);
+        }
         if let Some(w) = self.watch_window {
             cmd.arg("--watch-window").arg(w.to_string());
         }
@@ -178,6 +204,11 @@ impl TestServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// This server's pod network: its `--pod-cidr` and `--pod-bridge`.
+    pub fn pod_network(&self) -> (&str, &str) {
+        (&self.network.0, &self.network.1)
     }
 
     /// The admin bearer token.
@@ -288,5 +319,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.terminate();
         crate::leftovers::reap(self.dir.path());
+        // The bridge the CNI plugin created for this server's pods.
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.network.1])
+            .stderr(Stdio::null())
+            .status();
     }
 }
