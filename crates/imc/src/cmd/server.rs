@@ -197,6 +197,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     server
         .serve(async {
             shutdown_signal().await;
+            // Closing every connection cuts the in-process controllers' watches: expected now.
+            crate::logging::stopping();
             let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
         })
