@@ -97,11 +97,6 @@ async fn start_controllers(server: &Server, args: &ServerArgs) -> anyhow::Result
         .context("opening the layer store")?;
     let api = server.api();
     api.set_metrics(Arc::new(move || metrics.encode()));
-    api.admission().add_validating(
-        "eci.alibabacloud.com",
-        "ImageCache",
-        Arc::new(imc_controllers::cache::validate_spec_change),
-    );
     let node = start_node(&api, &ctx).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
