@@ -2,7 +2,6 @@
 //! finalizer that removes a cache's disks once no pod uses them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -656,12 +655,7 @@ impl CacheController {
     /// that have not finished) whose matched or pinned cache is `id`, whether or not their
     /// containers run right now (after a restart of the node they start from the disk again),
     /// and the live users of any of its disks (attacher refs).
-    async fn users_of(
-        &self,
-        name: &str,
-        id: &str,
-        disks: &[PathBuf],
-    ) -> Result<BTreeSet<String>, CacheError> {
+    async fn users_of(&self, name: &str, id: &str) -> Result<BTreeSet<String>, CacheError> {
         let pods = Api::<Pod>::all(self.ctx.client.clone())
             .list(&ListParams::default())
             .await
@@ -698,10 +692,15 @@ impl CacheController {
                 users.insert(pod_name);
             }
         }
-        let (attacher, disks) = (self.attacher.clone(), disks.to_vec());
+        let (attacher, data_dir, id) = (
+            self.attacher.clone(),
+            self.ctx.settings.data_dir.clone(),
+            id.to_owned(),
+        );
+        // Listing the disks and reading their refs under their locks block.
         let attached = tokio::task::spawn_blocking(move || {
             let mut names = Vec::new();
-            for d in &disks {
+            for d in &disk::disks_of(&data_dir, &id) {
                 names.extend(disk::live_users(&attacher, d)?);
             }
             Ok::<_, CacheError>(names)
@@ -733,8 +732,7 @@ impl CacheController {
         let id = cache.status.as_ref().and_then(|s| s.image_cache_id.clone());
         if let Some(id) = id.filter(|i| i.parse::<CacheId>().is_ok()) {
             let data_dir = self.ctx.settings.data_dir.clone();
-            let disks = disk::disks_of(&data_dir, &id);
-            let users = self.users_of(&name, &id, &disks).await?;
+            let users = self.users_of(&name, &id).await?;
             if !users.is_empty() {
                 let current = disk::disk_path(&data_dir, &id);
                 let changed = lock(&self.waiting).get(&name) != Some(&users);
