@@ -422,17 +422,20 @@ async fn resolve_cache(
         );
         return (None, false);
     }
-    let caches = node.ctx.settings.data_dir.join("caches");
-    let disk = [caches.join(format!("{id}.erofs")), caches.join(id)]
-        .into_iter()
-        .find(|p| p.exists());
+    // The id comes from an annotation: it becomes a file name only as a valid CacheId. A
+    // deleted cache's disk is kept (with the cache object) until its last pod is gone.
+    let data_dir = &node.ctx.settings.data_dir;
+    let disk = id
+        .parse::<imc_api::CacheId>()
+        .ok()
+        .and_then(|id| crate::cache::current_disk(data_dir, &id));
     let Some(disk) = disk else {
         node.events.warning(
             reference,
             "ImageCacheNotFound",
             format!(
                 "the disk of image cache {id} ({cache_name}) is missing from {}; pulling the images",
-                caches.display()
+                crate::cache::disk::caches_dir(data_dir).display()
             ),
         );
         return (None, false);

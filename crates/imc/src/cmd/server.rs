@@ -189,11 +189,6 @@ async fn start_controllers(
         .context("opening the layer store")?;
     let api = server.api();
     api.set_metrics(Arc::new(move || metrics.encode()));
-    api.admission().add_validating(
-        "eci.alibabacloud.com",
-        "ImageCache",
-        Arc::new(imc_controllers::cache::validate_spec_change),
-    );
     let node = start_node(&api, &ctx, args, log_limits).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
@@ -311,6 +306,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     server
         .serve(async {
             shutdown_signal().await;
+            // Closing every connection cuts the in-process controllers' watches: expected now.
+            crate::logging::stopping();
             let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
         })
