@@ -476,3 +476,107 @@ fn cache_build_without_output_writes_into_the_data_dir_and_cache_ls_lists_it() {
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains(&reg.layered), "{table}");
 }
+
+/// Cluster wiring against a real API (`imc server --api-only`, no controllers, as a cluster's
+/// kube-apiserver would serve it): the snapshotter labels its Node with the caches whose disks
+/// it holds, and deletes the disk of an ImageCache that is gone once no snapshot uses it.
+#[test]
+fn the_node_is_labelled_with_held_caches_and_disks_of_deleted_caches_go() {
+    use imc_testkit::apiserver::TestServer;
+    use imc_testkit::kubectl::PATIENCE;
+
+    let server = TestServer::start_api_only(env!("CARGO_BIN_EXE_imc"), None).unwrap();
+    server.create_ok(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "snap-node"}
+    }));
+    let kept = "imc-aaaaaaaaaaaaaaaaaaaa";
+    let gone = "imc-bbbbbbbbbbbbbbbbbbbb";
+    let reg = registry_with_images();
+    for (name, id) in [("kept", kept), ("later-deleted", gone)] {
+        server.create_ok(serde_json::json!({
+            "apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+            "metadata": {"name": name},
+            "spec": {"images": [reg.busybox]}
+        }));
+        let status = serde_json::json!({"status": {"imageCacheId": id}}).to_string();
+        server.kubectl_ok(&[
+            "patch",
+            "imagecache",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let disk = |id: &str| data.join(format!("caches/{id}.erofs"));
+    run_support::cache_build(&reg, &data, &[&reg.busybox], &disk(kept));
+    std::fs::copy(disk(kept), disk(gone)).unwrap();
+    let orphan = "imc-cccccccccccccccccccc"; // no ImageCache at all
+    std::fs::copy(disk(kept), disk(orphan)).unwrap();
+
+    let mut snapshotter = imc()
+        .args(["snapshotter", "--data-dir"])
+        .arg(&data)
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["--node-name", "snap-node"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let labels = |n: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = n["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .filter(|k| k.starts_with("cache.imc.dev/"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let both = vec![
+        format!("cache.imc.dev/{kept}"),
+        format!("cache.imc.dev/{gone}"),
+    ];
+    server.wait_for("node", "snap-node", "labelled with both caches", |n| {
+        labels(n) == both
+    });
+    let wait_deleted = |path: &Path| {
+        let deadline = Instant::now() + PATIENCE;
+        while path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never deleted",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_deleted(&disk(orphan));
+    assert!(disk(kept).exists() && disk(gone).exists());
+
+    server.kubectl_ok(&["delete", "imagecache", "later-deleted"]);
+    let only_kept = vec![format!("cache.imc.dev/{kept}")];
+    server.wait_for(
+        "node",
+        "snap-node",
+        "labelled with the kept cache only",
+        |n| labels(n) == only_kept,
+    );
+    wait_deleted(&disk(gone));
+    assert!(
+        disk(kept).exists(),
+        "the cache that still exists keeps its disk"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &snapshotter.id().to_string()])
+        .status();
+    assert!(snapshotter.wait().unwrap().success());
+}
