@@ -80,7 +80,9 @@ fn cri_pull(containerd: &Containerd, reference: &str) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// `imc snapshotter` as a child process, stopped on drop.
+/// `imc snapshotter` as a child process, stopped on drop. The snapshotter keeps the cache disk
+/// attached across its own restarts while snapshots use it; the harness detaches it afterwards
+/// ([`unmount_under`]) so the work directory can go.
 struct Snapshotter(Child);
 
 impl Snapshotter {
@@ -116,6 +118,24 @@ impl Drop for Snapshotter {
             .args(["-TERM", &self.0.id().to_string()])
             .status();
         let _ = self.0.wait();
+    }
+}
+
+/// Unmounts every mount under `dir`, deepest first (the cache attachment under
+/// `DATA/run/caches/`; its auto-clearing loop device goes with it).
+fn unmount_under(dir: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| t.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = Command::new("umount").arg(target).status();
     }
 }
 
@@ -187,6 +207,7 @@ pub fn run(options: &SnapshotterOptions) -> anyhow::Result<Report> {
             link_bytes,
         }
     };
+    unmount_under(work.path());
 
     eprintln!("(a) ctr images pull + ctr run (overlayfs) over the {link}");
     let ctr_run = {
