@@ -123,7 +123,7 @@ impl ImcSnapshotter {
         Ok(this)
     }
 
-    /// Counts of what the snapshotter holds (for `imc snapshotter` logs and tests).
+    /// Counts of what the snapshotter holds (for `imc snapshotter` logs and tests). Blocks.
     pub fn status(&self) -> Result<Status, SnapshotterError> {
         let mut state = self.inner.lock();
         state.catalog.refresh();
@@ -267,11 +267,8 @@ impl Inner {
             }
         };
         // Served already (another namespace, or an earlier pull)?
-        for r in state.store.list()? {
-            if r.backing.is_some()
-                && r.parent == parent
-                && r.labels.get(LABEL_SNAPSHOT_REF) == Some(target)
-            {
+        for r in state.store.cached_children(parent)? {
+            if r.labels.get(LABEL_SNAPSHOT_REF) == Some(target) {
                 let b = r
                     .backing
                     .as_ref()

@@ -343,6 +343,16 @@ impl MetaStore {
             .collect()
     }
 
+    /// Committed snapshots served from a cache disk whose parent is `parent`.
+    pub fn cached_children(&self, parent: &str) -> Result<Vec<Record>, SnapshotterError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM snapshots WHERE parent = ?1 AND cache_disk IS NOT NULL ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![parent], row)?;
+        rows.map(|r| r.map_err(SnapshotterError::from).and_then(decode))
+            .collect()
+    }
+
     /// Row ids of every snapshot (their directories are the only ones to keep).
     pub fn ids(&self) -> Result<HashSet<i64>, SnapshotterError> {
         let mut stmt = self.conn.prepare("SELECT id FROM snapshots")?;
