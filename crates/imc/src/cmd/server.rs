@@ -136,7 +136,7 @@ fn parse_quantity(s: &str) -> Result<u64, String> {
 }
 
 /// The kernel's hostname, the default Node name.
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -353,7 +353,7 @@ fn exit_after(bound: Duration) {
     });
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
