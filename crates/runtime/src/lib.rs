@@ -11,6 +11,7 @@
 //! tree removal) runs on tokio's blocking pool, never on an async worker thread.
 
 mod cgroups;
+mod cni;
 mod container;
 mod error;
 mod image;
@@ -27,7 +28,10 @@ mod timings;
 mod tree;
 mod user;
 
-pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};
+pub use cni::{Attachment, CniNetwork, POD_INTERFACE, PortMapping, default_conflist};
+pub use container::{
+    Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest, VolumeMount,
+};
 pub use error::RuntimeError;
 pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
