@@ -226,6 +226,28 @@ fn entries(obj: &Value) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
+/// The managedFields a write carries, when it carries valid ones: as kube-apiserver, they
+/// replace the stored ones (kubectl rewrites them to move client-side apply's fields to its
+/// server-side apply manager); none, an empty list or an invalid one keeps the stored ones, so
+/// a client that does not know the field cannot drop it.
+fn sent_entries(new: &Value) -> Option<Vec<Entry>> {
+    let list = new.pointer("/metadata/managedFields")?.as_array()?;
+    if list.is_empty() {
+        return None;
+    }
+    let valid = |v: &Value| {
+        v.get("manager").and_then(Value::as_str).is_some()
+            && matches!(
+                v.get("operation").and_then(Value::as_str),
+                Some("Apply" | "Update")
+            )
+            && v.get("fieldsV1").is_none_or(Value::is_object)
+    };
+    list.iter()
+        .all(valid)
+        .then(|| list.iter().map(Entry::read).collect())
+}
+
 fn store_entries(obj: &mut Value, entries: Vec<Entry>) {
     let kept: Vec<Value> = entries
         .iter()
@@ -245,6 +267,22 @@ fn store_entries(obj: &mut Value, entries: Vec<Entry>) {
             meta.insert("managedFields".into(), Value::Array(kept));
         }
     }
+}
+
+/// The manager of `kubectl apply --server-side`, whose applies take over client-side apply's
+/// fields (kube-apiserver's `lastAppliedManager`).
+const KUBECTL_MANAGER: &str = "kubectl";
+
+/// The annotation client-side apply keeps its configuration in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The configuration client-side apply last applied to `live`, if it has one that parses.
+fn last_applied_configuration(live: &Value) -> Option<Value> {
+    let text = live
+        .pointer("/metadata/annotations")?
+        .get(LAST_APPLIED)?
+        .as_str()?;
+    crate::body::json(text.as_bytes(), "the last-applied-configuration annotation").ok()
 }
 
 /// One field another manager owns that an apply would change.
@@ -340,14 +378,29 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() {
-        if !req.force {
-            return Err(conflicts
-                .iter()
-                .map(|(i, p)| Conflict {
-                    manager: all[*i].describe(),
-                    field: field_set::display(p),
-                })
-                .collect());
+        // kube-apiserver's lastAppliedManager: kubectl's own server-side apply takes, without
+        // conflicts, the fields client-side apply set and nobody changed since (they are in the
+        // last-applied-configuration annotation with the value the object has). Another manager
+        // name opts out.
+        let last_applied = (req.manager == KUBECTL_MANAGER)
+            .then(|| last_applied_configuration(live))
+            .flatten();
+        let allowed = |p: &Path| {
+            last_applied.as_ref().is_some_and(|last| {
+                let before = field_set::value_at(last, p);
+                before.is_some() && before == field_set::value_at(live, p)
+            })
+        };
+        let refused: Vec<Conflict> = conflicts
+            .iter()
+            .filter(|(_, p)| !req.force && !allowed(p))
+            .map(|(i, p)| Conflict {
+                manager: all[*i].describe(),
+                field: field_set::display(p),
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(refused);
         }
         for (i, p) in &conflicts {
             all[*i].set.remove(p);
@@ -412,8 +465,7 @@ pub fn record_update(
         .into_iter()
         .filter(|p| field_set::value_at(&new, p).is_none())
         .collect();
-    // The incoming object's managedFields are the server's to keep, not the client's.
-    let mut all = entries(old);
+    let mut all = sent_entries(&new).unwrap_or_else(|| entries(old));
     if changed.is_empty() && removed.is_empty() {
         store_entries(&mut new, all);
         return new;
@@ -632,6 +684,104 @@ mod tests {
                 field: ".data.a".into()
             }]
         );
+    }
+
+    #[test]
+    fn managed_fields_a_write_sends_replace_the_stored_ones() {
+        let schema = Schema::permissive("ConfigMap");
+        let mut live = json!({"metadata": {}, "data": {"a": "1"}});
+        live = record_update(
+            &json!({"metadata": {}}),
+            live,
+            &schema,
+            "kubectl-client-side-apply",
+            "v1",
+            None,
+            Scope::All,
+        );
+        // kubectl's upgrade to server-side apply: the same fields, now under its apply manager.
+        let mut upgraded = live.clone();
+        upgraded["metadata"]["managedFields"][0]["manager"] = json!("kubectl");
+        upgraded["metadata"]["managedFields"][0]["operation"] = json!("Apply");
+        let after = record_update(&live, upgraded, &schema, "kubectl", "v1", None, Scope::All);
+        assert_eq!(managers(&after), [("kubectl".into(), "Apply".into())]);
+        // No managedFields, or invalid ones, keep the stored ones.
+        for sent in [
+            json!(null),
+            json!([]),
+            json!([{"manager": "x", "operation": "Steal"}]),
+        ] {
+            let mut edited = live.clone();
+            edited["metadata"]["managedFields"] = sent.clone();
+            let after = record_update(&live, edited, &schema, "kubectl", "v1", None, Scope::All);
+            assert_eq!(
+                managers(&after),
+                [("kubectl-client-side-apply".into(), "Update".into())],
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn kubectl_takes_over_what_client_side_apply_set_unless_changed_since() {
+        let schema = Schema::permissive("ConfigMap");
+        let last = json!({"data": {"a": "1", "b": "2"}}).to_string();
+        let before = json!({"metadata": {"annotations": {LAST_APPLIED: last}}, "data": {"a": "1", "b": "2"}});
+        let mut live = record_update(
+            &json!({"metadata": {}}),
+            before,
+            &schema,
+            "kubectl-client-side-apply",
+            "v1",
+            None,
+            Scope::All,
+        );
+        // Someone else changed b since.
+        let mut edited = live.clone();
+        edited["data"]["b"] = json!("edited");
+        live = record_update(
+            &live,
+            edited,
+            &schema,
+            "kubectl-edit",
+            "v1",
+            None,
+            Scope::All,
+        );
+        let config = json!({"data": {"a": "9", "b": "9"}});
+        // (manager, conflicts)
+        let cases = [
+            ("kubectl", vec![(r#""kubectl-edit" using v1"#, ".data.b")]),
+            (
+                "other",
+                vec![
+                    (r#""kubectl-client-side-apply" using v1"#, ".data.a"),
+                    (r#""kubectl-edit" using v1"#, ".data.b"),
+                ],
+            ),
+        ];
+        for (manager, want) in cases {
+            let mut got: Vec<(String, String)> =
+                apply(&live, &config, &schema, req(manager, false))
+                    .unwrap_err()
+                    .into_iter()
+                    .map(|c| (c.manager, c.field))
+                    .collect();
+            got.sort();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(m, f)| ((*m).into(), (*f).into()))
+                .collect();
+            assert_eq!(got, want, "{manager}");
+        }
+        let only_a = apply(
+            &live,
+            &json!({"data": {"a": "9"}}),
+            &schema,
+            req("kubectl", false),
+        )
+        .expect("client-side apply's unchanged field is taken over");
+        assert_eq!(only_a["data"]["a"], "9");
     }
 
     #[test]
