@@ -261,6 +261,29 @@ fn events_carry_core_v1_fields_and_sort_by_last_timestamp() {
             && rows[1].contains("kubelet"),
         "{out}"
     );
+    // A repeat of an event (same source, object, type, reason, message) within ten minutes
+    // is counted on the first, as client-go's recorder aggregates.
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut again = event("again-1", "Again", &now, &now);
+    again["count"] = json!(1);
+    s.create_ok(again.clone());
+    again["metadata"]["name"] = json!("again-2");
+    s.create_ok(again);
+    let out = s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector=reason=Again",
+        "-o",
+        "custom-columns=NAME:.metadata.name,COUNT:.count",
+        "--no-headers",
+    ]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows, [vec!["again-1", "2"]], "{out}");
     // The events.k8s.io/v1 view of the same event.
     let v1 = s.kubectl_ok(&["get", "events.v1.events.k8s.io", "late", "-o", "json"]);
     let v1: Value = serde_json::from_str(&v1).expect("json");
