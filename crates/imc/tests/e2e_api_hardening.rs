@@ -411,3 +411,45 @@ fn a_stored_object_that_cannot_be_read_back_does_not_stop_the_server() {
     assert!(names.contains("configmap/fine"), "{names}");
     assert!(!names.contains("configmap/broken"), "{names}");
 }
+
+#[test]
+fn a_connection_left_idle_after_its_request_is_closed() {
+    use std::io::Write;
+    let s = server_with(&["--idle-connection-timeout", "1s"]);
+    let ca = s.data_dir().join("pki/ca.crt");
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-CAfile"])
+        .arg(&ca)
+        .args(["-connect", &s.addr().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let token = s.token().expect("token");
+    let mut stdin = client.stdin.take().expect("stdin");
+    write!(
+        stdin,
+        "GET /version HTTP/1.1\r\nHost: imc\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("send the request");
+    stdin.flush().expect("flush");
+    // stdin stays open: only the server can end the connection.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while client.try_wait().expect("s_client state").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = client.kill();
+            panic!("the server kept an idle connection open");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut out = String::new();
+    client
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read the answer");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    drop(stdin);
+}
