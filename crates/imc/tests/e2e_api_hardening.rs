@@ -453,3 +453,48 @@ fn a_connection_left_idle_after_its_request_is_closed() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     drop(stdin);
 }
+
+#[test]
+fn out_of_file_descriptors_the_server_says_so_rarely_and_recovers() {
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let log = log_dir.path().join("server.log");
+    let s = TestServer::start_logging_to(
+        env!("CARGO_BIN_EXE_imc"),
+        &[
+            "--api-only".to_owned(),
+            "--tls-handshake-timeout".to_owned(),
+            "2s".to_owned(),
+        ],
+        &log,
+    )
+    .expect("start imc server");
+    s.kubectl_ok(&["get", "ns"]);
+    // As if the limit had been low from the start: accepting soon fails with EMFILE.
+    let pid = s.pid().expect("pid").to_string();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=128:128"])
+        .output()
+        .expect("prlimit");
+    assert!(
+        out.status.success(),
+        "{}",
+        imc_testkit::kubectl::output_text(&out)
+    );
+    let sockets = idle_sockets(&s, 400);
+    // Meanwhile requests fail or wait; the server must not spin or flood its log.
+    let _ = s.kubectl(&["--request-timeout=5s", "get", "ns"]);
+    drop(sockets);
+    // Once the flood's handshakes time out (2 s) their descriptors are free again.
+    let names = s.kubectl_ok(&["get", "ns", "-o", "name"]);
+    assert!(names.contains("namespace/default"), "{names}");
+    let written = std::fs::read_to_string(&log).expect("read the log");
+    assert!(
+        written.len() < 1 << 20,
+        "the log grew to {} bytes",
+        written.len()
+    );
+    assert!(
+        written.contains("accepting connections failed"),
+        "the descriptor shortage was never reported:\n{written}"
+    );
+}
