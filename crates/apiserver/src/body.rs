@@ -80,12 +80,152 @@ pub fn json(bytes: &[u8], what: &str) -> Result<Value> {
         .map_err(|e| ApiError::BadRequest(format!("{what} is not valid JSON: {e}")))
 }
 
-/// Parses YAML (or JSON, which YAML includes) and checks the nesting of the result.
+/// What a YAML body may expand to, in nodes plus string bytes: twice the largest body, so any
+/// body without aliases fits, and aliases cannot multiply it (a "billion laughs" document of a
+/// few KiB would otherwise expand to gigabytes before any other check sees it; go-yaml, which
+/// kube-apiserver uses, refuses such excessive aliasing too).
+const YAML_EXPANSION_BUDGET: usize = 2 * MAX_BODY_BYTES;
+
+/// Parses YAML (or JSON, which YAML includes), refusing a document whose aliases expand it past
+/// [`YAML_EXPANSION_BUDGET`] (413) while it is being built, and checks the nesting of the result.
 pub fn yaml(bytes: &[u8], what: &str) -> Result<Value> {
-    let v: Value = serde_yaml::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("{what} is not valid YAML: {e}")))?;
+    use serde::de::DeserializeSeed;
+    let budget = yaml_value::Budget::new(YAML_EXPANSION_BUDGET);
+    let parsed = yaml_value::Seed(&budget).deserialize(serde_yaml::Deserializer::from_slice(bytes));
+    if budget.exceeded() {
+        return Err(ApiError::TooLarge(format!(
+            "{what} expands (through YAML aliases) to more than {YAML_EXPANSION_BUDGET} bytes"
+        )));
+    }
+    let v = parsed.map_err(|e| ApiError::BadRequest(format!("{what} is not valid YAML: {e}")))?;
     limits::check_body_value(&v)?;
     Ok(v)
+}
+
+/// A JSON value built from a YAML deserializer within a budget of nodes and string bytes.
+mod yaml_value {
+    use std::cell::Cell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    /// What is left to spend; set once spent past zero.
+    pub struct Budget {
+        left: Cell<usize>,
+        exceeded: Cell<bool>,
+    }
+
+    impl Budget {
+        pub fn new(total: usize) -> Self {
+            Budget {
+                left: Cell::new(total),
+                exceeded: Cell::new(false),
+            }
+        }
+
+        pub fn exceeded(&self) -> bool {
+            self.exceeded.get()
+        }
+
+        fn spend<E: de::Error>(&self, n: usize) -> Result<(), E> {
+            match self.left.get().checked_sub(n) {
+                Some(left) => {
+                    self.left.set(left);
+                    Ok(())
+                }
+                None => {
+                    self.exceeded.set(true);
+                    Err(E::custom("the document expands past its budget"))
+                }
+            }
+        }
+    }
+
+    /// Deserializes one value, spending from the budget.
+    pub struct Seed<'b>(pub &'b Budget);
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(ValueVisitor(self.0))
+        }
+    }
+
+    struct ValueVisitor<'b>(&'b Budget);
+
+    impl<'de> Visitor<'de> for ValueVisitor<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any YAML value")
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+            self.0.spend(1)?;
+            Ok(Value::Bool(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+            self.0.spend(1)?;
+            Ok(Value::from(v))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+            self.0.spend(1)?;
+            Ok(Value::from(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+            self.0.spend(1)?;
+            // Not finite (.inf, .nan) has no JSON form: null, as serde_json's own Value.
+            Ok(Value::from(v))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+            self.0.spend(1 + v.len())?;
+            Ok(Value::String(v.to_owned()))
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+            self.0.spend(1 + v.len())?;
+            Ok(Value::String(v))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+            self.0.spend(1)?;
+            Ok(Value::Null)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+            self.visit_unit()
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            Seed(self.0).deserialize(d)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            self.0.spend(1)?;
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(Seed(self.0))? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            self.0.spend(1)?;
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                self.0.spend(key.len())?;
+                let value = map.next_value_seed(Seed(self.0))?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
 }
 
 /// Decodes an object body of `format`.
@@ -145,6 +285,29 @@ mod tests {
             decode(Format::Yaml, deep.as_bytes()),
             Err(ApiError::Unprocessable(_))
         ));
+    }
+
+    #[test]
+    fn yaml_aliases_cannot_multiply_a_body() {
+        // A flat list of 10,000 strings of 100 bytes, referred to 10,000 times: 1 MiB of text
+        // that would expand to 10 GB.
+        let item = "x".repeat(100);
+        let mut doc = String::from("a: &a [");
+        doc.push_str(&vec![item.as_str(); 10_000].join(", "));
+        doc.push_str("]\nb: [");
+        doc.push_str(&vec!["*a"; 10_000].join(", "));
+        doc.push_str("]\n");
+        let err = decode(Format::Yaml, doc.as_bytes()).unwrap_err();
+        assert!(matches!(err, ApiError::TooLarge(_)), "{err}");
+        // Aliases within reason (a merge key, a repeated value) still work.
+        let ok = decode(
+            Format::Yaml,
+            b"base: &base {a: 1}\nx: *base\ny: {<<: *base, b: 2}\nn: .inf\nk: ~",
+        )
+        .unwrap();
+        assert_eq!(ok["x"]["a"], 1);
+        assert_eq!(ok["n"], Value::Null);
+        assert_eq!(ok["k"], Value::Null);
     }
 
     #[tokio::test]

@@ -498,3 +498,27 @@ fn out_of_file_descriptors_the_server_says_so_rarely_and_recovers() {
         "the descriptor shortage was never reported:\n{written}"
     );
 }
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_and_memory_stays_low() {
+    let s = server_with(&[]);
+    // 1 MiB of YAML whose aliases would expand it to 10 GB.
+    let item = "x".repeat(100);
+    let mut doc = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: laughs, namespace: default}\nx: &a [",
+    );
+    doc.push_str(&vec![item.as_str(); 10_000].join(", "));
+    doc.push_str("]\ny: [");
+    doc.push_str(&vec!["*a"; 10_000].join(", "));
+    doc.push_str("]\n");
+    s.reset_peak_rss().expect("reset peak rss");
+    let answer = send(
+        &s,
+        &admin(&s, "POST", "/api/v1/namespaces/default/configmaps")
+            .with_body("application/yaml", doc),
+    );
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let (_, peak) = s.rss_kib().expect("rss");
+    assert!(peak < 512 * 1024, "peak RSS {peak} KiB");
+    assert!(stored(&s, "laughs").is_none());
+}
