@@ -528,3 +528,30 @@ fn deleting_a_namespace_waits_until_its_node_has_removed_its_pods() {
     );
     s.wait_gone("namespace", "doomed");
 }
+
+#[test]
+fn the_servers_own_controllers_write_under_their_name() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_imc")).expect("start imc server");
+    let nodes = s.kubectl_ok(&["get", "nodes", "-o", "name"]);
+    let node = nodes
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("node/"))
+        .expect("the node registered")
+        .to_owned();
+    let obj = s.wait_for_in(
+        "node",
+        &node,
+        &["--show-managed-fields"],
+        "written by the node",
+        |n| n["metadata"]["managedFields"].is_array(),
+    );
+    let managers: Vec<&str> = obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"imc-controllers"), "{managers:?}");
+    assert!(!managers.contains(&"unknown"), "{managers:?}");
+}

@@ -205,6 +205,16 @@ async fn start_controllers(
     )
     .await
     .context("loading the server's kubeconfig")?;
+    let mut config = config;
+    // kube-rs sends no User-Agent; the API server names a write's field manager after it.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!(
+            "imc-controllers/",
+            env!("CARGO_PKG_VERSION"),
+            " kube-rs"
+        )),
+    ));
     let client = kube::Client::try_from(config).context("creating the controllers' client")?;
     let settings = Settings {
         data_dir: args.data.data_dir.clone(),
