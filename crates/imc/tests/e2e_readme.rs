@@ -184,8 +184,14 @@ fn the_readme_walkthrough_runs_as_written_on_a_fresh_machine() {
 fn output_comparison_rules() {
     let v = |s: &[&str]| s.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
     let table = v(&["NAME   AGE   PHASE", "a      1s    Ready"]);
-    assert!(matches(&table, &v(&["NAME   AGE   PHASE", "a   40m   Ready"])));
-    assert!(!matches(&table, &v(&["NAME   AGE   PHASE", "b   1s   Ready"])));
+    assert!(matches(
+        &table,
+        &v(&["NAME   AGE   PHASE", "a   40m   Ready"])
+    ));
+    assert!(!matches(
+        &table,
+        &v(&["NAME   AGE   PHASE", "b   1s   Ready"])
+    ));
     assert!(!matches(&table, &v(&["NAME   AGE", "a   1s"])));
     assert!(!matches(&table, &v(&["NAME   AGE   PHASE"])));
     assert!(matches(&v(&["hello"]), &v(&["hello"])));
