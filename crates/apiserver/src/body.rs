@@ -89,9 +89,19 @@ const YAML_EXPANSION_BUDGET: usize = 2 * MAX_BODY_BYTES;
 /// Parses YAML (or JSON, which YAML includes), refusing a document whose aliases expand it past
 /// [`YAML_EXPANSION_BUDGET`] (413) while it is being built, and checks the nesting of the result.
 pub fn yaml(bytes: &[u8], what: &str) -> Result<Value> {
-    use serde::de::DeserializeSeed;
-    let budget = yaml_value::Budget::new(YAML_EXPANSION_BUDGET);
-    let parsed = yaml_value::Seed(&budget).deserialize(serde_yaml::Deserializer::from_slice(bytes));
+    let budget = std::rc::Rc::new(yaml_value::Budget::new(YAML_EXPANSION_BUDGET));
+    yaml_value::CURRENT.with(|b| *b.borrow_mut() = Some(budget.clone()));
+    let mut parser_budget = serde_saphyr::Budget::default();
+    // Deeper than the API's own nesting limit, so that limit answers (422) for both formats.
+    parser_budget.max_depth = 4 * limits::MAX_DEPTH;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(parser_budget);
+    // `.inf` and `.nan` become null, as in a JSON value.
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    options.with_snippet = false;
+    let parsed =
+        serde_saphyr::from_slice_with_options::<yaml_value::Budgeted>(bytes, options).map(|b| b.0);
+    yaml_value::CURRENT.with(|b| b.borrow_mut().take());
     if budget.exceeded() {
         return Err(ApiError::TooLarge(format!(
             "{what} expands (through YAML aliases) to more than {YAML_EXPANSION_BUDGET} bytes"
@@ -139,6 +149,26 @@ mod yaml_value {
                     Err(E::custom("the document expands past its budget"))
                 }
             }
+        }
+    }
+
+    thread_local! {
+        /// The budget of the parse under way on this thread ([`super::yaml`] sets it around
+        /// one synchronous parse): serde-saphyr decodes a type, not a seed, so [`Budgeted`]
+        /// finds its budget here.
+        pub static CURRENT: std::cell::RefCell<Option<std::rc::Rc<Budget>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// A value decoded within the budget of [`CURRENT`] (none set: nothing may be spent).
+    pub struct Budgeted(pub Value);
+
+    impl<'de> de::Deserialize<'de> for Budgeted {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let budget = CURRENT
+                .with(|b| b.borrow().clone())
+                .unwrap_or_else(|| std::rc::Rc::new(Budget::new(0)));
+            Seed(&budget).deserialize(d).map(Budgeted)
         }
     }
 
