@@ -13,6 +13,7 @@
 mod cgroups;
 mod container;
 mod error;
+mod exec;
 mod image;
 mod log_writer;
 mod names;
@@ -27,8 +28,11 @@ mod timings;
 mod tree;
 mod user;
 
-pub use container::{Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest};
+pub use container::{
+    Container, ContainerIo, ContainerSpec, ExitInfo, MAX_TERMINATION_MESSAGE, Runtime, StartRequest,
+};
 pub use error::RuntimeError;
+pub use exec::{ContainerExec, ExecOutput, ExecRequest};
 pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
 pub use names::check_component;
