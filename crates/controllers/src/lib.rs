@@ -5,10 +5,8 @@
 pub mod admission;
 pub mod admission_hook;
 pub mod cache;
-pub mod cache_status;
 pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod quantity;
-pub mod retention;
 pub mod scheduler;

@@ -4,12 +4,14 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imc_snapshot::{AttachedCache, Attacher, CacheUser};
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::cni::CniNetwork;
 use crate::exec::ContainerExec;
 use crate::image::ImageConfig;
 use crate::log_writer::{LogLimits, LogWriter};
@@ -45,6 +47,19 @@ pub struct ContainerSpec {
     /// process may write its termination message to (read by
     /// [`Container::termination_message`] after its exit). Absolute, without `..`.
     pub termination_message_path: Option<String>,
+    /// Host paths bind-mounted into it (its volumes), in order.
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A host path bind-mounted into a container (one `volumeMounts` entry, resolved by the node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// Absolute path inside the container (runc creates it, resolved inside the rootfs).
+    pub destination: String,
+    /// The host file or directory mounted there.
+    pub source: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// Where the container's stdout/stderr go.
@@ -129,6 +144,8 @@ pub struct Runtime {
     pub(crate) pods_dir: PathBuf,
     /// `DIR/seccomp`: where `Localhost` seccomp profiles are read from.
     pub(crate) seccomp_dir: PathBuf,
+    /// The CNI network pods join; loopback only without one.
+    pub(crate) network: Option<Arc<CniNetwork>>,
     pub(crate) runc: Runc,
     pub(crate) attacher: Attacher,
     pub(crate) log_limits: LogLimits,
@@ -151,6 +168,7 @@ impl Runtime {
         Ok(Runtime {
             pods_dir,
             seccomp_dir: data_dir.join("seccomp"),
+            network: None,
             runc: Runc::new(&runc_root),
             attacher: Attacher::new(data_dir)?,
             log_limits: LogLimits::default(),
@@ -160,6 +178,13 @@ impl Runtime {
     /// This runtime with containers' logs ([`ContainerIo::Log`]) rotated within `limits`.
     pub fn with_log_limits(mut self, limits: LogLimits) -> Self {
         self.log_limits = limits;
+        self
+    }
+
+    /// This runtime with pods joined to `network` (their own address through the CNI plugins)
+    /// instead of loopback only.
+    pub fn with_network(mut self, network: CniNetwork) -> Self {
+        self.network = Some(Arc::new(network));
         self
     }
 
@@ -174,9 +199,10 @@ impl Runtime {
         config: &SandboxConfig,
         owner_pid: u32,
     ) -> Result<PodSandbox, RuntimeError> {
-        let (pods_dir, config) = (self.pods_dir.clone(), config.clone());
+        let (pods_dir, config, network) =
+            (self.pods_dir.clone(), config.clone(), self.network.clone());
         crate::blocking("creating the pod sandbox", move || {
-            create_sandbox_now(&pods_dir, &config, owner_pid)
+            create_sandbox_now(&pods_dir, &config, network.as_deref(), owner_pid)
         })
         .await
     }
@@ -321,6 +347,7 @@ impl Runtime {
 fn create_sandbox_now(
     pods_dir: &Path,
     config: &SandboxConfig,
+    network: Option<&CniNetwork>,
     owner_pid: u32,
 ) -> Result<PodSandbox, RuntimeError> {
     names::check_component("pod uid", &config.uid)?;
@@ -342,7 +369,7 @@ fn create_sandbox_now(
             }
         }
     }
-    PodSandbox::create(pods_dir, config)
+    PodSandbox::create(pods_dir, config, network)
 }
 
 /// What the blocking part of a start works on: everything to assemble the rootfs and write

@@ -11,6 +11,7 @@
 //! tree removal) runs on tokio's blocking pool, never on an async worker thread.
 
 mod cgroups;
+mod cni;
 mod container;
 mod error;
 mod exec;
@@ -28,8 +29,10 @@ mod timings;
 mod tree;
 mod user;
 
+pub use cni::{Attachment, CniNetwork, POD_INTERFACE, PortMapping, default_conflist};
 pub use container::{
-    Container, ContainerIo, ContainerSpec, ExitInfo, MAX_TERMINATION_MESSAGE, Runtime, StartRequest,
+    Container, ContainerIo, ContainerSpec, ExitInfo, MAX_TERMINATION_MESSAGE, Runtime,
+    StartRequest, VolumeMount,
 };
 pub use error::RuntimeError;
 pub use exec::{ContainerExec, ExecOutput, ExecRequest};

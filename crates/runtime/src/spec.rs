@@ -181,6 +181,7 @@ pub fn generate_spec(input: SpecInput<'_>) -> Result<Spec, RuntimeError> {
         // hostNetwork pods keep the host's UTS namespace, hence its hostname.
         spec.set_hostname(None);
     }
+    add_volume_mounts(&mut spec, container)?;
     if security.privileged {
         // A privileged container sees /sys read-write, as containerd mounts it.
         if let Some(mounts) = spec.mounts_mut() {
@@ -249,6 +250,50 @@ pub fn generate_spec(input: SpecInput<'_>) -> Result<Spec, RuntimeError> {
     linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
     linux.set_resources(Some(resources(&container.resources, security.privileged)));
     Ok(spec)
+}
+
+/// Appends the container's volumes as recursive private bind mounts, after the defaults so
+/// that a volume may cover a default mount's subdirectory but never replaces `/proc` or `/dev`.
+fn add_volume_mounts(spec: &mut Spec, container: &ContainerSpec) -> Result<(), RuntimeError> {
+    let err = |reason: String| RuntimeError::Spec {
+        container: container.name.clone(),
+        reason,
+    };
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in &container.mounts {
+        let dest = Path::new(&m.destination);
+        if !dest.is_absolute()
+            || dest
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(err(format!(
+                "mount path {:?} must be absolute, without '..'",
+                m.destination
+            )));
+        }
+        if ["/proc", "/dev", "/sys"]
+            .iter()
+            .any(|p| dest == Path::new(p))
+        {
+            return Err(err(format!(
+                "a volume cannot be mounted over {}",
+                m.destination
+            )));
+        }
+        let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+        if m.read_only {
+            options.push("ro".to_owned());
+        }
+        let mut mount = Mount::default();
+        mount.set_destination(dest.to_path_buf());
+        mount.set_typ(Some("bind".to_owned()));
+        mount.set_source(Some(m.source.clone()));
+        mount.set_options(Some(options));
+        mounts.push(mount);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The cgroup settings: devices (deny all but runc's defaults, unless privileged), cpu weight
@@ -458,6 +503,62 @@ mod tests {
         assert_eq!(r["memory"]["limit"], 64 << 20);
         assert_eq!(r["memory"]["swap"], 64 << 20);
         assert_eq!(r["pids"]["limit"], 100);
+    }
+
+    #[test]
+    fn volumes_become_bind_mounts_and_cannot_cover_proc() {
+        let c = ContainerSpec {
+            mounts: vec![
+                crate::VolumeMount {
+                    destination: "/data".into(),
+                    source: "/host/data".into(),
+                    read_only: true,
+                },
+                crate::VolumeMount {
+                    destination: "/cache".into(),
+                    source: "/host/cache".into(),
+                    read_only: false,
+                },
+            ],
+            ..container()
+        };
+        let json = spec_of(&c, &pod_ns());
+        let mounts = json["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!(data["type"], "bind");
+        assert_eq!(data["source"], "/host/data");
+        assert_eq!(data["options"], json!(["rbind", "rprivate", "ro"]));
+        let cache = mounts
+            .iter()
+            .find(|m| m["destination"] == "/cache")
+            .unwrap();
+        assert_eq!(cache["options"], json!(["rbind", "rprivate"]));
+        for bad in ["relative", "/proc", "/a/../etc"] {
+            let c = ContainerSpec {
+                mounts: vec![crate::VolumeMount {
+                    destination: bad.into(),
+                    source: "/x".into(),
+                    read_only: false,
+                }],
+                ..container()
+            };
+            assert!(
+                generate_spec(SpecInput {
+                    image_ref: "img",
+                    image: &image(),
+                    container: &c,
+                    user: ResolvedUser::default(),
+                    rootfs: Path::new("/r"),
+                    namespaces: &pod_ns(),
+                    hostname: "h",
+                    cgroups_path: String::new(),
+                    seccomp: None,
+                    termination_log: None,
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

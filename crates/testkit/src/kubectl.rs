@@ -137,6 +137,24 @@ impl TestServer {
             .collect()
     }
 
+    /// Polls `kubectl logs POD -c CONTAINER` until it contains `text` (within [`PATIENCE`]);
+    /// the log then.
+    pub fn wait_for_log(&self, pod: &str, container: &str, text: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = self
+                .kubectl(&["logs", pod, "-c", container])
+                .expect("kubectl runs");
+            last = output_text(&out);
+            if out.status.success() && last.contains(text) {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("the log of {pod}/{container} never showed {text:?}; last: {last}");
+    }
+
     /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + PATIENCE;
@@ -149,6 +167,29 @@ impl TestServer {
         panic!(
             "{kind}/{name} was never removed: {:#?}",
             self.get_json(kind, name)
+        );
+    }
+}
+
+/// Waits until this machine's clock is past the whole second of `timestamp` (an RFC 3339 time
+/// the server wrote on this host, such as a `creationTimestamp`), so the next object the server
+/// stamps gets a later second. It waits on the clock, for exactly as long as needed, not for a
+/// guessed duration.
+pub fn wait_past_second(timestamp: &str) {
+    let stamped: jiff::Timestamp = timestamp
+        .parse()
+        .unwrap_or_else(|e| panic!("{timestamp:?} is not an RFC 3339 time: {e}"));
+    let next = jiff::Timestamp::from_second(stamped.as_second() + 1).expect("a representable time");
+    loop {
+        let now = jiff::Timestamp::now();
+        if now >= next {
+            return;
+        }
+        let left = next.duration_since(now);
+        std::thread::sleep(
+            std::time::Duration::try_from(left)
+                .unwrap_or(POLL)
+                .min(POLL),
         );
     }
 }

@@ -282,8 +282,28 @@ async fn run_container(
                 continue;
             }
         };
-        let spec = planned.spec;
+        let mut spec = planned.spec;
         let ephemeral = planned.ephemeral_limit.clone();
+        match run.mounts_of(&k8s).await {
+            Ok(m) => spec.mounts = m,
+            Err(e) => {
+                // Retried, as the kubelet's volume manager retries (a hostPath may appear).
+                run.node
+                    .events
+                    .warning(&run.reference, "FailedMount", e.0.clone());
+                run.update(slot, |c| {
+                    c.state = Observed::Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: Some(e.0.clone()),
+                    }
+                });
+                if sleep_or_stop(&mut stop, retry).await {
+                    return LoopEnd::Stopped;
+                }
+                retry = (retry * 2).min(MAX_START_RETRY);
+                continue;
+            }
+        }
         if first && !planned.unsupported_env.is_empty() {
             run.node.events.warning(
                 &run.reference,

@@ -57,7 +57,13 @@ fn env_value(pod: &Pod, e: &EnvVar) -> Option<String> {
         "metadata.uid" => meta.uid.clone(),
         "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
         "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
-        "status.podIP" | "status.hostIP" => Some("127.0.0.1".into()),
+        "status.podIP" | "status.podIPs" => Some(
+            pod.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+        ),
+        "status.hostIP" | "status.hostIPs" => Some("127.0.0.1".into()),
         _ => {
             let key = path
                 .strip_prefix("metadata.labels['")

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use imc_api::annotations::{AUTO_CREATED_LABEL, ENABLE_REUSE, MATCHED_IMAGE_CACHE};
 use imc_api::image_cache::Phase;
@@ -21,12 +21,13 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::container::{self, LoopEnd, Role, Slot};
+use super::container::{self, LoopEnd, Role, Slot, sleep_or_stop};
 use super::container_spec::{NodeLimits, sandbox_config};
 use super::image::{self, PullPolicy, Source};
 use super::restart::RestartPolicy;
 use super::status::{ContainerView, LOOPBACK, PodView, pod_status};
-use super::{Node, NodeError, confirm_deletion};
+use super::volumes::{self, PodVolumes, container_mounts};
+use super::{Node, NodeError, confirm_deletion, eviction, network};
 use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
 use crate::metrics::CacheUse;
 
@@ -66,6 +67,10 @@ pub(super) struct PodRun {
     pub(super) updates: watch::Receiver<Pod>,
     /// Set when the pod is evicted: every container stops.
     pub(super) evicted: watch::Sender<bool>,
+    /// The pod's volumes, set up.
+    volumes: PodVolumes,
+    /// `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` of every container.
+    etc_mounts: Vec<imc_runtime::VolumeMount>,
 }
 
 /// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
@@ -136,6 +141,7 @@ async fn run_inner(
         initialized_transition: start_time,
         init_failed: false,
         evicted: None,
+        pod_ips: Vec::new(),
     };
     let (status_tx, status_rx) = watch::channel(Some(pod_status(&view)));
     let writer = tokio::spawn(write_status(
@@ -173,7 +179,57 @@ async fn run_inner(
             return;
         }
     };
+    // The pod's address, as its status and its containers' env (`status.podIP`) show it.
+    let mut pod = pod;
+    let mut view = view;
+    view.pod_ips = sandbox.ips.iter().map(ToString::to_string).collect();
+    if let Some(ip) = view.pod_ips.first() {
+        pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.clone());
+    }
+    status_tx.send_replace(Some(pod_status(&view)));
+    let Some(volumes) = prepare_volumes(&node, &pod, &sandbox, &reference, &mut stop).await else {
+        // Deleted before its volumes could be set up.
+        if let Err(e) = sandbox.remove().await {
+            warn!(error = %e, "removing the pod sandbox");
+        }
+        drop(status_tx);
+        let _ = writer.await;
+        if !node.is_shutting_down() {
+            confirm_deletion(&api, &name, &uid).await;
+        }
+        return;
+    };
+    let etc_files = {
+        let (p, dir, host, ip) = (
+            pod.clone(),
+            sandbox.dir.clone(),
+            sandbox.hostname.clone(),
+            sandbox.ips.first().copied(),
+        );
+        tokio::task::spawn_blocking(move || network::write_pod_files(&p, &dir, &host, ip)).await
+    };
+    let etc_mounts = match etc_files {
+        Ok(Ok((mounts, warning))) => {
+            if let Some(w) = warning {
+                node.events.warning(&reference, "MissingClusterDNS", w);
+            }
+            mounts
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "writing the pod's hosts and resolv.conf");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "writing the pod's hosts and resolv.conf");
+            Vec::new()
+        }
+    };
     let (cache, auto_create) = resolve_cache(&node, &pod, &reference).await;
+    // Probes and hooks connect to it from inside the pod's network namespace.
+    let pod_ip = sandbox
+        .ips
+        .first()
+        .map_or_else(|| LOOPBACK.to_owned(), ToString::to_string);
     let run = Arc::new(PodRun {
         restart_policy: RestartPolicy::parse(
             pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
@@ -181,7 +237,7 @@ async fn run_inner(
         node: node.clone(),
         uid: uid.clone(),
         pod_ref: format!("{name}_{namespace}({uid})"),
-        pod_ip: LOOPBACK.to_owned(),
+        pod_ip,
         reference,
         sandbox,
         cache,
@@ -197,11 +253,28 @@ async fn run_inner(
         },
         updates,
         evicted: watch::Sender::new(false),
+        volumes,
+        etc_mounts,
         pod,
     });
-
     // Sidecars run alongside everything started after them.
     let mut tasks = tokio::task::JoinSet::new();
+    // Disk-backed emptyDirs over their sizeLimit get the pod evicted, as the kubelet does.
+    for (volume, dir, limit, text) in run.volumes.limited.clone() {
+        let (run, mut stop) = (run.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut evicted = run.evicted.subscribe();
+            tokio::select! {
+                _ = eviction::exceeded(Some(limit), vec![dir]) => {
+                    let why = format!("Usage of EmptyDir volume {volume:?} exceeds the limit {text:?}. ");
+                    run.node.events.warning(&run.reference, "Evicted", why.clone());
+                    run.evict(&why);
+                }
+                _ = evicted.wait_for(|e| *e) => {}
+                _ = stop.wait_for(Option::is_some) => {}
+            }
+        });
+    }
     match run_init_containers(&run, &mut stop, &mut tasks).await {
         LoopEnd::Completed => {
             for idx in 0..containers.len() {
@@ -243,6 +316,35 @@ async fn run_inner(
     node.remove_logs(&uid).await;
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
+}
+
+/// Sets up the pod's volumes, retrying every 10 s with a `FailedMount` event (once per distinct
+/// reason) while it fails, as the kubelet's volume manager does; `None` when the pod is deleted
+/// meanwhile.
+async fn prepare_volumes(
+    node: &Node,
+    pod: &Pod,
+    sandbox: &imc_runtime::PodSandbox,
+    reference: &ObjectReference,
+    stop: &mut watch::Receiver<Option<i64>>,
+) -> Option<PodVolumes> {
+    let mut last: Option<String> = None;
+    loop {
+        let (p, dir) = (pod.clone(), sandbox.dir.clone());
+        match tokio::task::spawn_blocking(move || volumes::prepare(&p, &dir)).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => {
+                if last.as_deref() != Some(e.0.as_str()) {
+                    node.events.warning(reference, "FailedMount", e.0.clone());
+                    last = Some(e.0);
+                }
+            }
+            Err(e) => warn!(error = %e, "setting up the pod's volumes"),
+        }
+        if sleep_or_stop(stop, Duration::from_secs(10)).await {
+            return None;
+        }
+    }
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
@@ -339,17 +441,20 @@ async fn resolve_cache(
         );
         return (None, false);
     }
-    let caches = node.ctx.settings.data_dir.join("caches");
-    let disk = [caches.join(format!("{id}.erofs")), caches.join(id)]
-        .into_iter()
-        .find(|p| p.exists());
+    // The id comes from an annotation: it becomes a file name only as a valid CacheId. A
+    // deleted cache's disk is kept (with the cache object) until its last pod is gone.
+    let data_dir = &node.ctx.settings.data_dir;
+    let disk = id
+        .parse::<imc_api::CacheId>()
+        .ok()
+        .and_then(|id| crate::cache::current_disk(data_dir, &id));
     let Some(disk) = disk else {
         node.events.warning(
             reference,
             "ImageCacheNotFound",
             format!(
                 "the disk of image cache {id} ({cache_name}) is missing from {}; pulling the images",
-                caches.display()
+                crate::cache::disk::caches_dir(data_dir).display()
             ),
         );
         return (None, false);
@@ -380,6 +485,28 @@ impl PodRun {
         self.status.send_replace(Some(pod_status(&state.view)));
         drop(state);
         self.evicted.send_replace(true);
+    }
+
+    /// The volume mounts of container `c` (subPaths resolved and pinned), on the blocking pool.
+    pub(super) async fn mounts_of(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<Vec<imc_runtime::VolumeMount>, volumes::VolumeError> {
+        let (volumes, c, dir) = (self.volumes.clone(), c.clone(), self.sandbox.dir.clone());
+        let mut mounts = tokio::task::spawn_blocking(move || container_mounts(&volumes, &c, &dir))
+            .await
+            .unwrap_or_else(|e| {
+                Err(volumes::VolumeError(format!(
+                    "resolving volume mounts: {e}"
+                )))
+            })?;
+        // The pod's own files, unless the container mounts something there itself.
+        for m in &self.etc_mounts {
+            if !mounts.iter().any(|v| v.destination == m.destination) {
+                mounts.push(m.clone());
+            }
+        }
+        Ok(mounts)
     }
 
     /// Changes the view of the container in `slot` and publishes the new status.

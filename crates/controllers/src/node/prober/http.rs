@@ -395,6 +395,7 @@ mod tests {
                 dir: PathBuf::from("/nonexistent"),
                 hostname: "h".into(),
                 namespaces: imc_runtime::PodNamespaces::default(),
+                ips: Vec::new(),
             },
             pod_ip: "127.0.0.1".into(),
         }
