@@ -35,7 +35,7 @@ pub use container::{
     StartRequest, VolumeMount,
 };
 pub use error::RuntimeError;
-pub use exec::{ContainerExec, ExecOutput, ExecRequest};
+pub use exec::{ContainerExec, ExecOutput, ExecProcess, ExecRequest, ExecSpawn, ExecStdio};
 pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
 pub use names::check_component;

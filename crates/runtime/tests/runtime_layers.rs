@@ -1,6 +1,7 @@
 //! Containers started by real runc on a real overlay over a real EROFS cache disk, with layer
 //! trees made on disk the way the layer store unpacks them (overlay whiteouts, opaque xattrs);
-//! and what the node does to running containers: `runc exec` (bounded output, timeouts),
+//! and what the node does to running containers: `runc exec` (bounded output, timeouts,
+//! streamed stdin/stdout/stderr),
 //! sockets in a pod's network namespace, the termination message file.
 
 use std::fs;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use imc_api::Digest;
 use imc_runtime::{
-    ContainerIo, ContainerSpec, ExecRequest, PreparedImage, Runtime, SandboxConfig, StartRequest,
-    StartTimings,
+    ContainerIo, ContainerSpec, ExecRequest, ExecSpawn, ExecStdio, PreparedImage, Runtime,
+    SandboxConfig, StartRequest, StartTimings,
 };
 use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
 
@@ -360,7 +361,13 @@ async fn exec_runs_in_the_container_with_its_exit_code_and_bounded_output() {
         .await
         .unwrap();
     assert_eq!(out.exit_code, 3);
-    assert_eq!(String::from_utf8_lossy(&out.output), "inside\nerr\n");
+    // runc copies each stream through a pipe of its own: their relative order is not kept.
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.output)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["err", "inside"]);
     assert!(!out.truncated);
 
     // A flood of output is cut at the limit; the command still runs to its end.
@@ -417,6 +424,109 @@ async fn exec_runs_in_the_container_with_its_exit_code_and_bounded_output() {
         matches!(&err, imc_runtime::RuntimeError::Runc { action: "exec", message, .. } if message.contains("/no/such/binary")),
         "{err}"
     );
+
+    container.kill("KILL").await.unwrap();
+    container.wait().await.unwrap();
+    container.remove().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+/// Whether a process with `needle` in its command line runs in the container (read with an
+/// exec of its own).
+async fn runs_in(exec: &imc_runtime::ContainerExec, needle: &str) -> bool {
+    let out = exec
+        .exec(exec_request(
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+            Some(30),
+            64 * 1024,
+        ))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.output).contains(needle)
+}
+
+/// Polls `check` until it holds (at most `PATIENCE`-like 60 s of 100 ms polls).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_spawned_exec_streams_stdin_stdout_and_stderr_and_dies_with_its_handle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox(
+            &SandboxConfig::new("pod-spawn", "pod-spawn"),
+            std::process::id(),
+        )
+        .await
+        .unwrap();
+    let container = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        script_spec("main", "exec sleep 3600"),
+    )
+    .await;
+    let exec = container.exec_handle();
+
+    // What is written to its stdin comes back on stdout and stderr, each apart; its exit code
+    // is the command's.
+    let mut p = exec
+        .spawn(ExecSpawn {
+            command: [
+                "sh",
+                "-c",
+                "while read l; do echo out:$l; echo err:$l >&2; done; exit 7",
+            ]
+            .map(String::from)
+            .to_vec(),
+            stdin: true,
+            output: ExecStdio::Separate,
+        })
+        .await
+        .unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
+    let (mut o, mut e) = (String::new(), String::new());
+    let (ro, re) = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+    ro.unwrap();
+    re.unwrap();
+    assert_eq!(o, "out:a\nout:b\n");
+    assert_eq!(e, "err:a\nerr:b\n");
+    assert_eq!(p.wait().await.unwrap(), 7);
+
+    // A process dropped without being waited for is killed in the container.
+    let p = exec
+        .spawn(ExecSpawn {
+            command: ["sleep", "4321"].map(String::from).to_vec(),
+            stdin: false,
+            output: ExecStdio::Combined,
+        })
+        .await
+        .unwrap();
+    eventually("the spawned command runs", || runs_in(&exec, "sleep 4321")).await;
+    drop(p);
+    eventually("the dropped command is gone", || async {
+        !runs_in(&exec, "sleep 4321").await
+    })
+    .await;
 
     container.kill("KILL").await.unwrap();
     container.wait().await.unwrap();
