@@ -1,6 +1,6 @@
 //! Probes, lifecycle hooks and restarts end to end (issue 9 item 2): a real `imc server`, real
 //! runc, real kubectl, busybox images from a real docker-registry. Readiness gates `Ready`;
-//! httpGet and tcpSocket probes reach a pod's loopback-only ports inside its network
+//! httpGet and tcpSocket probes reach a pod's ports from inside its network
 //! namespace; a failing liveness probe restarts the container with the kubelet's back-off and
 //! events; a startup probe holds the other probes back; postStart and preStop hooks run in
 //! order; termination messages come from the file or the log; init containers are retried;
@@ -274,8 +274,8 @@ fn readiness_probes_gate_ready_and_reach_the_pod_inside_its_network_namespace() 
     assert_eq!(status_of(&p, "app")["ready"], true);
     assert_eq!(condition(&p, "ContainersReady").0, "True");
 
-    // busybox httpd serves on the pod's loopback only; httpGet and tcpSocket probes reach it
-    // from inside the pod's network namespace. Probes of the other containers of the pod
+    // busybox httpd serves in the pod's network namespace; httpGet and tcpSocket probes reach
+    // it from inside that namespace. Probes of the other containers of the pod
     // check what answers and what does not.
     let web = "mkdir -p /www && echo fine > /www/healthz && exec httpd -f -p 8080 -h /www";
     let idle = "exec sleep 3600";
@@ -328,11 +328,13 @@ fn readiness_probes_gate_ready_and_reach_the_pod_inside_its_network_namespace() 
         "Unhealthy",
         "Readiness probe failed: HTTP probe failed with statuscode: 404",
     );
+    // Probes without a host connect to the pod's IP (inside its network namespace).
+    let pod_ip = p["status"]["podIP"].as_str().expect("the pod has an IP");
     wait_for_event(
         &server,
         "web",
         "Unhealthy",
-        "Readiness probe failed: dial tcp 127.0.0.1:9999: connect: connection refused",
+        &format!("Readiness probe failed: dial tcp {pod_ip}:9999: connect: connection refused"),
     );
     // The probe's request as httpd logged it: nothing, it logs nothing by default; the
     // answer (200 for /healthz, 404 for /missing) is what the probes saw.
@@ -626,7 +628,7 @@ fn init_containers_are_retried_as_the_restart_policy_says() {
     // The init container asks the test, which refuses the first time.
     let recorder = Recorder::start(|_, before| if before == 0 { 500 } else { 200 });
     let fetch = format!(
-        "echo asking; wget -q -O /dev/null http://127.0.0.1:{}/init",
+        "echo asking; wget -q -O /dev/null http://127.0.0.1:{}/init 2>/dev/null",
         recorder.port
     );
     let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "retried"},

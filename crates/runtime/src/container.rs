@@ -520,6 +520,25 @@ impl Container {
         self.runtime.runc.kill(&self.id, signal).await
     }
 
+    /// SIGKILL straight to the container's init process (its host pid, `kill(2)`), for when
+    /// it outlived a `runc kill KILL`: its PID namespace, and so everything in it, dies with
+    /// it. Only while [`Container::wait`] has not returned (the pid is not reaped, so it
+    /// cannot have been reused).
+    pub fn kill_init(&self) -> Result<(), RuntimeError> {
+        let pid = rustix::process::Pid::from_raw(self.pid).ok_or_else(|| RuntimeError::Runc {
+            action: "kill",
+            container: self.id.clone(),
+            message: format!("no init process (pid {})", self.pid),
+        })?;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| {
+            RuntimeError::Runc {
+                action: "kill",
+                container: self.id.clone(),
+                message: format!("kill({}, SIGKILL): {e}", self.pid),
+            }
+        })
+    }
+
     /// What runs commands in this container ([`ContainerExec::exec`]); usable from other
     /// tasks while this one waits for the container's exit.
     pub fn exec_handle(&self) -> ContainerExec {

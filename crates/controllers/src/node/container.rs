@@ -36,6 +36,10 @@ const MAX_START_RETRY: Duration = Duration::from_secs(60);
 /// (the kubelet's `minimumGracePeriodInSeconds`).
 const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
+/// How long a container may take to exit after SIGKILL before its init process is killed
+/// again, directly.
+const KILL_RETRY: Duration = Duration::from_secs(10);
+
 /// Which of the pod's containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Slot {
@@ -739,7 +743,19 @@ impl Stopper<'_> {
         if let Err(e) = self.container.kill("KILL").await {
             debug!(error = %e, "sending SIGKILL");
         }
-        wait.await
+        // runc may fail to deliver it (a command of its own that timed out under load): the
+        // init process is then killed directly, so a stop never hangs.
+        loop {
+            tokio::select! {
+                exit = &mut wait => return exit,
+                _ = tokio::time::sleep(KILL_RETRY) => {
+                    warn!("the container outlived SIGKILL: killing its init process directly");
+                    if let Err(e) = self.container.kill_init() {
+                        warn!(error = %e, "killing the container's init process");
+                    }
+                }
+            }
+        }
     }
 }
 
