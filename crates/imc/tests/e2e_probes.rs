@@ -4,6 +4,7 @@
 //! namespace; a failing liveness probe restarts the container with the kubelet's back-off and
 //! events; a startup probe holds the other probes back; postStart and preStop hooks run in
 //! order; termination messages come from the file or the log; init containers are retried;
+//! a sidecar starts before the next init container and runs alongside the app;
 //! restart counts and previous logs survive a crash of the server.
 //!
 //! The test waits only on observable state (status, events, files the containers write);
@@ -735,4 +736,50 @@ fn wait_for_output(server: &TestServer) -> String {
         assert!(Instant::now() < deadline, "no output: {text}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_sidecar_starts_before_the_next_init_container_and_runs_alongside_the_app() {
+    let reg = registry_with_images();
+    let server = start_server(&reg);
+    // The sidecar writes a file into a shared emptyDir; the init container after it and the
+    // app read it, so they ran after the sidecar had started.
+    let shared = json!([{"name": "shared", "mountPath": "/shared"}]);
+    server.create_ok(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sided"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+                 "volumes": [{"name": "shared", "emptyDir": {}}],
+                 "initContainers": [
+                     {"name": "side", "image": reg.busybox, "restartPolicy": "Always",
+                      "command": ["sh", "-c", "echo up > /shared/side; exec sleep 3600"],
+                      "volumeMounts": shared,
+                      "startupProbe": exec_probe("test -e /shared/side", json!({}))},
+                     {"name": "init", "image": reg.busybox,
+                      "command": ["sh", "-c", "cat /shared/side"], "volumeMounts": shared}],
+                 "containers": [
+                     {"name": "app", "image": reg.busybox,
+                      "command": ["sh", "-c", "cat /shared/side; exec sleep 3600"],
+                      "volumeMounts": shared}]}}),
+    );
+    let p = server.wait_for("pod", "sided", "running and ready", |p| {
+        pod_running(p) && condition(p, "Ready").0 == "True"
+    });
+    let side = status_of(&p, "side");
+    assert_eq!(side["started"], true, "{side:#}");
+    assert_eq!(side["ready"], true, "{side:#}");
+    assert!(side["state"]["running"].is_object(), "{side:#}");
+    let init = status_of(&p, "init");
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{init:#}");
+    assert_eq!(server.kubectl_ok(&["logs", "sided", "-c", "init"]), "up\n");
+    server.wait_for_log("sided", "app", "up");
+    // kubectl counts the sidecar among the pod's containers.
+    let table = server.kubectl_ok(&["get", "pod", "sided"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("sided ") && l.contains(" 2/2 ") && l.contains("Running")),
+        "{table}"
+    );
+    server.kubectl_ok(&["delete", "pod", "sided"]);
+    server.wait_gone("pod", "sided");
 }

@@ -94,17 +94,40 @@ pub fn def() -> ResourceDef {
     pod
 }
 
+/// The READY column as kube-apiserver's pod printer computes it: ready regular containers, and
+/// sidecars (`restartPolicy: Always` init containers) counted among them once started and
+/// ready.
 fn pod_ready(o: &Value) -> Value {
+    let sidecars: Vec<&str> = o
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter(|c| c["restartPolicy"] == "Always")
+                .filter_map(|c| c["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
     let total = o
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map_or(0, |s| {
-            s.iter().filter(|c| c["ready"] == json!(true)).count()
-        });
+        .map_or(0, Vec::len)
+        + sidecars.len();
+    let statuses = |path: &str| {
+        o.pointer(path)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ready = statuses("/status/containerStatuses")
+        .iter()
+        .filter(|c| c["ready"] == json!(true))
+        .count()
+        + statuses("/status/initContainerStatuses")
+            .iter()
+            .filter(|c| c["name"].as_str().is_some_and(|n| sidecars.contains(&n)))
+            .filter(|c| c["started"] == json!(true) && c["ready"] == json!(true))
+            .count();
     Value::String(format!("{ready}/{total}"))
 }
 
@@ -218,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn status_column_shows_init_progress_and_failures() {
+    fn columns_show_init_progress_sidecars_and_failures() {
         let init = |state: Value| json!({"name": "i", "state": state});
         // (case, pod, STATUS)
         let rows = [
@@ -257,6 +280,14 @@ mod tests {
         for (case, pod, want) in rows {
             assert_eq!(pod_status(&pod), json!(want), "{case}");
         }
+        let with_sidecar = json!({
+            "spec": {"initContainers": [{"name": "side", "restartPolicy": "Always"}, {"name": "i"}],
+                     "containers": [{"name": "c"}]},
+            "status": {"initContainerStatuses": [
+                           {"name": "side", "started": true, "ready": true},
+                           {"name": "i", "ready": false}],
+                       "containerStatuses": [{"name": "c", "ready": false}]}});
+        assert_eq!(pod_ready(&with_sidecar), json!("1/2"), "a sidecar counts");
         let restarted = json!({"status": {
             "initContainerStatuses": [{"restartCount": 2}],
             "containerStatuses": [{"restartCount": 1}]}});
