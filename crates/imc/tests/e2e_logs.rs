@@ -51,9 +51,26 @@ fn release(dir: &std::path::Path) {
     std::fs::write(dir.join("rootfs/go"), "").unwrap();
 }
 
+/// `DIR/logs/<uid>/app`, where the node keeps the logs of the container whose dir is
+/// `DIR/pods/<uid>/app`.
+fn logs_of(container_dir: &std::path::Path) -> PathBuf {
+    let pod_dir = container_dir
+        .parent()
+        .expect("a container dir is in its pod dir");
+    let data_dir = pod_dir
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("DIR/pods/<uid>");
+    data_dir
+        .join("logs")
+        .join(pod_dir.file_name().expect("a pod uid"))
+        .join("app")
+}
+
 /// The container's log files: (name, size), sorted.
-fn log_files(dir: &std::path::Path) -> Vec<(String, u64)> {
-    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+fn log_files(container_dir: &std::path::Path) -> Vec<(String, u64)> {
+    let dir = logs_of(container_dir);
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

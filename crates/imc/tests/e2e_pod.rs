@@ -535,14 +535,18 @@ fn logs_follow_tail_and_exit_status_with_restart_policies() {
         p["status"]["phase"] == "Succeeded"
     });
     assert_eq!(server.kubectl_ok(&["logs", "init-ok"]), "main ran\n");
-    server.wait_for("pod", "init-bad", "Failed", |p| {
+    let p = server.wait_for("pod", "init-bad", "Failed", |p| {
         p["status"]["phase"] == "Failed"
     });
-    let describe = server.kubectl_ok(&["describe", "pod", "init-bad"]);
-    assert!(
-        describe.contains("init container init exited with code 5"),
-        "{describe}"
+    // As the kubelet shows it: the init container's exit, the app never started.
+    let init = &p["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["exitCode"], 5, "{init:#}");
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
     );
+    let table = server.kubectl_ok(&["get", "pod", "init-bad"]);
+    assert!(table.contains("Init:Error"), "{table}");
 
     let all = [
         "talker",

@@ -1,6 +1,7 @@
 //! Containers: start (overlay rootfs + OCI spec + runc), wait, kill, remove.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::cni::CniNetwork;
+use crate::exec::ContainerExec;
 use crate::image::ImageConfig;
 use crate::log_writer::{LogLimits, LogWriter};
 use crate::netns::SandboxConfig;
@@ -41,6 +43,10 @@ pub struct ContainerSpec {
     pub security: SecuritySpec,
     /// Its cgroup limits (`resources`).
     pub resources: ResourceSpec,
+    /// `terminationMessagePath`: where in the container a file is bind-mounted that the
+    /// process may write its termination message to (read by
+    /// [`Container::termination_message`] after its exit). Absolute, without `..`.
+    pub termination_message_path: Option<String>,
     /// Host paths bind-mounted into it (its volumes), in order.
     pub mounts: Vec<VolumeMount>,
 }
@@ -57,11 +63,15 @@ pub struct VolumeMount {
 }
 
 /// Where the container's stdout/stderr go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerIo {
     /// Both to `DIR/pods/<uid>/<name>/container.log` in the CRI log format, rotated within
     /// the runtime's [`LogLimits`].
     Log,
+    /// Both to this file (its directory must exist) in the CRI log format, rotated within the
+    /// runtime's [`LogLimits`]: a log kept apart from the container dir outlives the
+    /// container (the node keeps logs across restarts).
+    LogAt(PathBuf),
     /// The calling process's own stdout/stderr (`imc run` in the foreground).
     Inherit,
 }
@@ -115,6 +125,11 @@ pub(crate) struct ContainerRecord {
 }
 
 pub(crate) const RECORD_FILE: &str = "container.json";
+/// The host side of the container's termination message file, in its container dir.
+const TERMINATION_LOG: &str = "termination-log";
+/// The most of a termination message that is read (its end), as the kubelet's
+/// `MaxContainerTerminationMessageLength`.
+pub const MAX_TERMINATION_MESSAGE: usize = 4096;
 /// How long [`Container::wait`] waits for the log of an exited container to be complete (its
 /// pipes close when its last process is gone, at once unless something outside holds them).
 const LOG_DRAIN_BOUND: Duration = Duration::from_secs(5);
@@ -241,11 +256,15 @@ impl Runtime {
         let mut timings = req.timings;
         timings.layers_from_cache = req.image.layers.iter().filter(|l| l.from_cache).count();
         timings.layers_from_store = req.image.layers.len() - timings.layers_from_cache;
+        let log_path = match &req.io {
+            ContainerIo::LogAt(path) => path.clone(),
+            _ => dir.join("container.log"),
+        };
         let container = Container {
             id: runc_id.clone(),
             pod_uid: req.sandbox.uid.clone(),
             name: name.clone(),
-            log_path: dir.join("container.log"),
+            log_path,
             dir: dir.clone(),
             rootfs: rootfs.clone(),
             pid: 0,
@@ -305,7 +324,7 @@ impl Runtime {
         let t = Instant::now();
         let (stdout, stderr) = match io {
             ContainerIo::Inherit => (Stdio::inherit(), Stdio::inherit()),
-            ContainerIo::Log => {
+            ContainerIo::Log | ContainerIo::LogAt(_) => {
                 let (writer, pipes) =
                     LogWriter::start(&c.log_path, self.log_limits, &c.name).await?;
                 c.log = Some(writer);
@@ -377,6 +396,15 @@ impl Bundle {
         }
         // Recorded before anything is mounted or started, so a crash from here on is recoverable.
         write_json(&self.dir.join(RECORD_FILE), &self.record)?;
+        let termination_log = match &self.container.termination_message_path {
+            Some(path) => {
+                check_container_path(name, "terminationMessagePath", path)?;
+                let host = self.dir.join(TERMINATION_LOG);
+                create_termination_log(&host)?;
+                Some((path.clone(), host))
+            }
+            None => None,
+        };
         let lowers: Vec<PathBuf> = self.image.layers.iter().map(|l| l.dir.clone()).collect();
         rootfs::mount_overlay(name, &lowers, &upper, &work, &self.rootfs)?;
         let config = ImageConfig::from_oci(&self.image.reference, &self.image.config)?;
@@ -399,6 +427,7 @@ impl Bundle {
             hostname: &self.sandbox.hostname,
             cgroups_path: cgroups::container_path(&self.sandbox.uid, name),
             seccomp,
+            termination_log,
         })?;
         let bundle_config = self.dir.join("config.json");
         oci.save(&bundle_config).map_err(|e| RuntimeError::Spec {
@@ -491,6 +520,53 @@ impl Container {
         self.runtime.runc.kill(&self.id, signal).await
     }
 
+    /// SIGKILL straight to the container's init process (its host pid, `kill(2)`), for when
+    /// it outlived a `runc kill KILL`: its PID namespace, and so everything in it, dies with
+    /// it. Only while [`Container::wait`] has not returned (the pid is not reaped, so it
+    /// cannot have been reused).
+    pub fn kill_init(&self) -> Result<(), RuntimeError> {
+        let pid = rustix::process::Pid::from_raw(self.pid).ok_or_else(|| RuntimeError::Runc {
+            action: "kill",
+            container: self.id.clone(),
+            message: format!("no init process (pid {})", self.pid),
+        })?;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| {
+            RuntimeError::Runc {
+                action: "kill",
+                container: self.id.clone(),
+                message: format!("kill({}, SIGKILL): {e}", self.pid),
+            }
+        })
+    }
+
+    /// What runs commands in this container ([`ContainerExec::exec`]); usable from other
+    /// tasks while this one waits for the container's exit.
+    pub fn exec_handle(&self) -> ContainerExec {
+        ContainerExec {
+            runc: self.runtime.runc.clone(),
+            id: self.id.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// The termination message the process wrote to its `terminationMessagePath`: the last
+    /// [`MAX_TERMINATION_MESSAGE`] bytes of that file, `None` when the container has none or
+    /// it is empty. Read from the host's side of the bind mount, never following a symlink;
+    /// anything but a regular file is refused.
+    pub async fn termination_message(&self) -> Result<Option<String>, RuntimeError> {
+        let path = self.dir.join(TERMINATION_LOG);
+        crate::blocking("reading the termination message", move || {
+            read_tail(&path, MAX_TERMINATION_MESSAGE)
+                .map(|bytes| {
+                    bytes
+                        .filter(|b| !b.is_empty())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                })
+                .map_err(RuntimeError::io("reading", &path))
+        })
+        .await
+    }
+
     /// runc's view of the container; `None` once deleted.
     pub async fn status(&self) -> Result<Option<ContainerStatus>, RuntimeError> {
         Ok(self.runtime.runc.state(&self.id).await?.map(|(s, _)| s))
@@ -580,6 +656,62 @@ fn exit_info(status: i32, finished_at: String) -> ExitInfo {
             finished_at,
         }
     }
+}
+
+/// Refuses a path in the container that is not absolute, holds a `..` component or a NUL.
+fn check_container_path(container: &str, what: &str, path: &str) -> Result<(), RuntimeError> {
+    let reason = if !path.starts_with('/') {
+        "is not absolute"
+    } else if path.split('/').any(|c| c == "..") {
+        "contains '..'"
+    } else if path.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(RuntimeError::Spec {
+        container: container.to_owned(),
+        reason: format!("{what} {path:?} {reason}"),
+    })
+}
+
+/// Creates the empty host file bind-mounted as the termination message file, writable by any
+/// user the container runs as (as the kubelet makes it). Blocking.
+fn create_termination_log(path: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(RuntimeError::io("creating", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+        .map_err(RuntimeError::io("setting the mode of", path))
+}
+
+/// The last `max` bytes of the regular file at `path` (`None` when it does not exist); opened
+/// without following a symlink and without blocking on a FIFO. Blocking.
+pub(crate) fn read_tail(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let start = meta.len().saturating_sub(max as u64);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity(max.min(meta.len() as usize));
+    file.take(max as u64).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {

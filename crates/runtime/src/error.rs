@@ -89,6 +89,15 @@ pub enum RuntimeError {
         container: String,
         seconds: u64,
     },
+    /// A command run in a container (`runc exec`) did not finish in time; it was killed.
+    #[error(
+        "command {command:?} in container {container} did not finish within {seconds} s and was killed"
+    )]
+    ExecTimeout {
+        container: String,
+        command: String,
+        seconds: u64,
+    },
     /// A blocking task of the runtime panicked or was cancelled.
     #[error("{action}: the worker thread failed: {reason}")]
     Worker {

@@ -14,6 +14,7 @@ mod cgroups;
 mod cni;
 mod container;
 mod error;
+mod exec;
 mod image;
 mod log_writer;
 mod names;
@@ -30,9 +31,11 @@ mod user;
 
 pub use cni::{Attachment, CniNetwork, POD_INTERFACE, PortMapping, default_conflist};
 pub use container::{
-    Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest, VolumeMount,
+    Container, ContainerIo, ContainerSpec, ExitInfo, MAX_TERMINATION_MESSAGE, Runtime,
+    StartRequest, VolumeMount,
 };
 pub use error::RuntimeError;
+pub use exec::{ContainerExec, ExecOutput, ExecProcess, ExecRequest, ExecSpawn, ExecStdio};
 pub use image::{
     ImageConfig, LayerSource, PreparedImage, Presence, in_cache, prepare_image, presence,
 };

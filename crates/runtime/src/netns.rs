@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::UnmountFlags;
@@ -141,6 +142,40 @@ impl PodSandbox {
         Ok(sandbox)
     }
 
+    /// A TCP socket, not yet connected, in the pod's network namespace (the host's for a
+    /// `hostNetwork` pod): the node reaches a pod's ports by connecting it (DESIGN §5). A
+    /// socket keeps the namespace it was made in, so only its creation needs the namespace:
+    /// that happens on a short-lived thread of its own (`setns` changes only the calling
+    /// thread), and the connect runs on the caller's runtime.
+    pub async fn tcp_socket(&self, ipv6: bool) -> Result<tokio::net::TcpSocket, RuntimeError> {
+        let network = |cause: std::io::Error| RuntimeError::Network {
+            pod: self.uid.clone(),
+            cause,
+        };
+        let Some(netns) = self.namespaces.netns.clone() else {
+            return if ipv6 {
+                tokio::net::TcpSocket::new_v6()
+            } else {
+                tokio::net::TcpSocket::new_v4()
+            }
+            .map_err(network);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("pod-netns-socket".into())
+            .spawn(move || {
+                let _ = tx.send(socket_in(&netns, ipv6));
+            })
+            .map_err(network)?;
+        let fd = rx
+            .await
+            .map_err(|_| network(std::io::Error::other("the netns thread ended early")))?
+            .map_err(network)?;
+        Ok(tokio::net::TcpSocket::from_std_stream(
+            std::net::TcpStream::from(fd),
+        ))
+    }
+
     /// The pod's CNI attachment, if it has one.
     fn attachment(&self) -> Option<Attachment> {
         read_attachment(&self.dir)
@@ -168,6 +203,35 @@ impl PodSandbox {
         }
         Ok(())
     }
+}
+
+/// Enters the network namespace held by `netns` and makes a non-blocking TCP socket there.
+/// Only for a thread of its own, which must end right after (it stays in that namespace).
+fn socket_in(netns: &Path, ipv6: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let ns = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(netns)?;
+    // SAFETY: setns(2) on a valid fd we own; it changes only this thread's namespace, and the
+    // thread ends right after making the socket.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh, valid socket nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The CNI attachment kept in a pod dir (bounded read; `None` when absent or unreadable).

@@ -58,7 +58,7 @@ impl Runc {
         }
     }
 
-    fn command(&self, log: Option<&Path>) -> Command {
+    pub(crate) fn command(&self, log: Option<&Path>) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root);
         if let Some(log) = log {
@@ -214,7 +214,7 @@ fn runc_error(action: &'static str, id: &str, message: String) -> RuntimeError {
 }
 
 /// The last `error`-level message of a runc JSON log (its last 64 KiB).
-fn last_error(log: &Path) -> Option<String> {
+pub(crate) fn last_error(log: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(log).ok()?;
     let len = file.metadata().ok()?.len();

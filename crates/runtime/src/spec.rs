@@ -105,6 +105,8 @@ pub struct SpecInput<'a> {
     pub cgroups_path: String,
     /// The seccomp filter, if any.
     pub seccomp: Option<LinuxSeccomp>,
+    /// (path in the container, host file) of the termination message file, bind-mounted.
+    pub termination_log: Option<(String, PathBuf)>,
 }
 
 /// The complete runtime spec: process, root, namespaces, capabilities, seccomp, devices and
@@ -121,6 +123,7 @@ pub fn generate_spec(input: SpecInput<'_>) -> Result<Spec, RuntimeError> {
         hostname,
         cgroups_path,
         seccomp,
+        termination_log,
     } = input;
     let args = process_args(image, container);
     if args.is_empty() {
@@ -199,6 +202,16 @@ pub fn generate_spec(input: SpecInput<'_>) -> Result<Spec, RuntimeError> {
         }
     }
 
+    if let Some((destination, host)) = termination_log {
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from(destination));
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(host));
+        m.set_options(Some(vec!["rbind".into(), "rprivate".into(), "rw".into()]));
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(m);
+        spec.set_mounts(Some(mounts));
+    }
     let linux = spec
         .linux_mut()
         .as_mut()
@@ -398,6 +411,7 @@ mod tests {
             hostname: "h",
             cgroups_path: "/imc/u/c".into(),
             seccomp: None,
+            termination_log: None,
         })
         .unwrap();
         serde_json::to_value(&spec).unwrap()
@@ -539,6 +553,7 @@ mod tests {
                     hostname: "h",
                     cgroups_path: String::new(),
                     seccomp: None,
+                    termination_log: None,
                 })
                 .is_err(),
                 "{bad}"
@@ -598,6 +613,7 @@ mod tests {
             hostname: "h",
             cgroups_path: String::new(),
             seccomp: None,
+            termination_log: None,
         })
         .unwrap_err();
         assert!(matches!(err, RuntimeError::NoCommand { .. }));

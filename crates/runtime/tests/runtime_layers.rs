@@ -1,14 +1,18 @@
 //! Containers started by real runc on a real overlay over a real EROFS cache disk, with layer
-//! trees made on disk the way the layer store unpacks them (overlay whiteouts, opaque xattrs).
+//! trees made on disk the way the layer store unpacks them (overlay whiteouts, opaque xattrs);
+//! and what the node does to running containers: `runc exec` (bounded output, timeouts,
+//! streamed stdin/stdout/stderr),
+//! sockets in a pod's network namespace, the termination message file.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use imc_api::Digest;
 use imc_runtime::{
-    ContainerIo, ContainerSpec, PreparedImage, Runtime, SandboxConfig, StartRequest, StartTimings,
+    ContainerIo, ContainerSpec, ExecRequest, ExecSpawn, ExecStdio, PreparedImage, Runtime,
+    SandboxConfig, StartRequest, StartTimings,
 };
 use imc_snapshot::{BackendChoice, BuildImage, BuildOptions, SnapshotBuilder};
 
@@ -27,7 +31,7 @@ fn base_layer(root: &Path) -> Digest {
         .expect("busybox-static must be installed (/bin/busybox)");
     for applet in [
         "sh", "cat", "ls", "echo", "stat", "readlink", "id", "touch", "rm", "mkdir", "sleep",
-        "test", "sync", "wc",
+        "test", "sync", "wc", "nc", "dd", "head", "yes", "tr",
     ] {
         symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
@@ -175,16 +179,14 @@ async fn layer_semantics_inside_a_container_started_from_a_cache_disk() {
     );
 }
 
-/// Starts `script` as container `name` of `sandbox` from the layer store (no cache) and returns
-/// its exit code and log.
-async fn run_in(
+/// Starts `spec` in `sandbox` from the layer store (no cache).
+async fn start_in(
     runtime: &Runtime,
     sandbox: &imc_runtime::PodSandbox,
     root: &Path,
     layers: &[Digest],
-    name: &str,
-    script: &str,
-) -> (i32, String) {
+    spec: ContainerSpec,
+) -> imc_runtime::Container {
     let store = root.to_path_buf();
     let config = serde_json::json!({"config": {"Cmd": ["sh"]}});
     let prepared = PreparedImage::locate("r.example/net:1", config, layers, None, &|d: &Digest| {
@@ -194,11 +196,7 @@ async fn run_in(
     let container = runtime
         .start(StartRequest {
             sandbox,
-            container: ContainerSpec {
-                name: name.into(),
-                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                ..Default::default()
-            },
+            container: spec,
             image: prepared,
             cache: None,
             io: ContainerIo::Log,
@@ -209,6 +207,29 @@ async fn run_in(
         .await
         .unwrap();
     assert_eq!(container.timings.layers_from_store, layers.len());
+    container
+}
+
+/// A container spec running `script` with `sh -c`.
+fn script_spec(name: &str, script: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
+}
+
+/// Starts `script` as container `name` of `sandbox` from the layer store (no cache) and returns
+/// its exit code and log.
+async fn run_in(
+    runtime: &Runtime,
+    sandbox: &imc_runtime::PodSandbox,
+    root: &Path,
+    layers: &[Digest],
+    name: &str,
+    script: &str,
+) -> (i32, String) {
+    let container = start_in(runtime, sandbox, root, layers, script_spec(name, script)).await;
     let exit = container.wait().await.unwrap();
     let log = String::from_utf8(imc_runtime::log_text(
         &fs::read(&container.log_path).unwrap(),
@@ -297,4 +318,354 @@ async fn an_image_with_more_layers_than_a_mount_option_page_holds_runs() {
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(log, "81\n79");
+}
+
+fn exec_request(command: &[&str], timeout: Option<u64>, limit: usize) -> ExecRequest {
+    ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        timeout: timeout.map(Duration::from_secs),
+        output_limit: limit,
+    }
+}
+
+#[tokio::test]
+async fn exec_runs_in_the_container_with_its_exit_code_and_bounded_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox(
+            &SandboxConfig::new("pod-exec", "pod-exec"),
+            std::process::id(),
+        )
+        .await
+        .unwrap();
+    let container = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        script_spec("main", "echo inside > /tmp/marker; exec sleep 3600"),
+    )
+    .await;
+    let exec = container.exec_handle();
+
+    // The command sees the container's files; stdout and stderr are kept together.
+    let out = exec
+        .exec(exec_request(
+            &["sh", "-c", "cat /tmp/marker; echo err >&2; exit 3"],
+            Some(30),
+            1024,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 3);
+    // runc copies each stream through a pipe of its own: their relative order is not kept.
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.output)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["err", "inside"]);
+    assert!(!out.truncated);
+
+    // A flood of output is cut at the limit; the command still runs to its end.
+    let out = exec
+        .exec(exec_request(
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero bs=1024 count=1024 2>/dev/null; echo done > /tmp/flood",
+            ],
+            Some(60),
+            100,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(out.output.len(), 100);
+    assert!(out.truncated);
+    let out = exec
+        .exec(exec_request(&["cat", "/tmp/flood"], Some(30), 100))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.output), "done\n");
+
+    // A command over its timeout is killed: it is no longer in the container afterwards.
+    let err = exec
+        .exec(exec_request(&["sleep", "1234"], Some(1), 100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, imc_runtime::RuntimeError::ExecTimeout { .. }),
+        "{err}"
+    );
+    let out = exec
+        .exec(exec_request(
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+            Some(30),
+            4096,
+        ))
+        .await
+        .unwrap();
+    let procs = String::from_utf8_lossy(&out.output).into_owned();
+    assert!(
+        !procs.contains("1234"),
+        "the timed out command still runs: {procs}"
+    );
+
+    // A command that cannot be started is runc's error, not an exit code.
+    let err = exec
+        .exec(exec_request(&["/no/such/binary"], Some(30), 100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, imc_runtime::RuntimeError::Runc { action: "exec", message, .. } if message.contains("/no/such/binary")),
+        "{err}"
+    );
+
+    container.kill("KILL").await.unwrap();
+    container.wait().await.unwrap();
+    container.remove().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+/// Whether a process with `needle` in its command line runs in the container (read with an
+/// exec of its own).
+async fn runs_in(exec: &imc_runtime::ContainerExec, needle: &str) -> bool {
+    let out = exec
+        .exec(exec_request(
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+            Some(30),
+            64 * 1024,
+        ))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.output).contains(needle)
+}
+
+/// Polls `check` until it holds (at most `PATIENCE`-like 60 s of 100 ms polls).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_spawned_exec_streams_stdin_stdout_and_stderr_and_dies_with_its_handle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox(
+            &SandboxConfig::new("pod-spawn", "pod-spawn"),
+            std::process::id(),
+        )
+        .await
+        .unwrap();
+    let container = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        script_spec("main", "exec sleep 3600"),
+    )
+    .await;
+    let exec = container.exec_handle();
+
+    // What is written to its stdin comes back on stdout and stderr, each apart; its exit code
+    // is the command's.
+    let mut p = exec
+        .spawn(ExecSpawn {
+            command: [
+                "sh",
+                "-c",
+                "while read l; do echo out:$l; echo err:$l >&2; done; exit 7",
+            ]
+            .map(String::from)
+            .to_vec(),
+            stdin: true,
+            output: ExecStdio::Separate,
+        })
+        .await
+        .unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
+    let (mut o, mut e) = (String::new(), String::new());
+    let (ro, re) = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+    ro.unwrap();
+    re.unwrap();
+    assert_eq!(o, "out:a\nout:b\n");
+    assert_eq!(e, "err:a\nerr:b\n");
+    assert_eq!(p.wait().await.unwrap(), 7);
+
+    // A process dropped without being waited for is killed in the container.
+    let p = exec
+        .spawn(ExecSpawn {
+            command: ["sleep", "4321"].map(String::from).to_vec(),
+            stdin: false,
+            output: ExecStdio::Combined,
+        })
+        .await
+        .unwrap();
+    eventually("the spawned command runs", || runs_in(&exec, "sleep 4321")).await;
+    drop(p);
+    eventually("the dropped command is gone", || async {
+        !runs_in(&exec, "sleep 4321").await
+    })
+    .await;
+
+    container.kill("KILL").await.unwrap();
+    container.wait().await.unwrap();
+    container.remove().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_made_for_a_pod_connects_inside_its_network_namespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox(
+            &SandboxConfig::new("pod-sock", "pod-sock"),
+            std::process::id(),
+        )
+        .await
+        .unwrap();
+    // A listener on the host's loopback, which the pod's loopback is not.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let container = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        script_spec("main", "echo hello-from-the-pod | nc -l -p 7007"),
+    )
+    .await;
+
+    let addr: std::net::SocketAddr = "127.0.0.1:7007".parse().unwrap();
+    let mut reply = String::new();
+    for _ in 0..200 {
+        let socket = pod.tcp_socket(false).await.unwrap();
+        if let Ok(stream) = socket.connect(addr).await {
+            use tokio::io::AsyncBufReadExt;
+            // nc keeps the connection after its input ends: one line is read, then it is
+            // closed (and nc exits).
+            tokio::io::BufReader::new(stream)
+                .read_line(&mut reply)
+                .await
+                .unwrap();
+            break;
+        }
+        // nc is not listening yet.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reply, "hello-from-the-pod\n");
+
+    let socket = pod.tcp_socket(false).await.unwrap();
+    let refused = socket
+        .connect(format!("127.0.0.1:{host_port}").parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the host's loopback is not the pod's"
+    );
+
+    container.wait().await.unwrap();
+    container.remove().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_termination_message_is_read_from_the_file_the_container_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers = vec![base_layer(root)];
+    let runtime = Runtime::new(root).unwrap();
+    let pod = runtime
+        .create_sandbox(
+            &SandboxConfig::new("pod-term", "pod-term"),
+            std::process::id(),
+        )
+        .await
+        .unwrap();
+    let with_path = |name: &str, path: &str, script: &str| ContainerSpec {
+        termination_message_path: Some(path.into()),
+        security: imc_runtime::SecuritySpec {
+            run_as_user: Some(1000),
+            ..Default::default()
+        },
+        ..script_spec(name, script)
+    };
+
+    // Written by a non-root user, at the default path (in the container's /dev).
+    let c = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        with_path(
+            "short",
+            "/dev/termination-log",
+            "printf 'bye now' > /dev/termination-log; exit 2",
+        ),
+    )
+    .await;
+    assert_eq!(c.wait().await.unwrap().code, 2);
+    assert_eq!(
+        c.termination_message().await.unwrap().as_deref(),
+        Some("bye now")
+    );
+    c.remove().await.unwrap();
+
+    // Only its last 4 KiB are read.
+    let c = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        with_path(
+            "long",
+            "/tmp/msg",
+            "yes 0123456789abcdef | head -c 5000 > /tmp/msg; printf END >> /tmp/msg",
+        ),
+    )
+    .await;
+    c.wait().await.unwrap();
+    let message = c.termination_message().await.unwrap().unwrap();
+    assert_eq!(message.len(), imc_runtime::MAX_TERMINATION_MESSAGE);
+    assert!(message.ends_with("END"), "{message}");
+    c.remove().await.unwrap();
+
+    // Nothing written: no message.
+    let c = start_in(
+        &runtime,
+        &pod,
+        root,
+        &layers,
+        with_path("silent", "/dev/termination-log", "exit 0"),
+    )
+    .await;
+    c.wait().await.unwrap();
+    assert_eq!(c.termination_message().await.unwrap(), None);
+    c.remove().await.unwrap();
+    pod.remove().await.unwrap();
 }

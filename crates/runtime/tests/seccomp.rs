@@ -64,6 +64,7 @@ fn run(script: &str, seccomp: Option<LinuxSeccomp>) -> Outcome {
             tmp.path().file_name().unwrap().to_string_lossy()
         ),
         seccomp: None,
+        termination_log: None,
     })
     .unwrap();
     let linux = spec.linux_mut().as_mut().unwrap();

@@ -91,24 +91,36 @@ pub fn sandbox_config(pod: &Pod) -> Result<SandboxConfig, ConfigError> {
     })
 }
 
-/// What of container `c` this node does not do yet and says so in a warning (it does not change
-/// what runs, only what is checked): probes and lifecycle hooks.
-pub fn not_run(c: &Container) -> Vec<&'static str> {
+/// What of container `c` this node does not do and says so in a warning (it does not change
+/// what runs): `lifecycle.stopSignal` (newer than the kubelet this node follows), and probes
+/// or hooks on a regular init container (`regular_init`), which the API refuses and nothing
+/// would run.
+pub fn not_run(c: &Container, regular_init: bool) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if c.startup_probe.is_some() {
-        out.push("startupProbe");
+    if c.lifecycle
+        .as_ref()
+        .is_some_and(|l| l.stop_signal.is_some())
+    {
+        out.push("lifecycle.stopSignal");
     }
-    if c.liveness_probe.is_some() {
-        out.push("livenessProbe");
-    }
-    if c.readiness_probe.is_some() {
-        out.push("readinessProbe");
-    }
-    if c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()) {
-        out.push("lifecycle.postStart");
-    }
-    if c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) {
-        out.push("lifecycle.preStop");
+    if regular_init {
+        for (set, name) in [
+            (c.startup_probe.is_some(), "startupProbe"),
+            (c.liveness_probe.is_some(), "livenessProbe"),
+            (c.readiness_probe.is_some(), "readinessProbe"),
+            (
+                c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()),
+                "lifecycle.postStart",
+            ),
+            (
+                c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()),
+                "lifecycle.preStop",
+            ),
+        ] {
+            if set {
+                out.push(name);
+            }
+        }
     }
     out
 }
@@ -143,6 +155,7 @@ pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Pla
             .and_then(|p| u16::try_from(p.container_port).ok()),
         security: security(pod_security, c)?,
         resources: resources(c.resources.as_ref(), limits)?,
+        termination_message_path: c.termination_message_path.clone().filter(|p| !p.is_empty()),
         // Resolved by the volume manager at each start (they depend on the host).
         mounts: Vec::new(),
         env,
@@ -438,7 +451,13 @@ mod tests {
             "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
             "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(not_run(c), ["readinessProbe", "lifecycle.preStop"]);
+        // Probes and hooks run, on regular containers and sidecars.
+        assert!(not_run(c, false).is_empty());
+        assert_eq!(not_run(c, true), ["readinessProbe", "lifecycle.preStop"]);
+        let signal = pod(json!({"containers": [{"name": "app", "image": "x",
+            "lifecycle": {"stopSignal": "SIGUSR1"}}]}));
+        let c = &signal.spec.as_ref().unwrap().containers[0];
+        assert_eq!(not_run(c, false), ["lifecycle.stopSignal"]);
         assert_eq!(
             plan(&p).unwrap().unsupported_env,
             ["envFrom configMapRef \"cfg\""]

@@ -45,11 +45,13 @@ pub struct LogRequest {
     pub limit_bytes: Option<i64>,
 }
 
-/// File name, in the pod dir, of the log of a container's previous instance (rotated files
-/// follow it as `<name>.previous.log.1` …).
-pub(crate) fn previous_log_name(container: &str) -> String {
-    format!("{container}.previous.log")
-}
+/// File name, in a container's log dir (`DIR/logs/<pod uid>/<name>/`), of its current (or
+/// last) instance's log; rotated files follow it as `container.log.1` …
+pub(crate) const CURRENT_LOG: &str = "container.log";
+
+/// File name, in a container's log dir, of the log of its previous instance (rotated files
+/// follow it as `previous.log.1` …).
+pub(crate) const PREVIOUS_LOG: &str = "previous.log";
 
 /// How often a followed log is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -68,9 +70,13 @@ const MAX_ROTATED: u32 = 1000;
 
 /// Moves the log of an ended container instance (`current` and its rotated files) to
 /// `previous` (its files named alike), replacing what was there: the files
-/// `kubectl logs --previous` reads.
+/// `kubectl logs --previous` reads. Nothing changes when there is no current log (the
+/// instance wrote none).
 pub(crate) async fn keep_previous(current: PathBuf, previous: PathBuf) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
+        if std::fs::symlink_metadata(&current).is_err() {
+            return Ok(());
+        }
         for k in 0..=MAX_ROTATED {
             match std::fs::remove_file(rotated_path(&previous, k)) {
                 Err(e) if e.kind() == ErrorKind::NotFound && k > 0 => break,
@@ -798,7 +804,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let current = dir.path().join("app/container.log");
         std::fs::create_dir_all(current.parent().unwrap()).unwrap();
-        let previous = dir.path().join(previous_log_name("app"));
+        let previous = dir.path().join(PREVIOUS_LOG);
         // An older previous instance had three files; this one has two.
         for k in 0..3 {
             std::fs::write(rotated_path(&previous, k), "old").unwrap();
@@ -815,6 +821,12 @@ mod tests {
             !rotated_path(&previous, 2).exists(),
             "nothing of the older instance is left"
         );
+        assert_eq!(read_all(&previous, &LogRequest::default()), "older\nnew\n");
+
+        // No current log (the next instance wrote nothing yet): the previous one stays.
+        keep_previous(current.clone(), previous.clone())
+            .await
+            .unwrap();
         assert_eq!(read_all(&previous, &LogRequest::default()), "older\nnew\n");
     }
 }

@@ -4,21 +4,33 @@
 //!
 //! Like virtual-kubelet, each pod gets one worker task owning its containers; the pod watcher
 //! starts workers for new pods and tells them to stop when the pod is being deleted.
+//!
+//! Laid out by noun as the kubelet is: `pod.rs` the pod worker, `container.rs` a container's
+//! lifecycle and restarts (`restart.rs` the policy and crash-loop back-off), `prober/` the
+//! probes, `lifecycle.rs` the hooks, `termination.rs` the termination message, `status.rs`
+//! the status, `logs.rs` the logs (kept in `DIR/logs/<pod uid>/<container>/`, apart from the
+//! runtime's `DIR/pods/`, so that they outlive a restart of the node).
 
+mod container;
 pub mod container_spec;
 mod env;
 mod error;
 mod events;
 mod eviction;
 pub mod image;
+mod lifecycle;
 pub mod logs;
 mod network;
 mod pod;
+mod prober;
 pub mod registration;
+mod restart;
 pub mod status;
+mod termination;
 mod volumes;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +59,9 @@ const SHUTDOWN_GRACE_SECONDS: i64 = 5;
 
 /// The pod grace period when the pod does not set one (as in Kubernetes).
 const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// `DIR/logs`: containers' logs, by pod uid and container name.
+const LOGS_DIR: &str = "logs";
 
 /// One pod's worker as the node tracks it.
 struct Worker {
@@ -142,14 +157,84 @@ impl Node {
         let api: Api<Pod> = Api::all(self.ctx.client.clone());
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.name()));
         let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        // Uids of the pods listed by the current (re)list.
+        let mut listed: HashSet<String> = HashSet::new();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => self.on_pod(p),
+                Ok(watcher::Event::Apply(p)) => self.on_pod(p),
+                Ok(watcher::Event::InitApply(p)) => {
+                    listed.extend(p.metadata.uid.clone());
+                    self.on_pod(p);
+                }
+                Ok(watcher::Event::Init) => listed.clear(),
+                Ok(watcher::Event::InitDone) => self.clone().remove_stray_logs(&listed),
                 Ok(watcher::Event::Delete(p)) => self.on_gone(&p),
-                Ok(_) => {}
                 Err(e) => warn!(error = %e, "watching pods of this node"),
             }
         }
+    }
+
+    /// `DIR/logs/<uid>/<name>`: the log dir of container `name` of pod `uid` (both checked
+    /// plain path components before they get here).
+    fn log_dir(&self, uid: &str, name: &str) -> PathBuf {
+        self.ctx
+            .settings
+            .data_dir
+            .join(LOGS_DIR)
+            .join(uid)
+            .join(name)
+    }
+
+    /// Removes the logs of pod `uid` (deleted).
+    async fn remove_logs(&self, uid: &str) {
+        if imc_runtime::check_component("pod uid", uid).is_err() {
+            return;
+        }
+        let dir = self.ctx.settings.data_dir.join(LOGS_DIR).join(uid);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            warn!(pod = %uid, error = %e, "removing the pod's logs");
+        }
+    }
+
+    /// Removes the logs of pods no longer bound to this node (deleted while it was down): those
+    /// of neither a `listed` pod nor a running worker.
+    fn remove_stray_logs(self: Arc<Self>, listed: &HashSet<String>) {
+        let mut keep = listed.clone();
+        keep.extend(
+            self.workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        let dir = self.ctx.settings.data_dir.join(LOGS_DIR);
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                // Symlinks are removed, never followed.
+                let removed = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                    _ => std::fs::remove_file(e.path()),
+                };
+                match removed {
+                    Ok(()) => {
+                        info!(pod = %name, "removed the logs of a pod no longer on this node")
+                    }
+                    Err(err) => warn!(pod = %name, error = %err, "removing stray pod logs"),
+                }
+            }
+        });
     }
 
     fn on_pod(self: &Arc<Self>, pod: Pod) {
@@ -180,7 +265,11 @@ impl Node {
                         pod.metadata.namespace.as_deref().unwrap_or("default"),
                     );
                     let name = pod.metadata.name.clone().unwrap_or_default();
-                    tokio::spawn(async move { confirm_deletion(&api, &name, &uid).await });
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        node.remove_logs(&uid).await;
+                        confirm_deletion(&api, &name, &uid).await
+                    });
                 }
             }
             return;
@@ -310,11 +399,11 @@ impl Node {
     ) -> Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static, NodeError> {
         imc_runtime::check_component("pod uid", pod_uid)?;
         imc_runtime::check_component("container name", &request.container)?;
-        let pod_dir = self.ctx.settings.data_dir.join("pods").join(pod_uid);
+        let dir = self.log_dir(pod_uid, &request.container);
         let path = if request.previous {
-            pod_dir.join(logs::previous_log_name(&request.container))
+            dir.join(logs::PREVIOUS_LOG)
         } else {
-            pod_dir.join(&request.container).join("container.log")
+            dir.join(logs::CURRENT_LOG)
         };
         // A previous instance's log is complete: never followed.
         let running = self.running.clone();

@@ -1,5 +1,7 @@
-//! One pod's worker: picks the cache disk, runs each container (restarting it as the restart
-//! policy says), writes status and events, and on deletion stops, cleans up and confirms.
+//! One pod's worker (the kubelet's pod worker): makes the pod's sandbox, picks the cache disk,
+//! runs the init containers in order (sidecars started along the way), then the regular
+//! containers (each through [`super::container`]), writes status and events, and on deletion
+//! stops, cleans up and confirms.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use imc_api::image_cache::Phase;
 use imc_api::{ImageCache, ImageCacheSpec, Reference};
 use imc_runtime::{Container, ContainerIo, ContainerSpec, PodSandbox, StartRequest, StartTimings};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Container as K8sContainer;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodStatus};
 use kube::Resource;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -18,19 +21,15 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::container_spec::{NodeLimits, not_run, runtime_spec, sandbox_config};
+use super::container::{self, LoopEnd, Role, Slot, sleep_or_stop};
+use super::container_spec::{NodeLimits, sandbox_config};
 use super::image::{self, PullPolicy, Source};
-use super::status::{ContainerView, Observed, PodView, pod_status};
+use super::restart::RestartPolicy;
+use super::status::{ContainerView, LOOPBACK, PodView, pod_status};
 use super::volumes::{self, PodVolumes, container_mounts};
 use super::{Node, NodeError, confirm_deletion, eviction, network};
 use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
 use crate::metrics::CacheUse;
-
-/// First wait before restarting a container; doubles per restart up to [`MAX_BACKOFF`].
-const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A container that ran this long resets the backoff.
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 /// The cache disk a pod's containers take their layers from.
 struct MatchedCache {
@@ -47,24 +46,27 @@ struct PodState {
 }
 
 /// What every container task of one pod shares.
-struct PodRun {
-    node: Arc<Node>,
-    pod: Pod,
-    uid: String,
-    name: String,
-    reference: ObjectReference,
-    sandbox: PodSandbox,
+pub(super) struct PodRun {
+    pub(super) node: Arc<Node>,
+    pub(super) pod: Pod,
+    pub(super) uid: String,
+    /// The pod as the kubelet names it in messages: `name_namespace(uid)`.
+    pub(super) pod_ref: String,
+    pub(super) reference: ObjectReference,
+    pub(super) sandbox: PodSandbox,
+    /// The pod's IP (where probes and hooks without a host connect, in its namespace).
+    pub(super) pod_ip: String,
     cache: Option<MatchedCache>,
     auto_create: bool,
-    restart_policy: String,
+    pub(super) restart_policy: RestartPolicy,
     state: Mutex<PodState>,
     status: watch::Sender<Option<PodStatus>>,
     /// Node-wide limits of every container.
-    limits: NodeLimits,
+    pub(super) limits: NodeLimits,
     /// The pod's latest spec.
-    updates: watch::Receiver<Pod>,
+    pub(super) updates: watch::Receiver<Pod>,
     /// Set when the pod is evicted: every container stops.
-    evicted: watch::Sender<bool>,
+    pub(super) evicted: watch::Sender<bool>,
     /// The pod's volumes, set up.
     volumes: PodVolumes,
     /// `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` of every container.
@@ -108,27 +110,35 @@ async fn run_inner(
         .as_ref()
         .map(|s| s.containers.clone())
         .unwrap_or_default();
-    let now = Timestamp::now();
+    let init_containers = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    // An earlier run of the node (before a restart) started the pod already.
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map_or_else(Timestamp::now, |t| t.0);
+    let first_state = if init_containers.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let view_of = |c: &K8sContainer, state: &str| ContainerView {
+        sidecar: c.restart_policy.as_deref() == Some("Always"),
+        ..ContainerView::waiting(&c.name, c.image.as_deref().unwrap_or_default(), state)
+    };
     let view = PodView {
-        containers: containers
+        init_containers: init_containers
             .iter()
-            .map(|c| ContainerView {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                image_id: String::new(),
-                state: Observed::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: None,
-                },
-                last_state: None,
-                restart_count: 0,
-                will_restart: false,
-                ever_started: false,
-                container_id: None,
-            })
+            .map(|c| view_of(c, "PodInitializing"))
             .collect(),
-        start_time: now,
-        ready_transition: now,
+        containers: containers.iter().map(|c| view_of(c, first_state)).collect(),
+        start_time,
+        ready_transition: start_time,
+        initialized_transition: start_time,
         init_failed: false,
         evicted: None,
         pod_ips: Vec::new(),
@@ -215,15 +225,19 @@ async fn run_inner(
         }
     };
     let (cache, auto_create) = resolve_cache(&node, &pod, &reference).await;
+    // Probes and hooks connect to it from inside the pod's network namespace.
+    let pod_ip = sandbox
+        .ips
+        .first()
+        .map_or_else(|| LOOPBACK.to_owned(), ToString::to_string);
     let run = Arc::new(PodRun {
-        restart_policy: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".into()),
+        restart_policy: RestartPolicy::parse(
+            pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
+        ),
         node: node.clone(),
         uid: uid.clone(),
-        name: name.clone(),
+        pod_ref: format!("{name}_{namespace}({uid})"),
+        pod_ip,
         reference,
         sandbox,
         cache,
@@ -243,10 +257,12 @@ async fn run_inner(
         etc_mounts,
         pod,
     });
+    // Sidecars run alongside everything started after them.
+    let mut tasks = tokio::task::JoinSet::new();
     // Disk-backed emptyDirs over their sizeLimit get the pod evicted, as the kubelet does.
     for (volume, dir, limit, text) in run.volumes.limited.clone() {
-        let run = run.clone();
-        tokio::spawn(async move {
+        let (run, mut stop) = (run.clone(), stop.clone());
+        tasks.spawn(async move {
             let mut evicted = run.evicted.subscribe();
             tokio::select! {
                 _ = eviction::exceeded(Some(limit), vec![dir]) => {
@@ -255,25 +271,27 @@ async fn run_inner(
                     run.evict(&why);
                 }
                 _ = evicted.wait_for(|e| *e) => {}
+                _ = stop.wait_for(Option::is_some) => {}
             }
         });
     }
-
-    let init_ok = run_init_containers(&run, &mut stop).await;
-    if !init_ok {
-        {
+    match run_init_containers(&run, &mut stop, &mut tasks).await {
+        LoopEnd::Completed => {
+            for idx in 0..containers.len() {
+                let (run, stop) = (run.clone(), stop.clone());
+                tasks.spawn(async move {
+                    container::run(run, Slot::Main(idx), stop).await;
+                });
+            }
+        }
+        LoopEnd::Failed => {
             let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
             state.view.init_failed = true;
             run.status.send_replace(Some(pod_status(&state.view)));
         }
-        let _ = stop.wait_for(Option::is_some).await;
-    } else {
-        let mut tasks = tokio::task::JoinSet::new();
-        for idx in 0..containers.len() {
-            tasks.spawn(container_loop(run.clone(), idx, stop.clone()));
-        }
-        while tasks.join_next().await.is_some() {}
+        LoopEnd::Stopped | LoopEnd::Done => {}
     }
+    while tasks.join_next().await.is_some() {}
     // Containers end only when the pod is deleted; a pod without any waits here too.
     let _ = stop.wait_for(Option::is_some).await;
     if let Err(e) = run.sandbox.remove().await {
@@ -291,10 +309,11 @@ async fn run_inner(
         }
     }
     if node.is_shutting_down() {
-        // The pod stays as it is: the next start of the node runs it again.
+        // The pod stays as it is: the next start of the node runs it again (its logs stay).
         info!("pod's containers stopped and removed for shutdown");
         return;
     }
+    node.remove_logs(&uid).await;
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
 }
@@ -460,7 +479,7 @@ async fn resolve_cache(
 impl PodRun {
     /// Marks the pod evicted (it fails; containers are not restarted) and stops its other
     /// containers as the kubelet's eviction does.
-    fn evict(&self, why: &str) {
+    pub(super) fn evict(&self, why: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.view.evicted = Some(why.to_owned());
         self.status.send_replace(Some(pod_status(&state.view)));
@@ -469,7 +488,7 @@ impl PodRun {
     }
 
     /// The volume mounts of container `c` (subPaths resolved and pinned), on the blocking pool.
-    async fn mounts_of(
+    pub(super) async fn mounts_of(
         &self,
         c: &k8s_openapi::api::core::v1::Container,
     ) -> Result<Vec<imc_runtime::VolumeMount>, volumes::VolumeError> {
@@ -490,27 +509,83 @@ impl PodRun {
         Ok(mounts)
     }
 
-    /// Changes the view of container `idx` and publishes the new status.
-    fn update(&self, idx: usize, f: impl FnOnce(&mut ContainerView)) {
+    /// Changes the view of the container in `slot` and publishes the new status.
+    pub(super) fn update(&self, slot: Slot, f: impl FnOnce(&mut ContainerView)) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let was_ready = state.view.ready();
-        if let Some(c) = state.view.containers.get_mut(idx) {
+        let (was_ready, was_initialized) = (state.view.ready(), state.view.initialized());
+        let view = match slot {
+            Slot::Main(i) => state.view.containers.get_mut(i),
+            Slot::Init(i) => state.view.init_containers.get_mut(i),
+        };
+        if let Some(c) = view {
             f(c);
         }
         if state.view.ready() != was_ready {
             state.view.ready_transition = Timestamp::now();
         }
+        if state.view.initialized() != was_initialized {
+            state.view.initialized_transition = Timestamp::now();
+        }
         self.status.send_replace(Some(pod_status(&state.view)));
     }
 
-    fn container_spec(&self, idx: usize) -> Option<&k8s_openapi::api::core::v1::Container> {
-        self.pod.spec.as_ref()?.containers.get(idx)
+    /// Waits until `done` holds for the pod's view.
+    pub(super) async fn wait_until(&self, done: impl Fn(&PodView) -> bool) {
+        let mut changes = self.status.subscribe();
+        loop {
+            if done(&self.state.lock().unwrap_or_else(|e| e.into_inner()).view) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
-    /// Obtains the image and starts one instance of container `idx`.
-    async fn start_instance(
+    /// The spec of the container in `slot`.
+    pub(super) fn container_spec(&self, slot: Slot) -> Option<&K8sContainer> {
+        let spec = self.pod.spec.as_ref()?;
+        match slot {
+            Slot::Main(i) => spec.containers.get(i),
+            Slot::Init(i) => spec.init_containers.as_ref()?.get(i),
+        }
+    }
+
+    /// `DIR/logs/<uid>/<name>`: the logs of container `name`, kept apart from its runtime
+    /// state so that they outlive a restart of the node.
+    pub(super) fn log_dir(&self, name: &str) -> PathBuf {
+        self.node.log_dir(&self.uid, name)
+    }
+
+    /// The current log of container `name`.
+    pub(super) fn log_path(&self, name: &str) -> PathBuf {
+        self.log_dir(name).join(super::logs::CURRENT_LOG)
+    }
+
+    /// Creates the log dir of container `name` (owner-only).
+    pub(super) async fn prepare_log_dir(&self, name: &str) -> std::io::Result<()> {
+        let dir = self.log_dir(name);
+        tokio::task::spawn_blocking(move || imc_layers::ensure_private_dir(&dir))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Makes the log of the instance of container `name` that ended the previous log
+    /// (`kubectl logs --previous`).
+    pub(super) async fn keep_previous_log(&self, name: &str) -> std::io::Result<()> {
+        self.prepare_log_dir(name).await?;
+        let dir = self.log_dir(name);
+        super::logs::keep_previous(
+            dir.join(super::logs::CURRENT_LOG),
+            dir.join(super::logs::PREVIOUS_LOG),
+        )
+        .await
+    }
+
+    /// Obtains the image and starts one instance of the container in `slot`.
+    pub(super) async fn start_instance(
         &self,
-        idx: usize,
+        slot: Slot,
         spec: &ContainerSpec,
         image: &WantedImage,
         first: bool,
@@ -595,8 +670,8 @@ impl PodRun {
         node.ctx.metrics.downloaded(got.downloaded_bytes);
         node.ctx.metrics.served_from_cache(got.bytes_from_cache);
         let image_id = got.manifest_digest.to_string();
-        self.update(idx, |c| c.image_id = image_id);
-        if first {
+        self.update(slot, |c| c.image_id = image_id);
+        if first && matches!(slot, Slot::Main(_)) {
             let all_prepared = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.prepared += 1;
@@ -615,7 +690,7 @@ impl PodRun {
                 container: spec.clone(),
                 image: got.image,
                 cache: attached,
-                io: ContainerIo::Log,
+                io: ContainerIo::LogAt(self.log_path(&spec.name)),
                 owner_pid: me,
                 started,
                 timings,
@@ -632,7 +707,7 @@ impl PodRun {
             "Started",
             format!("Started container {}", spec.name),
         );
-        if idx != INIT {
+        if matches!(slot, Slot::Main(_)) {
             self.record_start();
         }
         Ok(Some(container))
@@ -661,16 +736,16 @@ impl PodRun {
 }
 
 /// The image a container asks for.
-struct WantedImage {
+pub(super) struct WantedImage {
     /// As written in the pod.
-    name: String,
+    pub(super) name: String,
     reference: Reference,
     policy: PullPolicy,
 }
 
 impl WantedImage {
     /// The image of `c`, or why its reference is invalid.
-    fn of(c: &k8s_openapi::api::core::v1::Container) -> Result<Self, NodeError> {
+    pub(super) fn of(c: &K8sContainer) -> Result<Self, NodeError> {
         let name = c.image.clone().unwrap_or_default();
         let reference: Reference =
             name.parse()
@@ -689,473 +764,49 @@ impl WantedImage {
     }
 }
 
-/// Waits `d` unless the pod is stopped first; true when stopped.
-async fn sleep_or_stop(stop: &mut watch::Receiver<Option<i64>>, d: Duration) -> bool {
-    tokio::select! {
-        // The loop checks the stop signal again before starting anything.
-        _ = tokio::time::sleep(d) => false,
-        _ = stop.wait_for(Option::is_some) => true,
-    }
-}
-
-/// Index passed for init containers, which have no place in the pod view.
-const INIT: usize = usize::MAX;
-
-/// Runs the init containers one after the other, each to completion. False when one failed
-/// (the pod fails; init containers are not retried) or the pod was deleted meanwhile.
-async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64>>) -> bool {
+/// Runs the init containers in order: each regular one to completion (retried as the pod's
+/// restart policy says), each sidecar started (and left running in `tasks`) before the next
+/// one. [`LoopEnd::Completed`] when the pod may start its containers, [`LoopEnd::Failed`] when
+/// an init container failed for good, [`LoopEnd::Stopped`] when the pod was deleted meanwhile.
+async fn run_init_containers(
+    run: &Arc<PodRun>,
+    stop: &mut watch::Receiver<Option<i64>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> LoopEnd {
     let init = run
         .pod
         .spec
         .as_ref()
         .and_then(|s| s.init_containers.clone())
         .unwrap_or_default();
-    for k8s in init {
+    for (i, k8s) in init.iter().enumerate() {
         if stop.borrow().is_some() {
-            return false;
+            return LoopEnd::Stopped;
         }
-        let fail = |message: String| {
-            run.node
-                .events
-                .warning(&run.reference, "Failed", format!("Error: {message}"));
-            false
-        };
-        let mut spec = match runtime_spec(&run.pod, &k8s, &run.limits) {
-            Ok(planned) => planned.spec,
-            Err(e) => return fail(format!("init container {}: {e}", k8s.name)),
-        };
-        match run.mounts_of(&k8s).await {
-            Ok(m) => spec.mounts = m,
-            Err(e) => {
-                run.node
-                    .events
-                    .warning(&run.reference, "FailedMount", e.0.clone());
-                return fail(format!("init container {}: {e}", k8s.name));
-            }
-        }
-        let wanted = match WantedImage::of(&k8s) {
-            Ok(w) => w,
-            Err(e) => return fail(format!("init container {}: {e}", spec.name)),
-        };
-        let container = match run.start_instance(INIT, &spec, &wanted, false, stop).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return false,
-            Err(e) => return fail(format!("init container {}: {e}", spec.name)),
-        };
-        let exit = {
-            // One wait for the process (its exit status can be collected only once).
-            let wait = container.wait();
-            tokio::pin!(wait);
-            let stopped = tokio::select! {
-                exit = &mut wait => Some(exit),
-                _ = stop.wait_for(Option::is_some) => None,
-            };
-            match stopped {
-                Some(exit) => Some(exit),
-                None => {
-                    let _ = stop_container(&container, wait.as_mut(), stop, 0).await;
-                    None
-                }
-            }
-        };
-        if let Err(e) = container.remove().await {
-            warn!(container = %spec.name, error = %e, "removing the init container");
-        }
-        match exit {
-            None => return false,
-            Some(Ok(info)) if info.code == 0 => {}
-            Some(Ok(info)) => {
-                return fail(format!(
-                    "init container {} exited with code {}",
-                    spec.name, info.code
-                ));
-            }
-            Some(Err(e)) => return fail(format!("init container {}: {e}", spec.name)),
-        }
-    }
-    true
-}
-
-/// Stops a running container: SIGTERM, then SIGKILL once `grace` seconds passed, or sooner
-/// when the stop signal shortens the grace period meanwhile (a force delete, the node's
-/// shutdown). Returns how it ended.
-async fn stop_container<F>(
-    container: &Container,
-    mut wait: std::pin::Pin<&mut F>,
-    stop: &mut watch::Receiver<Option<i64>>,
-    grace: i64,
-) -> Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>
-where
-    F: std::future::Future<Output = Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>>,
-{
-    if let Err(e) = container.kill("TERM").await {
-        debug!(error = %e, "sending SIGTERM");
-    }
-    let started = Instant::now();
-    let mut grace = Duration::from_secs(grace.max(0) as u64);
-    loop {
-        let deadline = started + grace;
-        tokio::select! {
-            exit = &mut wait => return exit,
-            _ = tokio::time::sleep_until(deadline.into()) => break,
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                if let Some(g) = *stop.borrow_and_update() {
-                    grace = grace.min(Duration::from_secs(g.max(0) as u64));
-                }
-            }
-        }
-    }
-    if let Err(e) = container.kill("KILL").await {
-        debug!(error = %e, "sending SIGKILL");
-    }
-    wait.await
-}
-
-/// Why a running container's wait ended.
-enum Ended {
-    /// Its process exited by itself.
-    Exited(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
-    /// The pod is being deleted (or the node stops): it was stopped.
-    Stopped(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
-    /// Its image changed in the pod spec: it was stopped to be started with the new one.
-    Changed(Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>),
-    /// It used more local storage than its limit: the pod is evicted (this message).
-    Evicted(
-        Result<imc_runtime::ExitInfo, imc_runtime::RuntimeError>,
-        String,
-    ),
-}
-
-/// The image container `name` asks for in `pod`.
-fn image_of(pod: &Pod, name: &str) -> Option<String> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == name)?
-        .image
-        .clone()
-}
-
-/// The pod's grace period (`terminationGracePeriodSeconds`, default 30).
-fn grace_of(pod: &Pod) -> i64 {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(super::DEFAULT_GRACE_SECONDS)
-}
-
-/// Runs container `idx` of the pod: start, wait, restart per policy (and when its image
-/// changes), stop on deletion.
-async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<Option<i64>>) {
-    let Some(first_spec) = run.container_spec(idx).cloned() else {
-        return;
-    };
-    let span = info_span!("container", container = %first_spec.name);
-    async move {
-        let mut updates = run.updates.clone();
-        let mut k8s = first_spec;
-        let mut backoff = INITIAL_BACKOFF;
-        let mut first = true;
-        loop {
-            if stop.borrow().is_some() {
-                return;
-            }
-            if *run.evicted.borrow() {
-                // An evicted pod starts nothing more; it waits to be deleted.
-                let _ = stop.wait_for(Option::is_some).await;
-                return;
-            }
-            // The latest spec of this container (its image may have changed).
-            if let Some(image) = image_of(&updates.borrow_and_update(), &k8s.name) {
-                k8s.image = Some(image);
-            }
-            let planned = runtime_spec(&run.pod, &k8s, &run.limits).and_then(|p| {
-                WantedImage::of(&k8s)
-                    .map(|w| (p, w))
-                    .map_err(|e| super::container_spec::ConfigError(e.to_string()))
+        let slot = Slot::Init(i);
+        if Role::of(slot, k8s) == Role::Sidecar {
+            let (r, s) = (run.clone(), stop.clone());
+            tasks.spawn(async move {
+                container::run(r, slot, s).await;
             });
-            let (planned, wanted) = match planned {
-                Ok(p) => p,
-                Err(e) => {
-                    let reason = if e.0.contains("invalid image reference") {
-                        "InvalidImageName"
-                    } else {
-                        "CreateContainerConfigError"
-                    };
-                    run.node
-                        .events
-                        .warning(&run.reference, "Failed", format!("Error: {e}"));
-                    run.update(idx, |c| {
-                        c.state = Observed::Waiting {
-                            reason: reason.into(),
-                            message: Some(e.0.clone()),
-                        }
-                    });
-                    // Nothing will change this but a new spec (an image update) or deletion.
-                    let updated = tokio::select! {
-                        _ = stop.wait_for(Option::is_some) => return,
-                        changed = updates.changed() => changed.is_ok(),
-                    };
-                    if !updated {
-                        let _ = stop.wait_for(Option::is_some).await;
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let mut spec = planned.spec;
-            let ephemeral = planned.ephemeral_limit.clone();
-            match run.mounts_of(&k8s).await {
-                Ok(m) => spec.mounts = m,
-                Err(e) => {
-                    run.node.events.warning(&run.reference, "FailedMount", e.0.clone());
-                    run.update(idx, |c| {
-                        c.state = Observed::Waiting {
-                            reason: "CreateContainerConfigError".into(),
-                            message: Some(e.0.clone()),
-                        }
-                    });
-                    if sleep_or_stop(&mut stop, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            }
-            if first && !planned.unsupported_env.is_empty() {
-                run.node.events.warning(
-                    &run.reference,
-                    "UnsupportedEnvSource",
-                    format!(
-                        "container {}: env {} left unset (only literal values and fieldRef are read)",
-                        spec.name,
-                        planned.unsupported_env.join(", ")
-                    ),
-                );
-            }
-            let skipped = not_run(&k8s);
-            if first && !skipped.is_empty() {
-                run.node.events.warning(
-                    &run.reference,
-                    "Unsupported",
-                    format!(
-                        "container {}: {} not run by this node yet (Ready means started)",
-                        spec.name,
-                        skipped.join(", ")
-                    ),
-                );
-            }
-            run.update(idx, |c| c.image = wanted.name.clone());
-            let container = match run
-                .start_instance(idx, &spec, &wanted, first, &mut stop)
-                .await
-            {
-                Ok(Some(c)) => c,
-                Ok(None) => return,
-                Err(e) => {
-                    let config = matches!(
-                        &e,
-                        NodeError::Runtime(
-                            imc_runtime::RuntimeError::NonRoot { .. }
-                                | imc_runtime::RuntimeError::Security { .. }
-                        )
-                    );
-                    let (reason, note) = match &e {
-                        NodeError::Pull { .. } | NodeError::Registry { .. } => {
-                            ("ErrImagePull", e.to_string())
-                        }
-                        NodeError::ImageNeverPull { .. } => ("ErrImageNeverPull", e.to_string()),
-                        _ if config => ("CreateContainerConfigError", format!("Error: {e}")),
-                        _ => ("CreateContainerError", format!("Error: {e}")),
-                    };
-                    run.node.events.warning(&run.reference, "Failed", note.clone());
-                    if matches!(e, NodeError::Runtime(_)) && !config && run.restart_policy == "Never"
-                    {
-                        // The process could not start and will not be retried: it ended, as
-                        // kubelet reports it, with exit code 128.
-                        let now = Timestamp::now();
-                        run.update(idx, |c| {
-                            c.state = Observed::Terminated {
-                                exit_code: 128,
-                                signal: None,
-                                reason: Some("StartError".into()),
-                                message: Some(note.clone()),
-                                started_at: now,
-                                finished_at: now,
-                            };
-                            c.will_restart = false;
-                        });
-                        let _ = stop.wait_for(Option::is_some).await;
-                        return;
-                    }
-                    run.update(idx, |c| {
-                        c.state = Observed::Waiting {
-                            reason: reason.into(),
-                            message: Some(note),
-                        }
-                    });
-                    if sleep_or_stop(&mut stop, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            first = false;
-            let started_at = Timestamp::now();
-            let ran = Instant::now();
-            run.node.set_running(&run.uid, &spec.name, true);
-            let container_id = format!("runc://{}", container.id);
-            run.update(idx, |c| {
-                c.state = Observed::Running { started_at };
-                c.ever_started = true;
-                c.container_id = Some(container_id);
+            // The next init container starts once the sidecar has started.
+            let started = run.wait_until(move |v| {
+                v.init_containers.get(i).is_none_or(|c| {
+                    c.started && matches!(c.state, super::status::Observed::Running { .. })
+                })
             });
-            let running_image = wanted.name.clone();
-            let ended = {
-            // One wait for the process (its exit status can be collected only once).
-            let wait = container.wait();
-            tokio::pin!(wait);
             tokio::select! {
-                exit = &mut wait => Ended::Exited(exit),
-                grace = async { stop.wait_for(Option::is_some).await.map_or(0, |g| g.unwrap_or(0)) } => {
-                    if !run.node.is_shutting_down() {
-                        run.node.events.normal(&run.reference, "Killing", format!("Stopping container {}", spec.name));
-                    }
-                    Ended::Stopped(stop_container(&container, wait.as_mut(), &mut stop, grace).await)
-                }
-                _ = async {
-                    loop {
-                        if updates.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                        let image = image_of(&updates.borrow_and_update(), &spec.name);
-                        if image.is_some_and(|i| i != running_image) {
-                            return;
-                        }
-                    }
-                } => {
-                    run.node.events.normal(
-                        &run.reference,
-                        "Killing",
-                        format!("Container {} definition changed, will be restarted", spec.name),
-                    );
-                    let grace = grace_of(&updates.borrow());
-                    Ended::Changed(stop_container(&container, wait.as_mut(), &mut stop, grace).await)
-                }
-                // The container dir holds its writable layer and its logs (the rootfs mount
-                // in it is another file system, not counted twice).
-                used = eviction::exceeded(ephemeral.as_ref().map(|l| l.0), vec![container.dir.clone()]) => {
-                    let limit = ephemeral.as_ref().map(|l| l.1.clone()).unwrap_or_default();
-                    let message = eviction::message(&spec.name, &limit);
-                    warn!(used, limit = %limit, "container over its ephemeral storage limit: evicting the pod");
-                    run.node.events.warning(&run.reference, "Evicted", message.clone());
-                    Ended::Evicted(stop_container(&container, wait.as_mut(), &mut stop, 0).await, message)
-                }
-                // Another container of the pod got it evicted: this one stops too.
-                _ = async { run.evicted.subscribe().wait_for(|e| *e).await.map(|_| ()) } => {
-                    Ended::Evicted(stop_container(&container, wait.as_mut(), &mut stop, 0).await, String::new())
-                }
+                _ = started => {}
+                _ = stop.wait_for(Option::is_some) => return LoopEnd::Stopped,
             }
-            };
-            run.node.set_running(&run.uid, &spec.name, false);
-            let (exit, stopped, changed, evicted) = match ended {
-                Ended::Exited(e) => (e, false, false, None),
-                Ended::Stopped(e) => (e, true, false, None),
-                Ended::Changed(e) => (e, false, true, None),
-                Ended::Evicted(e, why) => (e, false, false, Some(why)),
-            };
-            let (code, signal, oom) = match &exit {
-                Ok(info) => (info.code, info.signal, info.oom_killed),
-                Err(e) => {
-                    warn!(error = %e, "waiting for the container");
-                    (-1, None, false)
-                }
-            };
-            if let Some(why) = evicted.as_deref().filter(|w| !w.is_empty()) {
-                run.evict(why);
-            }
-            let will_restart = !stopped
-                && evicted.is_none()
-                && (changed
-                    || match run.restart_policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => code != 0,
-                        _ => true,
-                    });
-            let finished_at = Timestamp::now();
-            let reason = if oom {
-                "OOMKilled"
-            } else if code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
-            let terminated = Observed::Terminated {
-                exit_code: code,
-                signal,
-                reason: Some(reason.into()),
-                message: None,
-                started_at,
-                finished_at,
-            };
-            run.update(idx, |c| {
-                c.state = terminated.clone();
-                c.will_restart = will_restart;
-            });
-            if !will_restart {
-                if !stopped {
-                    // Kept (and its log served) until the pod is deleted.
-                    let _ = stop.wait_for(Option::is_some).await;
-                }
-                if let Err(e) = container.remove().await {
-                    warn!(error = %e, "removing the container");
-                }
-                return;
-            }
-            if ran.elapsed() >= BACKOFF_RESET {
-                backoff = INITIAL_BACKOFF;
-            }
-            // Kept for `kubectl logs --previous`; the container dir goes with the container.
-            let previous = run.sandbox.dir.join(super::logs::previous_log_name(&spec.name));
-            if let Err(e) =
-                super::logs::keep_previous(container.log_path.clone(), previous).await
-            {
-                debug!(error = %e, "keeping the previous instance's log");
-            }
-            if let Err(e) = container.remove().await {
-                warn!(error = %e, "removing the container before its restart");
-            }
-            run.update(idx, |c| {
-                c.last_state = Some(terminated);
-                c.restart_count += 1;
-                if !changed {
-                    c.state = Observed::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(format!(
-                            "back-off {}s restarting failed container={} pod={}",
-                            backoff.as_secs(),
-                            spec.name,
-                            run.name
-                        )),
-                    };
-                }
-            });
-            // A new image starts at once; a crash waits out the back-off.
-            if !changed {
-                if sleep_or_stop(&mut stop, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            continue;
+        }
+        match container::run(run.clone(), slot, stop.clone()).await {
+            LoopEnd::Completed => {}
+            other => return other,
         }
     }
-    .instrument(span)
-    .await
+    LoopEnd::Completed
 }
 
 /// After a miss with automatic matching: an ImageCache holding the pod's images, built from the

@@ -94,23 +94,101 @@ pub fn def() -> ResourceDef {
     pod
 }
 
+/// The READY column as kube-apiserver's pod printer computes it: ready regular containers, and
+/// sidecars (`restartPolicy: Always` init containers) counted among them once started and
+/// ready.
 fn pod_ready(o: &Value) -> Value {
+    let sidecars: Vec<&str> = o
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter(|c| c["restartPolicy"] == "Always")
+                .filter_map(|c| c["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
     let total = o
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map_or(0, |s| {
-            s.iter().filter(|c| c["ready"] == json!(true)).count()
-        });
+        .map_or(0, Vec::len)
+        + sidecars.len();
+    let statuses = |path: &str| {
+        o.pointer(path)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ready = statuses("/status/containerStatuses")
+        .iter()
+        .filter(|c| c["ready"] == json!(true))
+        .count()
+        + statuses("/status/initContainerStatuses")
+            .iter()
+            .filter(|c| c["name"].as_str().is_some_and(|n| sidecars.contains(&n)))
+            .filter(|c| c["started"] == json!(true) && c["ready"] == json!(true))
+            .count();
     Value::String(format!("{ready}/{total}"))
 }
 
+/// The STATUS column as kubectl's pod printer computes it: an init container's progress or
+/// failure (`Init:1/2`, `Init:Error`, `Init:CrashLoopBackOff`) until the pod is initialized,
+/// then the first regular container's waiting or terminated reason, else the phase.
 fn pod_status(o: &Value) -> Value {
     if o.pointer("/metadata/deletionTimestamp").is_some() {
         return json!("Terminating");
+    }
+    if let Some(reason) = o.pointer("/status/reason") {
+        return reason.clone();
+    }
+    let initialized = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Initialized" && c["status"] == "True")
+        });
+    let sidecars: Vec<&str> = o
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter(|c| c["restartPolicy"] == "Always")
+                .filter_map(|c| c["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let inits = o
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !initialized {
+        let total = o
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for (i, c) in inits.iter().enumerate() {
+            let terminated = c.pointer("/state/terminated");
+            let sidecar = c["name"].as_str().is_some_and(|n| sidecars.contains(&n));
+            if terminated.is_some_and(|t| t["exitCode"] == 0) || (sidecar && c["started"] == true) {
+                continue;
+            }
+            if let Some(t) = terminated {
+                return match t["reason"].as_str().filter(|r| !r.is_empty()) {
+                    Some(r) => json!(format!("Init:{r}")),
+                    None => json!(format!("Init:ExitCode:{}", t["exitCode"])),
+                };
+            }
+            if let Some(r) = c
+                .pointer("/state/waiting/reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty() && *r != "PodInitializing")
+            {
+                return json!(format!("Init:{r}"));
+            }
+            return json!(format!("Init:{i}/{total}"));
+        }
     }
     let waiting = o
         .pointer("/status/containerStatuses")
@@ -121,7 +199,7 @@ fn pod_status(o: &Value) -> Value {
                     .or(c.pointer("/state/terminated/reason"))
             })
         });
-    if let Some(reason) = o.pointer("/status/reason").or(waiting) {
+    if let Some(reason) = waiting {
         return reason.clone();
     }
     o.pointer("/status/phase")
@@ -129,13 +207,14 @@ fn pod_status(o: &Value) -> Value {
         .unwrap_or(json!("Pending"))
 }
 
+/// The RESTARTS column: restarts of every container, init containers included.
 fn pod_restarts(o: &Value) -> Value {
-    let n: i64 = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map_or(0, |s| {
-            s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
-        });
+    let n: i64 = ["/status/containerStatuses", "/status/initContainerStatuses"]
+        .iter()
+        .filter_map(|p| o.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
     json!(n)
 }
 
@@ -159,6 +238,60 @@ mod tests {
             gated["status"]["conditions"][0]["reason"],
             "SchedulingGated"
         );
+    }
+
+    #[test]
+    fn columns_show_init_progress_sidecars_and_failures() {
+        let init = |state: Value| json!({"name": "i", "state": state});
+        // (case, pod, STATUS)
+        let rows = [
+            (
+                "second of two running",
+                json!({"spec": {"initContainers": [{"name": "a"}, {"name": "i"}]},
+                       "status": {"phase": "Pending", "initContainerStatuses": [
+                           {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                           init(json!({"running": {}}))]}}),
+                "Init:1/2",
+            ),
+            (
+                "failed",
+                json!({"spec": {"initContainers": [{"name": "i"}]},
+                       "status": {"phase": "Failed", "initContainerStatuses": [
+                           init(json!({"terminated": {"exitCode": 1, "reason": "Error"}}))]}}),
+                "Init:Error",
+            ),
+            (
+                "backing off",
+                json!({"spec": {"initContainers": [{"name": "i"}]},
+                       "status": {"phase": "Pending", "initContainerStatuses": [
+                           init(json!({"waiting": {"reason": "CrashLoopBackOff"}}))]}}),
+                "Init:CrashLoopBackOff",
+            ),
+            (
+                "initialized",
+                json!({"spec": {"initContainers": [{"name": "i"}]},
+                       "status": {"phase": "Running",
+                                  "conditions": [{"type": "Initialized", "status": "True"}],
+                                  "initContainerStatuses": [init(json!({"terminated": {"exitCode": 0, "reason": "Completed"}}))],
+                                  "containerStatuses": [{"name": "c", "state": {"running": {}}}]}}),
+                "Running",
+            ),
+        ];
+        for (case, pod, want) in rows {
+            assert_eq!(pod_status(&pod), json!(want), "{case}");
+        }
+        let with_sidecar = json!({
+            "spec": {"initContainers": [{"name": "side", "restartPolicy": "Always"}, {"name": "i"}],
+                     "containers": [{"name": "c"}]},
+            "status": {"initContainerStatuses": [
+                           {"name": "side", "started": true, "ready": true},
+                           {"name": "i", "ready": false}],
+                       "containerStatuses": [{"name": "c", "ready": false}]}});
+        assert_eq!(pod_ready(&with_sidecar), json!("1/2"), "a sidecar counts");
+        let restarted = json!({"status": {
+            "initContainerStatuses": [{"restartCount": 2}],
+            "containerStatuses": [{"restartCount": 1}]}});
+        assert_eq!(pod_restarts(&restarted), json!(3));
     }
 
     #[test]
