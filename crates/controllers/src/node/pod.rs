@@ -18,7 +18,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::container_spec::{NodeLimits, not_run, runtime_spec, sandbox_config};
+use super::container_spec::{
+    ConfigError, NodeLimits, Planned, not_run, runtime_spec, sandbox_config,
+};
+use super::env::EnvSources;
 use super::image::{self, PullPolicy, Source};
 use super::status::{ContainerView, Observed, PodView, pod_status};
 use super::volumes::{self, PodVolumes, container_mounts};
@@ -166,7 +169,9 @@ async fn run_inner(
             return;
         }
     };
-    let Some(volumes) = prepare_volumes(&node, &pod, &sandbox, &reference, &mut stop).await else {
+    let Some(volumes) =
+        volumes::manager::prepare(&node, &pod, &sandbox.dir, &reference, &mut stop).await
+    else {
         // Deleted before its volumes could be set up.
         if let Err(e) = sandbox.remove().await {
             warn!(error = %e, "removing the pod sandbox");
@@ -206,6 +211,14 @@ async fn run_inner(
         volumes,
         pod,
     });
+    // configMap, secret, downwardAPI and projected volumes follow what they show.
+    let volume_sync = tokio::spawn(volumes::manager::keep_in_sync(
+        node.clone(),
+        run.updates.clone(),
+        run.volumes.clone(),
+        run.reference.clone(),
+        stop.clone(),
+    ));
     // Disk-backed emptyDirs over their sizeLimit get the pod evicted, as the kubelet does.
     for (volume, dir, limit, text) in run.volumes.limited.clone() {
         let run = run.clone();
@@ -239,6 +252,11 @@ async fn run_inner(
     }
     // Containers end only when the pod is deleted; a pod without any waits here too.
     let _ = stop.wait_for(Option::is_some).await;
+    // No volume write may be under way when the pod dir goes.
+    if let Err(e) = volume_sync.await {
+        warn!(error = %e, "keeping the pod's volumes up to date");
+    }
+    node.tokens.forget_pod(&uid);
     if let Err(e) = run.sandbox.remove().await {
         warn!(error = %e, "removing the pod sandbox");
     }
@@ -260,35 +278,6 @@ async fn run_inner(
     }
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
-}
-
-/// Sets up the pod's volumes, retrying every 10 s with a `FailedMount` event (once per distinct
-/// reason) while it fails, as the kubelet's volume manager does; `None` when the pod is deleted
-/// meanwhile.
-async fn prepare_volumes(
-    node: &Node,
-    pod: &Pod,
-    sandbox: &imc_runtime::PodSandbox,
-    reference: &ObjectReference,
-    stop: &mut watch::Receiver<Option<i64>>,
-) -> Option<PodVolumes> {
-    let mut last: Option<String> = None;
-    loop {
-        let (p, dir) = (pod.clone(), sandbox.dir.clone());
-        match tokio::task::spawn_blocking(move || volumes::prepare(&p, &dir)).await {
-            Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) => {
-                if last.as_deref() != Some(e.0.as_str()) {
-                    node.events.warning(reference, "FailedMount", e.0.clone());
-                    last = Some(e.0);
-                }
-            }
-            Err(e) => warn!(error = %e, "setting up the pod's volumes"),
-        }
-        if sleep_or_stop(stop, Duration::from_secs(10)).await {
-            return None;
-        }
-    }
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
@@ -441,6 +430,39 @@ impl PodRun {
                     "resolving volume mounts: {e}"
                 )))
             })
+    }
+
+    /// Plans container `c` with the ConfigMaps and Secrets its environment reads, as found now.
+    async fn plan(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<Planned, ConfigError> {
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let objects = self
+            .node
+            .objects
+            .resolve(namespace, &super::env::references(c))
+            .await;
+        let sources = EnvSources {
+            objects: &objects,
+            allocatable: Some(&self.node.allocatable),
+        };
+        runtime_spec(&self.pod, c, &self.limits, sources)
+    }
+
+    /// Waits until an object container `c`'s environment reads changes (or, as the kubelet's
+    /// sync loop retries, a while has passed).
+    async fn env_sources_changed(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+        changes: &mut tokio::sync::broadcast::Receiver<super::object_cache::Change>,
+    ) {
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let refs = super::env::references(c);
+        tokio::select! {
+            _ = super::object_cache::changed(changes, namespace, &refs) => {}
+            _ = tokio::time::sleep(super::volumes::manager::RESYNC) => {}
+        }
     }
 
     /// Changes the view of container `idx` and publishes the new status.
@@ -673,9 +695,26 @@ async fn run_init_containers(run: &PodRun, stop: &mut watch::Receiver<Option<i64
                 .warning(&run.reference, "Failed", format!("Error: {message}"));
             false
         };
-        let mut spec = match runtime_spec(&run.pod, &k8s, &run.limits) {
-            Ok(planned) => planned.spec,
-            Err(e) => return fail(format!("init container {}: {e}", k8s.name)),
+        // A configuration error (a missing configMap or secret) waits for what it reads, as
+        // the kubelet retries it.
+        let mut last: Option<String> = None;
+        let mut spec = loop {
+            let mut changes = run.node.objects.subscribe();
+            match run.plan(&k8s).await {
+                Ok(planned) => break planned.spec,
+                Err(e) => {
+                    if last.as_deref() != Some(e.0.as_str()) {
+                        run.node
+                            .events
+                            .warning(&run.reference, "Failed", format!("Error: {e}"));
+                        last = Some(e.0);
+                    }
+                    tokio::select! {
+                        _ = stop.wait_for(Option::is_some) => return false,
+                        _ = run.env_sources_changed(&k8s, &mut changes) => {}
+                    }
+                }
+            }
         };
         match run.mounts_of(&k8s).await {
             Ok(m) => spec.mounts = m,
@@ -826,10 +865,12 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
             if let Some(image) = image_of(&updates.borrow_and_update(), &k8s.name) {
                 k8s.image = Some(image);
             }
-            let planned = runtime_spec(&run.pod, &k8s, &run.limits).and_then(|p| {
+            // Subscribed before the objects are read, so no change in between is missed.
+            let mut env_changes = run.node.objects.subscribe();
+            let planned = run.plan(&k8s).await.and_then(|p| {
                 WantedImage::of(&k8s)
                     .map(|w| (p, w))
-                    .map_err(|e| super::container_spec::ConfigError(e.to_string()))
+                    .map_err(|e| ConfigError(e.to_string()))
             });
             let (planned, wanted) = match planned {
                 Ok(p) => p,
@@ -848,10 +889,12 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                             message: Some(e.0.clone()),
                         }
                     });
-                    // Nothing will change this but a new spec (an image update) or deletion.
+                    // Nothing will change this but a new spec (an image update), a change of
+                    // what the environment reads, or deletion.
                     let updated = tokio::select! {
                         _ = stop.wait_for(Option::is_some) => return,
                         changed = updates.changed() => changed.is_ok(),
+                        _ = run.env_sources_changed(&k8s, &mut env_changes) => true,
                     };
                     if !updated {
                         let _ = stop.wait_for(Option::is_some).await;
@@ -879,16 +922,14 @@ async fn container_loop(run: Arc<PodRun>, idx: usize, mut stop: watch::Receiver<
                     continue;
                 }
             }
-            if first && !planned.unsupported_env.is_empty() {
-                run.node.events.warning(
-                    &run.reference,
-                    "UnsupportedEnvSource",
-                    format!(
-                        "container {}: env {} left unset (only literal values and fieldRef are read)",
-                        spec.name,
-                        planned.unsupported_env.join(", ")
-                    ),
-                );
+            if first {
+                for skipped in &planned.skipped_env {
+                    run.node.events.warning(
+                        &run.reference,
+                        "InvalidEnvironmentVariableNames",
+                        skipped.clone(),
+                    );
+                }
             }
             let skipped = not_run(&k8s);
             if first && !skipped.is_empty() {
