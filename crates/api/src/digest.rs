@@ -16,10 +16,13 @@ pub struct Digest {
 /// Why a string is not a digest.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
+    /// No `algorithm:` prefix.
     #[error("digest {0:?} has no algorithm prefix (expected sha256:<64 hex digits>)")]
     NoAlgorithm(String),
+    /// An algorithm other than `sha256`.
     #[error("digest {0:?} uses an unsupported algorithm (only sha256 is supported)")]
     UnsupportedAlgorithm(String),
+    /// The hex part is not 64 lowercase hex digits.
     #[error("digest {0:?} is not 64 lowercase hex digits")]
     BadHex(String),
 }

@@ -3,6 +3,8 @@
 //! Content digests, image references, the `ImageCache` resource and the annotation names of
 //! DESIGN §3–§4. Everything here is pure: parsing, validation and defaulting, no I/O.
 
+#![warn(missing_docs)]
+
 pub mod annotations;
 pub mod cache_id;
 pub mod digest;

@@ -23,29 +23,88 @@ pub struct Reference {
     digest: Option<Digest>,
 }
 
-/// Why a string is not an image reference.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a string is not an image reference. The parts are checked in reading order (registry
+/// host, repository name, tag, digest), so the first malformed part is the one named.
+#[derive(Debug, PartialEq, Eq)]
 pub enum ReferenceError {
-    #[error("image reference is empty")]
+    /// The reference is empty.
     Empty,
-    #[error("image reference {0:?} is longer than 255 characters")]
+    /// The reference is longer than 255 characters.
     TooLong(String),
-    #[error(
-        "image reference {reference:?} has an invalid repository name {name:?} (lowercase letters, digits and . _ - separators only)"
-    )]
-    BadName { reference: String, name: String },
-    #[error("image reference {reference:?} has an invalid registry host {host:?}")]
-    BadHost { reference: String, host: String },
-    #[error(
-        "image reference {reference:?} has an invalid tag {tag:?} (letters, digits, _ . - up to 128 characters)"
-    )]
-    BadTag { reference: String, tag: String },
-    #[error("image reference {reference:?} has an invalid digest: {source}")]
-    BadDigest {
+    /// The repository path is malformed.
+    BadName {
+        /// The whole reference.
         reference: String,
-        source: DigestError,
+        /// The repository path found in it.
+        name: String,
+    },
+    /// The registry host is malformed.
+    BadHost {
+        /// The whole reference.
+        reference: String,
+        /// The host (and port) found in it.
+        host: String,
+    },
+    /// The tag is malformed.
+    BadTag {
+        /// The whole reference.
+        reference: String,
+        /// The text after the name's `:`.
+        tag: String,
+    },
+    /// The digest is malformed.
+    BadDigest {
+        /// The whole reference.
+        reference: String,
+        /// Why the text after `@` is not a digest (it names that text).
+        cause: DigestError,
     },
 }
+
+impl ReferenceError {
+    /// What is wrong, without repeating the reference (for messages that show it already,
+    /// such as a validation error on `spec.images[i]`).
+    pub fn problem(&self) -> String {
+        match self {
+            ReferenceError::Empty => "image reference is empty".to_owned(),
+            ReferenceError::TooLong(_) => {
+                "image reference is longer than 255 characters".to_owned()
+            }
+            ReferenceError::BadName { name, .. } if is_repository(&name.to_ascii_lowercase()) => {
+                format!("repository name {name:?} must be lowercase")
+            }
+            ReferenceError::BadName { name, .. } => format!(
+                "invalid repository name {name:?}: path components of lowercase letters and digits, separated by '.', '_', '__' or dashes, joined by '/'"
+            ),
+            ReferenceError::BadHost { host, .. } => format!(
+                "invalid registry host {host:?}: a DNS name or IP address with an optional :port"
+            ),
+            ReferenceError::BadTag { tag, .. } => format!(
+                "invalid tag {tag:?}: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+            ),
+            ReferenceError::BadDigest { cause, .. } => format!("invalid digest: {cause}"),
+        }
+    }
+}
+
+impl fmt::Display for ReferenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReferenceError::Empty => f.write_str("image reference is empty"),
+            ReferenceError::TooLong(reference)
+            | ReferenceError::BadName { reference, .. }
+            | ReferenceError::BadHost { reference, .. }
+            | ReferenceError::BadTag { reference, .. }
+            | ReferenceError::BadDigest { reference, .. } => {
+                let problem = self.problem();
+                let problem = problem.strip_prefix("image reference ").unwrap_or(&problem);
+                write!(f, "image reference {reference:?}: {problem}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReferenceError {}
 
 impl Reference {
     /// Registry host (and port), e.g. `docker.io`, `127.0.0.1:5000`.
@@ -157,6 +216,10 @@ fn is_tag(t: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
+fn is_repository(path: &str) -> bool {
+    !path.is_empty() && path.split('/').all(is_name_component)
+}
+
 impl FromStr for Reference {
     type Err = ReferenceError;
 
@@ -167,30 +230,16 @@ impl FromStr for Reference {
         if s.len() > 255 {
             return Err(ReferenceError::TooLong(s.to_owned()));
         }
-        let (rest, digest) = match s.split_once('@') {
-            Some((rest, d)) => {
-                let digest = d.parse().map_err(|source| ReferenceError::BadDigest {
-                    reference: s.to_owned(),
-                    source,
-                })?;
-                (rest, Some(digest))
-            }
+        let (named, digest) = match s.split_once('@') {
+            Some((named, d)) => (named, Some(d)),
             None => (s, None),
         };
-        // A tag is after the last ':' that follows the last '/'.
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (path, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-            None => (rest, None),
+        // The tag starts at the first ':' after the last '/': a repository name holds no ':'.
+        let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+        let (path, tag) = match named[last_slash..].find(':') {
+            Some(i) => (&named[..last_slash + i], Some(&named[last_slash + i + 1..])),
+            None => (named, None),
         };
-        if let Some(t) = tag
-            && !is_tag(t)
-        {
-            return Err(ReferenceError::BadTag {
-                reference: s.to_owned(),
-                tag: t.to_owned(),
-            });
-        }
         let (registry, repository) = match path.split_once('/') {
             Some((first, rest))
                 if first.contains('.')
@@ -208,12 +257,27 @@ impl FromStr for Reference {
             }
             _ => (DOCKER_HUB.to_owned(), path.to_owned()),
         };
-        if repository.is_empty() || !repository.split('/').all(is_name_component) {
+        if !is_repository(&repository) {
             return Err(ReferenceError::BadName {
                 reference: s.to_owned(),
                 name: repository,
             });
         }
+        if let Some(t) = tag
+            && !is_tag(t)
+        {
+            return Err(ReferenceError::BadTag {
+                reference: s.to_owned(),
+                tag: t.to_owned(),
+            });
+        }
+        let digest = match digest {
+            Some(d) => Some(d.parse().map_err(|cause| ReferenceError::BadDigest {
+                reference: s.to_owned(),
+                cause,
+            })?),
+            None => None,
+        };
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -344,6 +408,62 @@ mod tests {
             "x-",
         ] {
             assert!(input.parse::<Reference>().is_err(), "{input:?} accepted");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_part_that_is_wrong() {
+        let hex = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        for (input, want) in [
+            ("", "image reference is empty"),
+            (
+                "Busy Box::@@",
+                "invalid repository name \"Busy Box\": path components of lowercase letters and digits, separated by '.', '_', '__' or dashes, joined by '/'",
+            ),
+            (
+                "Busybox:1.30",
+                "repository name \"Busybox\" must be lowercase",
+            ),
+            (
+                "r.io/Team/app:1",
+                "repository name \"Team/app\" must be lowercase",
+            ),
+            (
+                "busybox:1.30:x",
+                "invalid tag \"1.30:x\": up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+            ),
+            (
+                "busybox:-1",
+                "invalid tag \"-1\": up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+            ),
+            (
+                "busybox@@",
+                "invalid digest: digest \"@\" has no algorithm prefix (expected sha256:<64 hex digits>)",
+            ),
+            (
+                &format!("busybox@md5:{hex}"),
+                &format!(
+                    "invalid digest: digest \"md5:{hex}\" uses an unsupported algorithm (only sha256 is supported)"
+                ),
+            ),
+            (
+                "busybox@sha256:abc",
+                "invalid digest: digest \"sha256:abc\" is not 64 lowercase hex digits",
+            ),
+            (
+                "my_host.io:x/app:1",
+                "invalid registry host \"my_host.io:x\": a DNS name or IP address with an optional :port",
+            ),
+        ] {
+            let err = input.parse::<Reference>().expect_err(input);
+            assert_eq!(err.problem(), want, "{input:?}");
+            if !input.is_empty() {
+                assert!(
+                    err.to_string()
+                        .starts_with(&format!("image reference {input:?}: ")),
+                    "{err}"
+                );
+            }
         }
     }
 }

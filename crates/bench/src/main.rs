@@ -12,6 +12,7 @@ mod rate;
 mod reference_image;
 mod report;
 mod run_bench;
+mod snapshotter_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +125,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
         imc: String,
         /// Where the containerd root is created (default: system temp).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// P9: containerd pulls and runs the reference image over the shaped link, through
+    /// `imc snapshotter` with a local cache disk vs containerd's overlayfs snapshotter.
+    Snapshotter {
+        /// Bandwidth of the shaped link (decimal units: 8MB/s = 8,000,000 bytes/s).
+        #[arg(long, default_value = "8MB/s", value_parser = rate::parse_rate)]
+        bandwidth: u64,
+        /// Latency added to each request on the shaped link.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// Skip the CRI-into-overlayfs baseline (a second ~50 s cold pull over the link).
+        #[arg(long)]
+        no_cri_baseline: bool,
+        /// The imc binary to measure.
+        #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
+        imc: String,
+        /// Where the containerd roots and the imc data dir are created (default: system temp).
         #[arg(long)]
         work_dir: Option<PathBuf>,
         /// Also write the results as JSON to this file.
@@ -273,6 +296,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 uncached: !no_uncached,
             };
             finish(&pod_bench::run(&options)?, json)
+        }
+        BenchCommand::Snapshotter {
+            bandwidth,
+            latency,
+            no_cri_baseline,
+            imc,
+            work_dir,
+            json,
+        } => {
+            let options = snapshotter_bench::SnapshotterOptions {
+                cache_dir,
+                work_dir,
+                imc: absolute(&imc)?,
+                bandwidth,
+                latency,
+                cri_baseline: !no_cri_baseline,
+            };
+            finish(&snapshotter_bench::run(&options)?, json)
         }
     }
 }

@@ -132,7 +132,8 @@ pub fn cache_entry(cache: &ImageCache) -> Option<CacheEntry> {
     Some(CacheEntry {
         name: cache.metadata.name.clone().unwrap_or_default(),
         id,
-        ready: status.phase == Some(Phase::Ready),
+        // A cache being deleted keeps serving the pods that use it, but takes no new ones.
+        ready: status.phase == Some(Phase::Ready) && cache.metadata.deletion_timestamp.is_none(),
         capacity_bytes: (cache.spec.size_gib().max(0) as u64) << 30,
         size_bytes: status.size.unwrap_or(0).max(0) as u64,
         created: cache

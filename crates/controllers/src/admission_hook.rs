@@ -5,35 +5,103 @@
 //! The same [`PodAdmission::admit`] serves the embedded server's hook point and, through
 //! [`PodAdmission::review`], an HTTPS `AdmissionReview` webhook in cluster mode.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use imc_api::annotations::MATCHED_IMAGE_CACHE;
+use imc_api::image_cache::Phase;
 use imc_api::{Digest, ImageCache, Reference};
 use imc_matching::CacheIndex;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::admission::{self, Decision};
 
-/// The caches admission decides on, and the matching index over them.
+/// The caches admission decides on, and the matching index over them, kept up to date one
+/// watch event at a time.
 #[derive(Default)]
 struct Snapshot {
     caches: Vec<ImageCache>,
+    /// Where each cache (by object name) sits in `caches`.
+    position: HashMap<String, usize>,
     index: CacheIndex,
 }
 
-/// Every ImageCache as last seen, rebuilt into a [`CacheIndex`] whenever one changes.
+/// What of a cache admission and the node decide on besides the index: its id and phase.
+fn decided_on(cache: &ImageCache) -> (Option<&str>, Option<Phase>) {
+    let status = cache.status.as_ref();
+    (
+        status.and_then(|s| s.image_cache_id.as_deref()),
+        status.and_then(|s| s.phase),
+    )
+}
+
+impl Snapshot {
+    /// A snapshot of `caches` built from scratch (the initial list, a relist).
+    fn of(caches: Vec<ImageCache>) -> Self {
+        let mut snapshot = Snapshot::default();
+        for cache in caches {
+            snapshot.apply(cache);
+        }
+        snapshot
+    }
+
+    /// Stores `cache` (new or changed); true when a decision may differ because of it (the
+    /// index entry, the id or the phase changed). A build's progress changes none of them.
+    fn apply(&mut self, cache: ImageCache) -> bool {
+        let name = cache.name_any();
+        let decision_inputs_changed = match self.position.get(&name) {
+            Some(&i) => {
+                let changed = decided_on(&self.caches[i]) != decided_on(&cache);
+                self.caches[i] = cache;
+                changed
+            }
+            None => {
+                self.position.insert(name.clone(), self.caches.len());
+                self.caches.push(cache);
+                true
+            }
+        };
+        let index_changed = match self
+            .position
+            .get(&name)
+            .and_then(|&i| admission::cache_entry(&self.caches[i]))
+        {
+            Some(entry) => self.index.upsert(entry),
+            None => self.index.remove(&name).is_some(),
+        };
+        decision_inputs_changed || index_changed
+    }
+
+    /// Forgets the cache named `name`; true when it was known.
+    fn delete(&mut self, name: &str) -> bool {
+        let Some(i) = self.position.remove(name) else {
+            return false;
+        };
+        self.caches.swap_remove(i);
+        if let Some(moved) = self.caches.get(i) {
+            self.position.insert(moved.name_any(), i);
+        }
+        self.index.remove(name);
+        true
+    }
+}
+
+/// Every ImageCache as last seen, with a [`CacheIndex`] over them that each watch event updates
+/// in place (one cache's postings; nothing for a progress-only change).
 #[derive(Clone, Default)]
 pub struct CacheView {
-    snapshot: Arc<RwLock<Arc<Snapshot>>>,
-    /// Bumped by every [`CacheView::set`]; 0 until the first complete list arrived.
+    snapshot: Arc<RwLock<Snapshot>>,
+    /// Bumped by every change admission could decide differently on; 0 until the first
+    /// complete list arrived.
     version: Arc<AtomicU64>,
 }
 
@@ -45,27 +113,27 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 impl CacheView {
     /// A view kept current by a watcher on ImageCaches through `client` (runs until the process
-    /// ends; the watcher reconnects by itself after errors).
+    /// ends; the watcher reconnects by itself after errors, and a relist replaces the view).
     pub fn watch(client: kube::Client) -> Self {
         let view = CacheView::default();
-        let (store, writer) = reflector::store::<ImageCache>();
         let api: kube::Api<ImageCache> = kube::Api::all(client);
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
         let updated = view.clone();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            // A (re)list in progress: the caches listed so far.
+            let mut listing: Option<Vec<ImageCache>> = None;
             while let Some(event) = stream.next().await {
                 match event {
-                    // Rebuilt after every change: the index is cheap to build and admission
-                    // must never decide on a cache state older than what the watch delivered.
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
-                    | Ok(watcher::Event::InitDone) => {
-                        updated.set(store.state().iter().map(|c| (**c).clone()).collect());
+                    Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+                    Ok(watcher::Event::InitApply(cache)) => {
+                        listing.get_or_insert_with(Vec::new).push(cache)
                     }
-                    Ok(_) => {}
+                    Ok(watcher::Event::InitDone) => {
+                        updated.set(listing.take().unwrap_or_default());
+                    }
+                    Ok(watcher::Event::Apply(cache)) => updated.apply(cache),
+                    Ok(watcher::Event::Delete(cache)) => updated.delete(&cache.name_any()),
                     Err(e) => warn!(error = %e, "watching image caches"),
                 }
             }
@@ -73,12 +141,33 @@ impl CacheView {
         view
     }
 
-    /// Replaces the caches (tests and the watcher).
+    /// Replaces every cache (a complete list: the watch's initial list or a relist; tests).
     pub fn set(&self, caches: Vec<ImageCache>) {
-        let index = CacheIndex::new(caches.iter().filter_map(admission::cache_entry).collect());
-        let snapshot = Arc::new(Snapshot { caches, index });
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        let snapshot = Snapshot::of(caches);
+        *self.write() = snapshot;
         self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Applies one created or changed cache.
+    pub fn apply(&self, cache: ImageCache) {
+        if self.write().apply(cache) {
+            self.version.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Forgets one deleted cache.
+    pub fn delete(&self, name: &str) {
+        if self.write().delete(name) {
+            self.version.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.snapshot.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes seen so far (0: not loaded yet).
@@ -112,18 +201,11 @@ impl CacheView {
 
     /// The cache whose `status.imageCacheId` is `id`, as last seen.
     pub fn by_id(&self, id: &str) -> Option<ImageCache> {
-        self.current()
+        self.read()
             .caches
             .iter()
             .find(|c| c.status.as_ref().and_then(|s| s.image_cache_id.as_deref()) == Some(id))
             .cloned()
-    }
-
-    fn current(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 
@@ -221,7 +303,7 @@ impl PodAdmission {
         }
         let decide = || {
             let version = self.view.version();
-            let snapshot = self.view.current();
+            let snapshot = self.view.read();
             let decision =
                 admission::decide(&pod, &snapshot.caches, &snapshot.index, &*self.known_layers);
             (decision, version)
@@ -460,6 +542,84 @@ mod tests {
 #[cfg(test)]
 mod view_tests {
     use super::*;
+    use imc_api::ImageCacheSpec;
+    use imc_api::image_cache::ImageCacheStatus;
+
+    fn cache(name: &str, id: &str, phase: Phase, progress: &str) -> ImageCache {
+        let mut c = ImageCache::new(
+            name,
+            ImageCacheSpec {
+                images: vec!["r.io/a:1".into()],
+                ..Default::default()
+            },
+        );
+        c.status = Some(ImageCacheStatus {
+            image_cache_id: Some(id.into()),
+            phase: Some(phase),
+            progress: Some(progress.into()),
+            ..Default::default()
+        });
+        c
+    }
+
+    fn ready_names(view: &CacheView) -> Vec<String> {
+        let snapshot = view.read();
+        let mut names: Vec<String> = snapshot
+            .index
+            .entries()
+            .filter(|e| e.ready)
+            .map(|e| e.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn watch_events_update_the_view_in_place_and_progress_changes_nothing() {
+        const A: &str = "imc-aaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "imc-bbbbbbbbbbbbbbbbbbbb";
+        const C: &str = "imc-cccccccccccccccccccc";
+        let view = CacheView::default();
+        view.set(vec![
+            cache("a", A, Phase::Ready, "100%"),
+            cache("b", B, Phase::Creating, "10%"),
+        ]);
+        assert_eq!(view.version(), 1);
+        assert_eq!(ready_names(&view), ["a"]);
+
+        // Progress of a build: stored, but no decision can change.
+        view.apply(cache("b", B, Phase::Creating, "55%"));
+        assert_eq!(view.version(), 1, "a progress-only event is skipped");
+        assert_eq!(
+            view.by_id(B).unwrap().status.unwrap().progress.as_deref(),
+            Some("55%")
+        );
+
+        // b becomes Ready; c appears.
+        view.apply(cache("b", B, Phase::Ready, "100%"));
+        assert_eq!(view.version(), 2);
+        view.apply(cache("c", C, Phase::Ready, "100%"));
+        assert_eq!(view.version(), 3);
+        assert_eq!(ready_names(&view), ["a", "b", "c"]);
+
+        // a goes: c, the last of the list, moves into its place and is still found.
+        view.delete("a");
+        assert_eq!(view.version(), 4);
+        view.delete("a");
+        assert_eq!(
+            view.version(),
+            4,
+            "deleting an unknown cache changes nothing"
+        );
+        assert!(view.by_id(A).is_none());
+        assert_eq!(view.by_id(C).unwrap().metadata.name.as_deref(), Some("c"));
+        view.apply(cache("c", C, Phase::Updating, "0%"));
+        assert_eq!(ready_names(&view), ["b"]);
+        assert_eq!(
+            view.by_id(C).unwrap().status.unwrap().phase,
+            Some(Phase::Updating)
+        );
+    }
 
     #[test]
     fn waits_for_the_view_to_change() {

@@ -5,11 +5,9 @@
 pub mod admission;
 pub mod admission_hook;
 pub mod cache;
-pub mod cache_status;
 pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod quantity;
-pub mod retention;
 pub mod root_ca_publisher;
 pub mod scheduler;

@@ -125,8 +125,13 @@ fn phase(obj: &Value) -> &str {
     obj["status"]["phase"].as_str().unwrap_or("")
 }
 
+/// Waits for `want`; a Ready cache's disk must be an EROFS image (no plain-directory fallback).
 fn wait_phase(server: &TestServer, name: &str, want: &str) -> Value {
-    server.wait_for("imagecache", name, want, |o| phase(o) == want)
+    let cache = server.wait_for("imagecache", name, want, |o| phase(o) == want);
+    if want == "Ready" {
+        server.assert_cache_is_erofs(&cache);
+    }
+    cache
 }
 
 fn cache_id(obj: &Value) -> String {
@@ -178,6 +183,7 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
         phase(o) == "Ready" || phase(o) == "Failed"
     });
     assert_eq!(phase(&ready), "Ready", "{ready:#?}");
+    server.assert_cache_is_erofs(&ready);
     // `kubectl wait` works on the Ready condition; `imc` is the short name.
     server.kubectl_ok(&[
         "wait",
@@ -295,6 +301,7 @@ fn seed_manifest_becomes_ready_reuses_layers_rebuilds_and_deletes_its_disk() {
         phase(o) == "Ready" && o["status"]["observedGeneration"] == 2
     });
     assert_eq!(rebuilt["status"]["images"].as_array().unwrap().len(), 1);
+    server.assert_cache_is_erofs(&rebuilt);
     let reuse_id = cache_id(&rebuilt);
     // Pods open <id>.erofs, which now names generation 2; generation 1 is gone (unused).
     assert_eq!(
@@ -373,26 +380,42 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert!(seen.iter().all(|p| *p < 100), "{seen:?}");
 
-    // A spec change while Creating is refused with the reason.
-    let out = server
-        .kubectl(&[
-            "patch",
-            "imagecache",
-            "slow",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"retentionDays":3}}"#,
-        ])
+    // A spec change while Creating is accepted; one that needs no build (retentionDays) moves
+    // the expiry and leaves the build under way alone.
+    server.kubectl_ok(&[
+        "patch",
+        "imagecache",
+        "slow",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"retentionDays":3}}"#,
+    ]);
+    let created: jiff::Timestamp = creating["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let want = created
+        .checked_add(jiff::SignedDuration::from_hours(3 * 24))
+        .unwrap()
+        .to_string();
+    let moved = server.wait_for("imagecache", "slow", "re-dated", |o| {
+        o["status"]["expireDateTime"] == want.as_str()
+    });
+    assert_eq!(phase(&moved), "Creating", "{moved:#}");
+    let pct: u32 = moved["status"]["progress"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
     assert!(
-        err.contains(
-            "ImageCache slow is Creating: its spec can change only when it is Ready or UpdateFailed"
-        ),
-        "{err}"
+        pct >= seen[seen.len() - 1],
+        "the build went on: {pct} after {seen:?}"
     );
+    let described = server.kubectl_ok(&["describe", "imagecache", "slow"]);
+    assert!(!described.contains("the spec changed"), "{described}");
 
     server.kill().unwrap();
     let id = cache_id(&creating);
@@ -407,6 +430,7 @@ fn server_killed_mid_build_resumes_without_fetching_finished_layers_again() {
     });
     assert_eq!(phase(&ready), "Ready", "{ready:#}");
     assert_eq!(cache_id(&ready), id, "the id survives the restart");
+    server.assert_cache_is_erofs(&ready);
     assert!(disk(&server, &id).exists());
     assert_eq!(
         blob_gets(&proxy, &reg.base),
@@ -677,6 +701,7 @@ fn failed_rebuild_is_update_failed_and_the_old_disk_keeps_serving() {
         phase(o) == "Ready" && o["status"]["observedGeneration"] == 3
     });
     assert!(fixed["status"].get("message").is_none(), "{fixed:#}");
+    server.assert_cache_is_erofs(&fixed);
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
         PathBuf::from(format!("{id}.g3.erofs"))

@@ -108,6 +108,7 @@ fn pull_secret_and_plain_http_annotation_reach_an_authenticated_registry() {
 
     let ok = settled(&server, "with-secret");
     assert_eq!(ok["status"]["phase"], "Ready", "{ok:#}");
+    server.assert_cache_is_erofs(&ok);
     assert_eq!(ok["status"]["images"][0]["image"], image.as_str());
 
     let absent = settled(&server, "absent-secret");
@@ -186,6 +187,7 @@ fn cpu_arch_annotation_picks_the_platform_from_an_index() {
     ));
     let arm = settled(&server, "arm");
     assert_eq!(arm["status"]["phase"], "Ready", "{arm:#}");
+    server.assert_cache_is_erofs(&arm);
     assert_eq!(
         arm["status"]["images"][0]["digest"],
         arm64.manifest_digest.to_string()
@@ -232,4 +234,5 @@ fn insecure_registry_annotation_accepts_a_self_signed_registry() {
     assert!(message.contains("certificate"), "{message}");
     let insecure = settled(&server, "insecure");
     assert_eq!(insecure["status"]["phase"], "Ready", "{insecure:#}");
+    server.assert_cache_is_erofs(&insecure);
 }

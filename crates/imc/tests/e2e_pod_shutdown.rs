@@ -62,6 +62,7 @@ fn sigterm_removes_every_container_and_the_next_start_runs_the_pod_again() {
     let cache = server.wait_for("imagecache", "busybox", "the awaited state", |o| {
         o["status"]["phase"] == "Ready"
     });
+    server.assert_cache_is_erofs(&cache);
     let id = cache["status"]["imageCacheId"]
         .as_str()
         .expect("an id")
@@ -227,6 +228,7 @@ fn sigterm_during_a_cache_build_leaves_it_creating_and_the_next_start_finishes_i
         o["status"]["phase"] == "Ready" || o["status"]["phase"] == "Failed"
     });
     assert_eq!(ready["status"]["phase"], "Ready", "{ready:#}");
+    server.assert_cache_is_erofs(&ready);
 }
 
 /// Everything of the node under `data`: (runc containers, mounts, loop devices, pod dirs).

@@ -144,6 +144,7 @@ fn webhook_answers_admission_reviews_like_the_embedded_hook() {
             .unwrap();
         let c: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         if c["status"]["phase"] == "Ready" {
+            server.assert_cache_is_erofs(&c);
             break c["status"]["imageCacheId"].as_str().unwrap().to_owned();
         }
         assert!(Instant::now() < deadline, "cache never Ready: {c:#}");

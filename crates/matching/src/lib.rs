@@ -12,6 +12,8 @@
 //! 3. ties: cache size closest to the total size of the pod's images;
 //! 4. ties: most recently created (then name, so the result never depends on input order).
 
+#![warn(missing_docs)]
+
 mod index;
 mod rank;
 mod request;

@@ -31,19 +31,30 @@ impl Score {
 /// Why a cache cannot serve a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exclusion {
+    /// The cache is not `Ready`.
     NotReady,
+    /// The cache's disk is larger than the pod's temporary storage.
     TooLarge {
+        /// The cache's size in bytes.
         capacity_bytes: u64,
+        /// The pod's temporary storage in bytes.
         limit_bytes: u64,
     },
+    /// The pod asked for a perfect match and the cache lacks some of its images.
     NotPerfect {
+        /// Pod images the cache holds exactly.
         exact: usize,
+        /// The pod's images.
         images: usize,
     },
+    /// The pod asked for a minimum of exact matches and the cache holds fewer.
     TooFewExact {
+        /// Pod images the cache holds exactly.
         exact: usize,
+        /// The minimum the pod asked for.
         wanted: usize,
     },
+    /// The cache holds none of the pod's images, repositories or layers.
     NoOverlap,
 }
 
@@ -77,7 +88,9 @@ impl std::fmt::Display for Exclusion {
 /// One cache's standing for a pod.
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
+    /// The cache.
     pub cache: &'a CacheEntry,
+    /// How much of the pod it holds.
     pub score: Score,
     /// |cache content size − pod image size| in bytes (rule 3).
     pub size_distance: u64,
@@ -88,6 +101,7 @@ pub struct Candidate<'a> {
 /// The full reasoning for one pod: qualified candidates best first, then excluded caches.
 #[derive(Debug, Clone)]
 pub struct Explanation<'a> {
+    /// Every cache's standing, qualified ones best first.
     pub candidates: Vec<Candidate<'a>>,
 }
 
@@ -134,7 +148,12 @@ impl CacheIndex {
                 continue;
             };
             for p in postings {
-                let cached = &self.entries[p.cache as usize].images[p.image as usize];
+                let Some(cached) = self
+                    .slot(p.cache)
+                    .and_then(|e| e.images.get(p.image as usize))
+                else {
+                    continue;
+                };
                 let t = tallies.entry(p.cache).or_default();
                 if is_exact(
                     reference,
@@ -161,12 +180,11 @@ impl CacheIndex {
 
     fn candidate<'a>(
         &'a self,
-        cache: u32,
+        entry: &'a CacheEntry,
         tally: Tally,
         images: usize,
         request: &MatchRequest,
     ) -> Candidate<'a> {
-        let entry = &self.entries[cache as usize];
         let score = Score {
             exact: tally.exact.count_ones() as usize,
             same_repository: (tally.repo & !tally.exact).count_ones() as usize,
@@ -208,7 +226,9 @@ impl CacheIndex {
         let (tallies, images) = self.tally(request);
         tallies
             .into_iter()
-            .map(|(cache, tally)| self.candidate(cache, tally, images, request))
+            .filter_map(|(cache, tally)| {
+                Some(self.candidate(self.slot(cache)?, tally, images, request))
+            })
             .filter(|c| c.excluded.is_none())
             .min_by(rank_order)
             .map(|c| c.cache)
@@ -219,10 +239,11 @@ impl CacheIndex {
     /// nothing).
     pub fn explain(&self, request: &MatchRequest) -> Explanation<'_> {
         let (tallies, images) = self.tally(request);
-        let mut candidates: Vec<Candidate<'_>> = (0..self.entries.len() as u32)
-            .map(|c| {
-                let tally = tallies.get(&c).copied().unwrap_or_default();
-                self.candidate(c, tally, images, request)
+        let mut candidates: Vec<Candidate<'_>> = self
+            .slots()
+            .map(|(slot, entry)| {
+                let tally = tallies.get(&slot).copied().unwrap_or_default();
+                self.candidate(entry, tally, images, request)
             })
             .collect();
         candidates.sort_by(|a, b| {

@@ -8,6 +8,7 @@ pub const DEFAULT_TEMP_STORAGE_BYTES: u64 = 30 << 30;
 /// One image a pod's containers use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodImage {
+    /// The image as the pod's container names it.
     pub reference: Reference,
     /// Compressed layers (digest, size) when known, e.g. from an earlier pull.
     pub layers: Vec<(Digest, u64)>,

@@ -3,12 +3,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imc_snapshot::{AttachedCache, Attacher, CacheUser};
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::cni::CniNetwork;
 use crate::image::ImageConfig;
 use crate::log_writer::{LogLimits, LogWriter};
 use crate::netns::SandboxConfig;
@@ -127,6 +129,8 @@ pub struct Runtime {
     pub(crate) pods_dir: PathBuf,
     /// `DIR/seccomp`: where `Localhost` seccomp profiles are read from.
     pub(crate) seccomp_dir: PathBuf,
+    /// The CNI network pods join; loopback only without one.
+    pub(crate) network: Option<Arc<CniNetwork>>,
     pub(crate) runc: Runc,
     pub(crate) attacher: Attacher,
     pub(crate) log_limits: LogLimits,
@@ -149,6 +153,7 @@ impl Runtime {
         Ok(Runtime {
             pods_dir,
             seccomp_dir: data_dir.join("seccomp"),
+            network: None,
             runc: Runc::new(&runc_root),
             attacher: Attacher::new(data_dir)?,
             log_limits: LogLimits::default(),
@@ -158,6 +163,13 @@ impl Runtime {
     /// This runtime with containers' logs ([`ContainerIo::Log`]) rotated within `limits`.
     pub fn with_log_limits(mut self, limits: LogLimits) -> Self {
         self.log_limits = limits;
+        self
+    }
+
+    /// This runtime with pods joined to `network` (their own address through the CNI plugins)
+    /// instead of loopback only.
+    pub fn with_network(mut self, network: CniNetwork) -> Self {
+        self.network = Some(Arc::new(network));
         self
     }
 
@@ -172,9 +184,10 @@ impl Runtime {
         config: &SandboxConfig,
         owner_pid: u32,
     ) -> Result<PodSandbox, RuntimeError> {
-        let (pods_dir, config) = (self.pods_dir.clone(), config.clone());
+        let (pods_dir, config, network) =
+            (self.pods_dir.clone(), config.clone(), self.network.clone());
         crate::blocking("creating the pod sandbox", move || {
-            create_sandbox_now(&pods_dir, &config, owner_pid)
+            create_sandbox_now(&pods_dir, &config, network.as_deref(), owner_pid)
         })
         .await
     }
@@ -315,6 +328,7 @@ impl Runtime {
 fn create_sandbox_now(
     pods_dir: &Path,
     config: &SandboxConfig,
+    network: Option<&CniNetwork>,
     owner_pid: u32,
 ) -> Result<PodSandbox, RuntimeError> {
     names::check_component("pod uid", &config.uid)?;
@@ -336,7 +350,7 @@ fn create_sandbox_now(
             }
         }
     }
-    PodSandbox::create(pods_dir, config)
+    PodSandbox::create(pods_dir, config, network)
 }
 
 /// What the blocking part of a start works on: everything to assemble the rootfs and write

@@ -47,6 +47,9 @@ pub enum RuntimeError {
         target: PathBuf,
         cause: std::io::Error,
     },
+    /// A CNI plugin failed or could not be run.
+    #[error("{action}: {message}")]
+    Cni { action: String, message: String },
     /// Creating the pod's network namespace failed.
     #[error("creating the network namespace of pod {pod}: {cause}")]
     Network { pod: String, cause: std::io::Error },

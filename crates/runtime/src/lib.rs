@@ -11,6 +11,7 @@
 //! tree removal) runs on tokio's blocking pool, never on an async worker thread.
 
 mod cgroups;
+mod cni;
 mod container;
 mod error;
 mod image;
@@ -27,6 +28,7 @@ mod timings;
 mod tree;
 mod user;
 
+pub use cni::{Attachment, CniNetwork, POD_INTERFACE, PortMapping, default_conflist};
 pub use container::{
     Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest, VolumeMount,
 };

@@ -1,6 +1,7 @@
 //! The pod sandbox: a directory under `DIR/pods/<uid>/` and a network namespace with loopback up,
-//! held by a bind mount of its nsfs file at `DIR/pods/<uid>/netns` (no pause process); a
-//! `hostNetwork` pod has none and uses the host's.
+//! held by a bind mount of its nsfs file at `DIR/pods/<uid>/netns` (no pause process), joined to
+//! the node's CNI network when there is one (its attachment kept in `DIR/pods/<uid>/network.json`
+//! for the `DEL`); a `hostNetwork` pod has none and uses the host's.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -9,8 +10,12 @@ use std::path::{Path, PathBuf};
 use rustix::mount::UnmountFlags;
 use tracing::debug;
 
+use crate::cni::{Attachment, CniNetwork, PortMapping};
 use crate::spec::PodNamespaces;
 use crate::{RuntimeError, names};
+
+/// The file keeping a pod's CNI attachment.
+pub(crate) const NETWORK_FILE: &str = "network.json";
 
 /// What a pod's sandbox is made of (the pod spec's part of it).
 #[derive(Debug, Clone, Default)]
@@ -25,6 +30,8 @@ pub struct SandboxConfig {
     pub host_pid: bool,
     /// `hostIPC`.
     pub host_ipc: bool,
+    /// The pod's `hostPort`s (given to the CNI `portmap` plugin).
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl SandboxConfig {
@@ -49,6 +56,8 @@ pub struct PodSandbox {
     pub hostname: String,
     /// The namespaces its containers share (the network namespace file, or the host's).
     pub namespaces: PodNamespaces,
+    /// The pod's addresses on the node's network (none with loopback only or `hostNetwork`).
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 /// The file holding a pod's network namespace (a bind mount of its nsfs file).
@@ -59,13 +68,17 @@ pub(crate) fn netns_file(pod_dir: &Path) -> PathBuf {
 impl PodSandbox {
     /// Creates the pod dir and, unless `hostNetwork`, a fresh network namespace with `lo` up;
     /// reuses them when they exist already (a second container of the same pod). Blocking.
-    pub(crate) fn create(pods_dir: &Path, config: &SandboxConfig) -> Result<Self, RuntimeError> {
+    pub(crate) fn create(
+        pods_dir: &Path,
+        config: &SandboxConfig,
+        network: Option<&CniNetwork>,
+    ) -> Result<Self, RuntimeError> {
         names::check_component("pod uid", &config.uid)?;
         let uid = config.uid.as_str();
         let dir = pods_dir.join(uid);
         fs::create_dir_all(&dir).map_err(RuntimeError::io("creating", &dir))?;
         let netns = netns_file(&dir);
-        let sandbox = PodSandbox {
+        let mut sandbox = PodSandbox {
             uid: uid.to_string(),
             dir,
             hostname: config.hostname.clone(),
@@ -74,8 +87,13 @@ impl PodSandbox {
                 host_pid: config.host_pid,
                 host_ipc: config.host_ipc,
             },
+            ips: Vec::new(),
         };
-        if config.host_network || imc_snapshot::is_mount_point(&netns) {
+        if config.host_network {
+            return Ok(sandbox);
+        }
+        if imc_snapshot::is_mount_point(&netns) {
+            sandbox.ips = sandbox.attachment().map(|a| a.ips()).unwrap_or_default();
             return Ok(sandbox);
         }
         fs::write(&netns, b"").map_err(RuntimeError::io("creating", &netns))?;
@@ -96,7 +114,36 @@ impl PodSandbox {
             cause: source,
         })?;
         debug!(pod = %uid, "pod network namespace created");
+        if let Some(network) = network {
+            let attached = network
+                .add(uid, &netns, &config.port_mappings)
+                .and_then(|a| {
+                    crate::container::write_json(&sandbox.dir.join(NETWORK_FILE), &a)?;
+                    Ok(a)
+                });
+            match attached {
+                Ok(a) => sandbox.ips = a.ips(),
+                Err(e) => {
+                    // Whatever the plugins did half-way (an address leased) is undone.
+                    let partial = Attachment {
+                        conflist: network.conflist.clone(),
+                        bin_dirs: network.bin_dirs.clone(),
+                        result: serde_json::Value::Null,
+                        port_mappings: config.port_mappings.clone(),
+                    };
+                    let _ = partial.delete(uid, Some(&netns));
+                    let _ = rustix::mount::unmount(&netns, UnmountFlags::DETACH);
+                    return Err(e);
+                }
+            }
+            debug!(pod = %uid, ips = ?sandbox.ips, "pod network attached");
+        }
         Ok(sandbox)
+    }
+
+    /// The pod's CNI attachment, if it has one.
+    fn attachment(&self) -> Option<Attachment> {
+        read_attachment(&self.dir)
     }
 
     /// Removes the network namespace, the pod's cgroups and the pod dir.
@@ -108,6 +155,7 @@ impl PodSandbox {
     /// [`PodSandbox::remove`] on the calling (blocking) thread.
     pub(crate) fn remove_now(&self) -> Result<(), RuntimeError> {
         names::check_component("pod uid", &self.uid)?;
+        release_network(&self.dir, &self.uid);
         let _ = rustix::mount::unmount(netns_file(&self.dir), UnmountFlags::DETACH);
         // Volumes the node mounted for the pod (memory-backed emptyDirs, subPath binds).
         let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
@@ -119,6 +167,32 @@ impl PodSandbox {
             crate::container::remove_tree(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+/// The CNI attachment kept in a pod dir (bounded read; `None` when absent or unreadable).
+fn read_attachment(pod_dir: &Path) -> Option<Attachment> {
+    use std::io::Read;
+    let file = fs::File::open(pod_dir.join(NETWORK_FILE)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Takes pod `uid` (directory `pod_dir`) off its CNI network, while its network namespace is
+/// still mounted: the plugins' `DEL` frees its address and host ports. Failures are logged:
+/// removal goes on. Blocking.
+pub(crate) fn release_network(pod_dir: &Path, uid: &str) {
+    let Some(attachment) = read_attachment(pod_dir) else {
+        return;
+    };
+    let netns = netns_file(pod_dir);
+    let ns = imc_snapshot::is_mount_point(&netns).then_some(netns.as_path());
+    match attachment.delete(uid, ns) {
+        Ok(()) => {
+            let _ = fs::remove_file(pod_dir.join(NETWORK_FILE));
+        }
+        Err(e) => tracing::warn!(pod = %uid, error = %e, "removing the pod from its network"),
     }
 }
 

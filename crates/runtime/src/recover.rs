@@ -209,6 +209,13 @@ fn clean_files(
         }
     }
     for (name, path) in pods {
+        // Off the network first (frees its address and host ports), while its netns is mounted.
+        if let Some(uid) = name
+            .to_str()
+            .filter(|u| crate::names::check_component("pod uid", u).is_ok())
+        {
+            crate::netns::release_network(&path, uid);
+        }
         if out.remove_unmounted(&path) {
             let uid = name.to_string_lossy().into_owned();
             // Its containers' cgroups went with `runc delete`; the pod's parent goes now.

@@ -25,7 +25,24 @@ pub struct TestServer {
     addr: Option<SocketAddr>,
     watch_window: Option<u64>,
     extra_args: Vec<String>,
+    /// Where the server's stderr goes (appended, across restarts); inherited when `None`.
+    stderr_log: Option<PathBuf>,
     child: Option<Child>,
+    /// This server's pod network: (`--pod-cidr`, `--pod-bridge`), private to it so that servers
+    /// of concurrent tests never share addresses or a bridge.
+    network: (String, String),
+}
+
+/// A pod range and bridge name no other test server of this machine uses at the same time:
+/// from this process's pid and a counter, in 10.100.0.0–10.227.255.0 (/24 each).
+fn private_network() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+    let key = (std::process::id() % 2048) * 16 + n;
+    (
+        format!("10.{}.{}.0/24", 100 + (key >> 8), key & 255),
+        format!("imct{key}"),
+    )
 }
 
 impl TestServer {
@@ -43,7 +60,9 @@ impl TestServer {
             addr: None,
             watch_window: window,
             extra_args: Vec::new(),
+            stderr_log: None,
             child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -57,7 +76,26 @@ impl TestServer {
             addr: None,
             watch_window: None,
             extra_args: args.to_vec(),
+            stderr_log: None,
             child: None,
+            network: private_network(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Like [`TestServer::start_with_args`], with the server's stderr (its log) appended to the
+    /// file `log` instead of the test's stderr, as when an operator redirects it.
+    pub fn start_logging_to(bin: impl AsRef<Path>, args: &[String], log: &Path) -> Result<Self> {
+        let mut server = TestServer {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
+            addr: None,
+            watch_window: None,
+            extra_args: args.to_vec(),
+            stderr_log: Some(log.to_path_buf()),
+            child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -72,7 +110,9 @@ impl TestServer {
             addr: None,
             watch_window: window,
             extra_args: vec!["--api-only".to_owned()],
+            stderr_log: None,
             child: None,
+            network: private_network(),
         };
         server.spawn()?;
         Ok(server)
@@ -95,7 +135,24 @@ impl TestServer {
             .arg(&listen)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.stderr_log {
+                Some(log) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .with_context(|| format!("opening {}", log.display()))?,
+                ),
+                None => Stdio::inherit(),
+            });
+        if !self.extra_args.iter().any(|a| a == "--pod-cidr") {
+            cmd.args([
+                "--pod-cidr",
+                &self.network.0,
+                "--pod-bridge",
+                &self.network.1,
+            ]);
+        }
         if let Some(w) = self.watch_window {
             cmd.arg("--watch-window").arg(w.to_string());
         }
@@ -180,6 +237,11 @@ impl TestServer {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// This server's pod network: its `--pod-cidr` and `--pod-bridge`.
+    pub fn pod_network(&self) -> (&str, &str) {
+        (&self.network.0, &self.network.1)
+    }
+
     /// The admin bearer token.
     pub fn token(&self) -> Result<String> {
         Ok(
@@ -250,15 +312,27 @@ impl TestServer {
         Ok(self.terminate()?.is_none_or(|s| s.success()))
     }
 
+    /// SIGINTs the server (Ctrl-C in a terminal) and waits for it to exit; returns whether it
+    /// exited successfully.
+    pub fn interrupt(&mut self) -> Result<bool> {
+        Ok(self.signal_and_wait("-INT")?.is_none_or(|s| s.success()))
+    }
+
     /// SIGTERMs the server and waits up to [`STOP_WAIT`] for its graceful stop, SIGKILL after
     /// that. `None` when no server was running.
     fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.signal_and_wait("-TERM")
+    }
+
+    /// Sends `signal` (a `kill` option such as `-TERM`) and waits up to [`STOP_WAIT`] for the
+    /// exit, SIGKILL after that. `None` when no server was running.
+    fn signal_and_wait(&mut self, signal: &str) -> Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
         // The child is not reaped yet, so its pid cannot have been reused.
         let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()?;
         if !sent.success() {
             child.kill()?;
@@ -288,5 +362,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.terminate();
         crate::leftovers::reap(self.dir.path());
+        // The bridge the CNI plugin created for this server's pods.
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.network.1])
+            .stderr(Stdio::null())
+            .status();
     }
 }

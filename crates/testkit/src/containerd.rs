@@ -1,11 +1,17 @@
-//! containerd 1.6 (Debian) on a private socket and state directory, as the benchmark baseline.
+//! containerd 1.6 (Debian) on a private socket and state directory, as the benchmark baseline
+//! and for the snapshotter tests.
 //!
 //! [`Containerd::start`] writes a config that puts the root, state, socket and plugin dirs under a
 //! fresh temporary directory (overlayfs snapshotter, CRI plugin disabled), starts
 //! `/usr/bin/containerd` with it and waits until `ctr version` answers. A fresh instance has an
 //! empty content store and snapshotter, so every pull through it is cold. The daemon is stopped
-//! (SIGTERM, then SIGKILL) and its directory removed on drop, after unmounting anything left
-//! mounted under it.
+//! (SIGTERM, then SIGKILL) and its directory removed on drop, after its containers are killed and
+//! removed and anything left mounted under it is unmounted.
+//!
+//! [`Containerd::start_with`] adds proxy snapshotter plugins (`[proxy_plugins.NAME]`) and the CRI
+//! plugin (the kubelet's way in: [`Containerd::cri_pull`] pulls as the kubelet does, unpacking
+//! through the CRI snapshotter), with registry hosts read from `certs.d/` under its directory
+//! ([`Containerd::plain_http_host`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,15 @@ pub const CTR: &str = "/usr/bin/ctr";
 /// How long the daemon may take to answer after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a private containerd is started with beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdOptions {
+    /// Proxy snapshotter plugins, `(name, socket)`: `[proxy_plugins.NAME] type = "snapshot"`.
+    pub proxy_snapshotters: Vec<(String, PathBuf)>,
+    /// Enable the CRI plugin, unpacking images into this snapshotter (`None`: CRI disabled).
+    pub cri_snapshotter: Option<String>,
+}
+
 /// A running private containerd (see the module doc).
 #[derive(Debug)]
 pub struct Containerd {
@@ -34,6 +49,11 @@ impl Containerd {
     /// Starts a containerd whose root, state and socket live under a new temporary directory
     /// (under `parent`, or the system temp dir when `None`).
     pub fn start(parent: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_with(parent, ContainerdOptions::default())
+    }
+
+    /// [`Containerd::start`] with proxy snapshotters and, optionally, the CRI plugin.
+    pub fn start_with(parent: Option<&Path>, options: ContainerdOptions) -> anyhow::Result<Self> {
         if !Path::new(CONTAINERD).exists() || !Path::new(CTR).exists() {
             bail!(
                 "{CONTAINERD} or {CTR} is missing: install Debian's containerd package (apt-get install containerd)"
@@ -47,13 +67,25 @@ impl Containerd {
         }
         .context("create a temporary directory for containerd")?;
         let root = dir.path();
-        for sub in ["root", "state", "opt"] {
+        for sub in ["root", "state", "opt", "certs.d", "cni/conf", "cni/bin"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("create {}", root.join(sub).display()))?;
         }
-        let config = config_toml(root);
+        let config = config_toml(root, &options);
         fs::write(root.join("config.toml"), config).context("write containerd config")?;
-        let log = fs::File::create(root.join("containerd.log")).context("create containerd log")?;
+        let mut containerd = Self { dir, child: None };
+        containerd.spawn()?;
+        Ok(containerd)
+    }
+
+    /// Starts the daemon on this instance's directory and waits until it answers.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let root = self.dir.path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("containerd.log"))
+            .context("open containerd log")?;
         let log2 = log.try_clone().context("clone containerd log handle")?;
         let child = Command::new(CONTAINERD)
             .arg("--config")
@@ -63,13 +95,64 @@ impl Containerd {
             .stderr(log2)
             .spawn()
             .with_context(|| format!("start {CONTAINERD}"))?;
-        let mut containerd = Self {
-            dir,
-            child: Some(child),
-        };
-        containerd.wait_ready()?;
-        debug!(socket = %containerd.socket().display(), "containerd started");
-        Ok(containerd)
+        self.child = Some(child);
+        self.wait_ready()?;
+        debug!(socket = %self.socket().display(), "containerd started");
+        Ok(())
+    }
+
+    /// Stops the daemon (SIGTERM; containers keep running under their shims) and starts it
+    /// again on the same root, state and socket.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop_daemon();
+        self.spawn()
+    }
+
+    /// Lets containerd reach `host` (`HOST:PORT`, as written in image references) over plain
+    /// HTTP at `server` (`HOST:PORT`), through a `certs.d/<host>/hosts.toml` (read at each pull).
+    pub fn plain_http_host(&self, host: &str, server: &str) -> anyhow::Result<()> {
+        let dir = self.dir.path().join("certs.d").join(host);
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"http://{server}\"\n\n[host.\"http://{server}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .context("write hosts.toml")
+    }
+
+    /// Pulls `reference` as the kubelet does: CRI `PullImage` (namespace `k8s.io`), which
+    /// unpacks each layer through the CRI snapshotter while pulling, asking it first whether it
+    /// already has the layer. Returns the image id containerd reports.
+    pub async fn cri_pull(&self, reference: &str) -> anyhow::Result<String> {
+        use k8s_cri::v1::image_service_client::ImageServiceClient;
+        use k8s_cri::v1::{ImageSpec, PullImageRequest};
+        let socket = self.socket();
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .context("CRI endpoint")?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .context("connect to containerd's CRI service")?;
+        let response = ImageServiceClient::new(channel)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: reference.to_string(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .with_context(|| format!("CRI PullImage {reference}"))?;
+        Ok(response.into_inner().image_ref)
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -166,9 +249,52 @@ impl Containerd {
         timed(command, &format!("ctr images rm {reference}")).map(|_| ())
     }
 
-    /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and unmounts anything left under its
-    /// directory. Idempotent; also done on drop.
+    /// Kills and removes every container (all namespaces), stops the daemon (SIGTERM, then
+    /// SIGKILL after 10 s) and unmounts anything left under its directory. Idempotent; also done
+    /// on drop.
     pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.remove_all_containers();
+        }
+        self.stop_daemon();
+        self.unmount_leftovers();
+    }
+
+    /// Kills the tasks and deletes the containers of every namespace, so no shim or container
+    /// outlives the test.
+    pub fn remove_all_containers(&self) {
+        let list = |args: &[&str]| -> Vec<String> {
+            self.ctr()
+                .args(args)
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for ns in list(&["namespaces", "ls", "-q"]) {
+            for id in list(&["-n", &ns, "containers", "ls", "-q"]) {
+                let _ = self
+                    .ctr()
+                    .args(["-n", &ns, "tasks", "kill", "-s", "SIGKILL", &id])
+                    .output();
+                // `tasks rm -f` waits for the kill to land.
+                let _ = self
+                    .ctr()
+                    .args(["-n", &ns, "tasks", "rm", "-f", &id])
+                    .output();
+                let _ = self
+                    .ctr()
+                    .args(["-n", &ns, "containers", "rm", &id])
+                    .output();
+            }
+        }
+    }
+
+    fn stop_daemon(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -186,7 +312,6 @@ impl Containerd {
         }
         let _ = child.kill();
         let _ = child.wait();
-        self.unmount_leftovers();
     }
 
     /// Unmounts mounts under our directory (deepest first), so removing it cannot fail with EBUSY
@@ -216,13 +341,43 @@ impl Drop for Containerd {
 }
 
 /// The containerd 1.6 config (schema version 2) that keeps everything under `dir`.
-fn config_toml(dir: &Path) -> String {
+fn config_toml(dir: &Path, options: &ContainerdOptions) -> String {
     let d = dir.display();
+    let disabled = if options.cri_snapshotter.is_some() {
+        ""
+    } else {
+        "\"io.containerd.grpc.v1.cri\""
+    };
+    let mut extra = String::new();
+    for (name, socket) in &options.proxy_snapshotters {
+        extra.push_str(&format!(
+            "\n[proxy_plugins.\"{name}\"]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+            socket.display()
+        ));
+    }
+    if let Some(snapshotter) = &options.cri_snapshotter {
+        // CNI directories are empty: pulls need no network; the CRI plugin only logs that pod
+        // networking is not ready.
+        extra.push_str(&format!(
+            r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snapshotter}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
+"#
+        ));
+    }
     format!(
         r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{disabled}]
 
 [grpc]
   address = "{d}/containerd.sock"
@@ -241,7 +396,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [plugins."io.containerd.snapshotter.v1.overlayfs"]
   root_path = "{d}/root/io.containerd.snapshotter.v1.overlayfs"
-"#
+{extra}"#
     )
 }
 

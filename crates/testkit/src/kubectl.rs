@@ -214,6 +214,29 @@ pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Option
     }
 }
 
+/// Waits until this machine's clock is past the whole second of `timestamp` (an RFC 3339 time
+/// the server wrote on this host, such as a `creationTimestamp`), so the next object the server
+/// stamps gets a later second. It waits on the clock, for exactly as long as needed, not for a
+/// guessed duration.
+pub fn wait_past_second(timestamp: &str) {
+    let stamped: jiff::Timestamp = timestamp
+        .parse()
+        .unwrap_or_else(|e| panic!("{timestamp:?} is not an RFC 3339 time: {e}"));
+    let next = jiff::Timestamp::from_second(stamped.as_second() + 1).expect("a representable time");
+    loop {
+        let now = jiff::Timestamp::now();
+        if now >= next {
+            return;
+        }
+        let left = next.duration_since(now);
+        std::thread::sleep(
+            std::time::Duration::try_from(left)
+                .unwrap_or(POLL)
+                .min(POLL),
+        );
+    }
+}
+
 /// Whether a pod is Running with its first container running.
 pub fn pod_running(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running"

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod containerd;
+pub mod erofs;
 pub mod image;
 pub mod kubectl;
 pub mod leftovers;

@@ -98,26 +98,6 @@ pub fn def() -> ResourceDef {
     def.with_strategy(ImageCacheStrategy)
 }
 
-/// Reads the spec leniently: a missing `images` is an empty list, reported by validation.
-fn image_cache_spec(obj: &Value) -> Result<imc_api::ImageCacheSpec, Cause> {
-    let mut spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
-    if !spec.is_object() {
-        return Err(Cause {
-            field: "spec".into(),
-            reason: "FieldValueInvalid".into(),
-            message: "must be an object".into(),
-        });
-    }
-    if spec.get("images").is_none_or(Value::is_null) {
-        spec["images"] = json!([]);
-    }
-    serde_json::from_value(spec).map_err(|e| Cause {
-        field: "spec".into(),
-        reason: "FieldValueInvalid".into(),
-        message: e.to_string(),
-    })
-}
-
 fn default_image_cache(obj: &mut Value) {
     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
         && spec.get("imageCacheSize").is_none_or(Value::is_null)
@@ -130,18 +110,17 @@ fn default_image_cache(obj: &mut Value) {
     }
 }
 
+/// Every bad field of the raw `spec` (types, ranges, references, duplicates), in
+/// kube-apiserver's words.
 fn validate_image_cache(obj: &Value) -> Vec<Cause> {
-    match image_cache_spec(obj) {
-        Err(cause) => vec![cause],
-        Ok(spec) => imc_api::validation::validate_spec(&spec)
-            .into_iter()
-            .map(|e| Cause {
-                field: e.field,
-                reason: e.reason.to_owned(),
-                message: e.message,
-            })
-            .collect(),
-    }
+    imc_api::validation::validate_spec_value(obj.get("spec"))
+        .into_iter()
+        .map(|e| Cause {
+            field: e.field,
+            reason: e.reason.to_owned(),
+            message: e.message,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -174,7 +153,7 @@ mod tests {
         );
         assert_eq!(
             v(json!({"spec": {"images": ["a:1"], "imageCacheSize": "x"}})),
-            ["spec"]
+            ["spec.imageCacheSize"]
         );
         let mut o = json!({"spec": {"images": ["a:1"]}});
         default_image_cache(&mut o);

@@ -1,8 +1,9 @@
 //! One cache build, run as its own task (it takes minutes; reconcile returns at once): pull every
 //! image into the layer store (layers held already are not downloaded), write the disk, then flip
 //! the status to `Ready`. With the reuse annotation, layers the store lacks but another Ready
-//! cache's disk holds are taken from that disk (see `reuse`). Transient registry failures are retried here with backoff; the status
-//! says so meanwhile.
+//! cache's disk holds are taken from that disk (see `reuse`). Transient registry failures are
+//! retried here with backoff; the status says so meanwhile. A spec change that needs a new build
+//! aborts this task (see `spec_change`); a disk write already under way is then thrown away.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use super::error::CacheError;
 use super::progress::Tracker;
 use super::pull_config::pull_config;
 use super::reuse::Borrowed;
-use crate::cache_status::BuildOutcome;
+use super::status::BuildOutcome;
 
 /// How often progress is written to the status at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -203,12 +204,6 @@ async fn build_once(
     tracker.all_pulled();
 
     let caches = disk::caches_dir(&ctx.settings.data_dir);
-    // Only root may enter (disks hold images' setuid binaries).
-    imc_layers::ensure_private_dir(&caches).map_err(|cause| CacheError::Io {
-        action: "creating",
-        path: caches.clone(),
-        cause,
-    })?;
     let store = ctx.layers.clone();
     let lent = borrowed.clone();
     let builder = SnapshotBuilder::new(move |d| {
@@ -230,6 +225,12 @@ async fn build_once(
     let stopping = ctx.stopping_flag();
     let name = job.name.clone();
     let report = tokio::task::spawn_blocking(move || {
+        // Only root may enter (disks hold images' setuid binaries).
+        imc_layers::ensure_private_dir(&caches).map_err(|cause| CacheError::Io {
+            action: "creating",
+            path: caches.clone(),
+            cause,
+        })?;
         let report = builder.build(&build_images, &options)?;
         // An aborted build's disk write runs to its end on this thread: drop what it wrote.
         if cancelled.load(Ordering::SeqCst) || stopping.load(Ordering::SeqCst) {
@@ -248,9 +249,34 @@ async fn build_once(
         reason: e.to_string(),
     })??;
     drop(writer);
-    // Pods see the new disk from here on; the status says Ready right after.
-    disk::publish(&ctx.settings.data_dir, job.id.as_str(), job.generation)?;
-    outcome.disk_bytes = report.disk_size;
-    tracing::info!(disk = %report.output.display(), bytes = report.disk_size, "cache disk written");
+    let (disk_size, output) = (report.disk_size, report.output.clone());
+    // Pods see the new disk from here on; the status says Ready right after. A rename and an
+    // fsync of the directory: on the blocking pool.
+    let (data_dir, id, generation, name) = (
+        ctx.settings.data_dir.clone(),
+        job.id.clone(),
+        job.generation,
+        job.name.clone(),
+    );
+    let cancelled = job.cancelled.clone();
+    tokio::task::spawn_blocking(move || {
+        // Called off after its disk was written (a newer spec): the disk is never published.
+        if cancelled.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&report.output);
+            let _ = std::fs::remove_dir_all(&report.output);
+            return Err(CacheError::Task {
+                cache: name,
+                reason: "cancelled".to_owned(),
+            });
+        }
+        disk::publish(&data_dir, id.as_str(), generation)
+    })
+    .await
+    .map_err(|e| CacheError::Task {
+        cache: job.name.clone(),
+        reason: e.to_string(),
+    })??;
+    outcome.disk_bytes = disk_size;
+    tracing::info!(disk = %output.display(), bytes = disk_size, "cache disk written");
     Ok(outcome)
 }

@@ -1,44 +1,63 @@
 //! The ImageCache controller: reconcile (id, phase transitions, starting builds, expiry) and the
 //! finalizer that removes a cache's disks once no pod uses them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imc_api::image_cache::{ImageCacheStatus, Phase};
+use imc_api::annotations::MATCHED_IMAGE_CACHE;
+use imc_api::image_cache::{BuildSpec, ImageCacheStatus, Phase};
 use imc_api::{CacheId, ImageCache};
 use imc_snapshot::Attacher;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::build::{self, BuildJob};
 use super::disk;
 use super::error::CacheError;
+use super::events::{CacheEvents, EventType};
+use super::retention;
+use super::spec_change::needs_build;
+use super::status::{self as cache_status, BuildOutcome, set_condition};
 use super::step::{Step, next_step};
 use super::{FINALIZER, ID_ATTEMPTS};
-use crate::cache_status::{self, BuildOutcome, set_condition};
 use crate::manager::Context;
 use crate::metrics::BuildOutcome as BuildMetric;
-use crate::retention;
 
 /// Longest wait between two reconciles of one cache (expiry is scheduled exactly; this bounds
 /// clock drift).
 const MAX_REQUEUE: Duration = Duration::from_secs(600);
 /// Retry delay while an old generation's disk is still used by pods.
 const OLD_DISK_REQUEUE: Duration = Duration::from_secs(30);
-/// Retry delay while a deleted cache's disk is still used by pods.
+/// How often a deleted cache whose disk pods still use looks again (quietly: the
+/// `DeletionWaiting` event is written only when the set of users changes).
 const IN_USE_REQUEUE: Duration = Duration::from_secs(3);
+/// First retry after a failed reconcile; it doubles with each failure in a row of the same cache
+/// up to [`MAX_ERROR_REQUEUE`], and starts over after a success.
+const FIRST_ERROR_REQUEUE: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a failing reconcile.
+const MAX_ERROR_REQUEUE: Duration = Duration::from_secs(300);
+
+/// The retry delay after the `failures`-th failed reconcile in a row (1 is the first).
+fn error_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_ERROR_REQUEUE
+        .saturating_mul(1 << doublings)
+        .min(MAX_ERROR_REQUEUE)
+}
 
 /// A build known to this process, by cache name.
 struct Build {
     generation: i64,
+    /// What the build fetches and writes.
+    spec: BuildSpec,
     /// `None` once the task ended.
     task: Option<tokio::task::AbortHandle>,
     /// Set before the task is aborted, so a disk write already under way is thrown away.
@@ -61,7 +80,7 @@ const MAX_PARALLEL_BUILDS: usize = 3;
 /// What reconcile gets: the shared [`Context`] plus the controller's own state.
 pub struct CacheController {
     pub(super) ctx: Arc<Context>,
-    recorder: Recorder,
+    events: CacheEvents,
     pub(super) attacher: Attacher,
     builds: Mutex<HashMap<String, Build>>,
     /// Limits how many builds run at once; the others wait (still `Creating`, 0%).
@@ -69,6 +88,11 @@ pub struct CacheController {
     /// Ids this process assigned, by object uid: a reconcile that still sees the object without
     /// its id (the watch lags behind our own write) writes the same id again, never a new one.
     assigned: Mutex<HashMap<String, CacheId>>,
+    /// Failed reconciles in a row, by cache name (the error back-off); cleared by a success.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Users a deleted cache's deletion last said it waits for, by cache name: the
+    /// `DeletionWaiting` event is written again only when they change.
+    waiting: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 /// Every status field this controller owns. `lastMatchedTime` belongs to admission, so a full
@@ -86,9 +110,15 @@ const OWNED_FIELDS: &[&str] = &[
     "reusedLayers",
     "downloadedBytes",
     "observedGeneration",
+    "buildSpec",
     "reason",
     "message",
 ];
+
+/// Locks `m`, recovering the data from a panicked holder (the maps stay usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A merge patch that sets every owned status field to `status`'s value (absent ones cleared).
 fn status_patch(status: &ImageCacheStatus) -> Value {
@@ -104,14 +134,16 @@ fn status_patch(status: &ImageCacheStatus) -> Value {
 
 impl CacheController {
     /// State for the controller over `ctx`.
-    pub fn new(ctx: Arc<Context>, recorder: Recorder, attacher: Attacher) -> Self {
+    pub fn new(ctx: Arc<Context>, events: CacheEvents, attacher: Attacher) -> Self {
         CacheController {
             ctx,
-            recorder,
+            events,
             attacher,
             builds: Mutex::default(),
             build_slots: tokio::sync::Semaphore::new(MAX_PARALLEL_BUILDS),
             assigned: Mutex::default(),
+            failures: Mutex::default(),
+            waiting: Mutex::default(),
         }
     }
 
@@ -129,31 +161,44 @@ impl CacheController {
         ctrl: Arc<CacheController>,
     ) -> Result<Action, CacheError> {
         let api = ctrl.api();
-        finalizer(&api, FINALIZER, cache, |event| async {
+        let name = cache.name_any();
+        let action = finalizer(&api, FINALIZER, cache, |event| async {
             match event {
                 Finalized::Apply(cache) => ctrl.apply(cache).await,
                 Finalized::Cleanup(cache) => ctrl.cleanup(cache).await,
             }
         })
         .await
-        .map_err(|e| CacheError::Finalizer(Box::new(e)))
+        .map_err(|e| CacheError::Finalizer(Box::new(e)))?;
+        lock(&ctrl.failures).remove(&name);
+        Ok(action)
     }
 
-    /// What to do after a failed reconcile.
+    /// What to do after a failed reconcile: a deletion waiting for pods looks again shortly
+    /// and quietly; any other error is retried with an exponential back-off per cache (2 s
+    /// doubling to 5 min, reset by a success).
     pub fn error_policy(
         cache: Arc<ImageCache>,
         error: &CacheError,
-        _ctrl: Arc<CacheController>,
+        ctrl: Arc<CacheController>,
     ) -> Action {
+        let name = cache.name_any();
         if let CacheError::Finalizer(inner) = error
             && let kube::runtime::finalizer::Error::CleanupFailed(CacheError::DiskInUse { .. }) =
                 inner.as_ref()
         {
-            tracing::debug!(cache = %cache.name_any(), error = %error, "deletion waits for pods");
+            tracing::debug!(cache = %name, error = %error, "deletion waits for pods");
             return Action::requeue(IN_USE_REQUEUE);
         }
-        tracing::warn!(cache = %cache.name_any(), error = %error, "reconcile failed");
-        Action::requeue(Duration::from_secs(10))
+        let failures = {
+            let mut all = lock(&ctrl.failures);
+            let n = all.entry(name.clone()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        };
+        let delay = error_backoff(failures);
+        tracing::warn!(cache = %name, error = %error, failures, retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
     }
 
     async fn apply(self: &Arc<Self>, cache: Arc<ImageCache>) -> Result<Action, CacheError> {
@@ -171,7 +216,21 @@ impl CacheController {
             Step::Build { id, phase, resume } => {
                 self.start_build(&cache, &id, phase, resume).await?
             }
-            Step::Idle { id, prune: true } => old_disks_in_use = self.prune_old_disks(&name, &id),
+            Step::Adopt { id } => {
+                let generation = cache.metadata.generation.unwrap_or(1);
+                tracing::info!(cache = %name, id = %id, generation, "spec change needs no build");
+                let patch = json!({"status": {
+                    "observedGeneration": generation,
+                    "lastUpdatedTime": Time(now),
+                }});
+                self.patch(&name, patch, "recording the spec change")
+                    .await?;
+                // The status write wakes this controller again (expiry, pruning).
+                return Ok(Action::await_change());
+            }
+            Step::Idle { id, prune: true } => {
+                old_disks_in_use = self.prune_old_disks(&name, &id).await
+            }
             Step::Idle { prune: false, .. } => {}
         }
         // A match (admission writes lastMatchedTime) moves an auto-created cache's expiry.
@@ -304,18 +363,28 @@ impl CacheController {
     ) -> Result<(), CacheError> {
         let name = cache.name_any();
         let generation = cache.metadata.generation.unwrap_or(1);
-        {
+        let wanted = BuildSpec::of(&cache.spec);
+        let cancelled = {
             let mut builds = self.builds();
-            if builds
-                .get(&name)
-                .is_some_and(|b| b.generation == generation)
-            {
-                return Ok(());
+            if let Some(b) = builds.get_mut(&name) {
+                if b.generation == generation {
+                    return Ok(());
+                }
+                // A spec change the running build is not affected by (retentionDays): it goes
+                // on; the generation is adopted once it ends.
+                if b.task.is_some() && !needs_build(phase, &b.spec, &cache.spec) {
+                    b.generation = generation;
+                    return Ok(());
+                }
             }
-            if let Some(old) = builds.remove(&name) {
+            builds.remove(&name).map(|old| {
+                let was_running = old.task.is_some();
+                let generation = old.generation;
                 old.cancel();
-            }
-        }
+                (generation, was_running)
+            })
+        };
+        let cancelled = cancelled.and_then(|(g, running)| running.then_some(g));
         let now = self.ctx.settings.now();
         let mut status = cache.status.clone().unwrap_or_default();
         let floor = if resume {
@@ -327,6 +396,7 @@ impl CacheController {
         status.last_updated_time = Some(Time(now));
         status.reason = None;
         status.message = None;
+        status.build_spec = Some(wanted.clone());
         status.expire_date_time = retention::expires_at(cache).map(Time);
         if !resume || status.start_time.is_none() {
             status.start_time = Some(Time(now));
@@ -349,6 +419,13 @@ impl CacheController {
         self.patch(&name, status_patch(&status), "starting the build")
             .await?;
         let (reason, note) = match (resume, phase) {
+            _ if cancelled.is_some() => (
+                "BuildStarted",
+                format!(
+                    "the spec changed: building generation {generation}; the build of generation {} is cancelled",
+                    cancelled.unwrap_or_default()
+                ),
+            ),
             (true, _) => (
                 "BuildResumed",
                 "resuming the build after a restart; finished layers are kept".to_owned(),
@@ -383,6 +460,7 @@ impl CacheController {
             name,
             Build {
                 generation,
+                spec: wanted,
                 task: Some(task.abort_handle()),
                 cancelled,
             },
@@ -451,7 +529,7 @@ impl CacheController {
             "Build",
         )
         .await;
-        self.prune_old_disks(&job.name, &job.id);
+        self.prune_old_disks(&job.name, &job.id).await;
     }
 
     pub(super) async fn finish_failed(&self, job: &BuildJob, error: &CacheError) {
@@ -544,63 +622,175 @@ impl CacheController {
     }
 
     /// Removes disks of earlier generations that no pod uses any more; true when some remain.
-    fn prune_old_disks(&self, name: &str, id: &CacheId) -> bool {
-        let mut remain = false;
-        for old in disk::old_disks(&self.ctx.settings.data_dir, id.as_str()) {
-            match disk::remove_if_unused(&self.attacher, &old) {
-                Ok(0) => {}
-                Ok(users) => {
-                    remain = true;
-                    tracing::debug!(cache = %name, disk = %old.display(), users, "old disk still in use")
-                }
-                Err(e) => {
-                    remain = true;
-                    tracing::warn!(cache = %name, error = %e, "cannot remove an old disk")
+    async fn prune_old_disks(&self, name: &str, id: &CacheId) -> bool {
+        let (attacher, data_dir, name, id) = (
+            self.attacher.clone(),
+            self.ctx.settings.data_dir.clone(),
+            name.to_owned(),
+            id.clone(),
+        );
+        // Reading refs under their lock and removing disks block: not on a runtime thread.
+        let pruned = tokio::task::spawn_blocking(move || {
+            let mut remain = false;
+            for old in disk::old_disks(&data_dir, id.as_str()) {
+                match disk::remove_if_unused(&attacher, &old) {
+                    Ok(0) => {}
+                    Ok(users) => {
+                        remain = true;
+                        tracing::debug!(cache = %name, disk = %old.display(), users, "old disk still in use")
+                    }
+                    Err(e) => {
+                        remain = true;
+                        tracing::warn!(cache = %name, error = %e, "cannot remove an old disk")
+                    }
                 }
             }
-        }
-        remain
+            remain
+        })
+        .await;
+        pruned.unwrap_or(true)
     }
 
-    /// Finalizer cleanup: stop the build, then remove every disk of the cache once no pod uses
-    /// it. Until then the finalizer stays (the error requeues).
+    /// Who still uses cache `id`, by name for the `DeletionWaiting` event: pods (API objects
+    /// that have not finished) whose matched or pinned cache is `id`, whether or not their
+    /// containers run right now (after a restart of the node they start from the disk again),
+    /// and the live users of any of its disks (attacher refs).
+    async fn users_of(&self, name: &str, id: &str) -> Result<BTreeSet<String>, CacheError> {
+        let pods = Api::<Pod>::all(self.ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(CacheError::kube(
+                name,
+                "listing the pods that may use the cache",
+            ))?;
+        let mut by_uid: HashMap<String, String> = HashMap::new();
+        let mut users = BTreeSet::new();
+        for pod in &pods.items {
+            let pod_name = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.name_any()
+            );
+            if let Some(uid) = &pod.metadata.uid {
+                by_uid.insert(uid.clone(), pod_name.clone());
+            }
+            let finished = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed");
+            let uses = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MATCHED_IMAGE_CACHE))
+                .map(|m| m.trim())
+                .filter(|m| !m.is_empty())
+                .or_else(|| crate::admission::pinned_cache_id(pod))
+                == Some(id);
+            if uses && !finished {
+                users.insert(pod_name);
+            }
+        }
+        let (attacher, data_dir, id) = (
+            self.attacher.clone(),
+            self.ctx.settings.data_dir.clone(),
+            id.to_owned(),
+        );
+        // Listing the disks and reading their refs under their locks block.
+        let attached = tokio::task::spawn_blocking(move || {
+            let mut names = Vec::new();
+            for d in &disk::disks_of(&data_dir, &id) {
+                names.extend(disk::live_users(&attacher, d)?);
+            }
+            Ok::<_, CacheError>(names)
+        })
+        .await
+        .map_err(|e| CacheError::Task {
+            cache: name.to_owned(),
+            reason: e.to_string(),
+        })??;
+        for user in attached {
+            // The node names a container's use `pod/<uid>/<container>`.
+            let pod = user
+                .strip_prefix("pod/")
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|uid| by_uid.get(uid));
+            users.insert(pod.cloned().unwrap_or(user));
+        }
+        Ok(users)
+    }
+
+    /// Finalizer cleanup: stop the build, then remove every disk of the cache once nothing uses
+    /// it (see [`CacheController::users_of`]). Until then the finalizer stays (the error
+    /// requeues) and a `DeletionWaiting` event names the users, once per change of them.
     async fn cleanup(&self, cache: Arc<ImageCache>) -> Result<Action, CacheError> {
         let name = cache.name_any();
         if let Some(build) = self.builds().remove(&name) {
             build.cancel();
         }
-        if let Some(uid) = cache.uid() {
-            self.assigned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
-        }
         let id = cache.status.as_ref().and_then(|s| s.image_cache_id.clone());
-        if let Some(id) = id {
-            for d in disk::disks_of(&self.ctx.settings.data_dir, &id) {
-                let users = disk::remove_if_unused(&self.attacher, &d)?;
-                if users > 0 {
+        if let Some(id) = id.filter(|i| i.parse::<CacheId>().is_ok()) {
+            let data_dir = self.ctx.settings.data_dir.clone();
+            let users = self.users_of(&name, &id).await?;
+            if !users.is_empty() {
+                let current = disk::disk_path(&data_dir, &id);
+                let changed = lock(&self.waiting).get(&name) != Some(&users);
+                if changed {
+                    let list: Vec<&str> = users.iter().map(String::as_str).collect();
                     self.event(
                         &cache,
                         EventType::Normal,
                         "DeletionWaiting",
                         format!(
-                            "{users} pod(s) still use disk {}; it is removed after they stop",
-                            d.display()
+                            "{} pod(s) still use disk {}: {}; it is removed after they stop",
+                            users.len(),
+                            current.display(),
+                            list.join(", ")
                         ),
                         "Delete",
                     )
                     .await;
-                    return Err(CacheError::DiskInUse {
-                        cache: name,
-                        disk: d,
-                        users,
-                    });
+                    lock(&self.waiting).insert(name.clone(), users.clone());
                 }
+                return Err(CacheError::DiskInUse {
+                    cache: name,
+                    disk: current,
+                    users: users.len(),
+                });
             }
-            disk::unpublish(&self.ctx.settings.data_dir, &id)?;
+            let (attacher, removing) = (self.attacher.clone(), id.clone());
+            let in_use = tokio::task::spawn_blocking(move || {
+                for d in disk::disks_of(&data_dir, &removing) {
+                    let users = disk::remove_if_unused(&attacher, &d)?;
+                    if users > 0 {
+                        return Ok(Some((d, users)));
+                    }
+                }
+                disk::unpublish(&data_dir, &removing)?;
+                Ok::<_, CacheError>(None)
+            })
+            .await
+            .map_err(|e| CacheError::Task {
+                cache: name.clone(),
+                reason: e.to_string(),
+            })??;
+            // A pod attached between the look and the removal: wait for it.
+            if let Some((disk, users)) = in_use {
+                return Err(CacheError::DiskInUse {
+                    cache: name,
+                    disk,
+                    users,
+                });
+            }
             tracing::info!(cache = %name, id = %id, "cache deleted, disks removed");
         }
+        if let Some(uid) = cache.uid() {
+            lock(&self.assigned).remove(&uid);
+            self.events.forget(&uid);
+        }
+        lock(&self.waiting).remove(&name);
+        lock(&self.failures).remove(&name);
         Ok(Action::await_change())
     }
 
@@ -612,15 +802,11 @@ impl CacheController {
         note: String,
         action: &str,
     ) {
-        let reference = cache.object_ref(&());
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self
+            .events
+            .publish(cache, type_, reason, note, action)
+            .await
+        {
             tracing::warn!(cache = %cache.name_any(), reason, error = %e, "cannot publish event");
         }
     }
@@ -629,6 +815,13 @@ impl CacheController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_a_cap() {
+        let secs: Vec<u64> = (1..=10).map(|n| error_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(error_backoff(u32::MAX), MAX_ERROR_REQUEUE);
+    }
 
     #[test]
     fn status_patch_clears_owned_fields_and_leaves_last_matched() {

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use imc_api::CacheId;
 use imc_snapshot::Attacher;
 
 use super::error::CacheError;
@@ -41,9 +42,12 @@ fn generation_of(id: &str, file_name: &str) -> Option<i64> {
         .ok()
 }
 
-/// The disk pods of cache `id` should attach (`<id>.erofs`), once a build has published one.
-pub fn current_disk(data_dir: &Path, id: &str) -> Option<PathBuf> {
-    let path = disk_path(data_dir, id);
+/// The disk pods of cache `id` should attach (`<id>.erofs`), once a build has published one
+/// and as long as it is kept: a deleted cache's disk stays until the last pod using it is gone,
+/// so a pod that starts again (after a restart of the node) still finds it here. The id is a
+/// [`CacheId`], checked where it entered (an annotation, a status), so it is a plain file name.
+pub fn current_disk(data_dir: &Path, id: &CacheId) -> Option<PathBuf> {
+    let path = disk_path(data_dir, id.as_str());
     path.exists().then_some(path)
 }
 
@@ -113,6 +117,22 @@ pub fn unpublish(data_dir: &Path, id: &str) -> Result<(), CacheError> {
     }
 }
 
+/// The names of the live users of `disk` (attacher refs whose process runs). Blocking.
+pub fn live_users(attacher: &Attacher, disk: &Path) -> Result<Vec<String>, CacheError> {
+    let attachment = match Attacher::cache_id(disk) {
+        Ok(a) => a,
+        // A generation file removed meanwhile has no users.
+        Err(_) if !disk.exists() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(attacher
+        .users(&attachment)?
+        .into_iter()
+        .filter(|u| u.is_alive())
+        .map(|u| u.name)
+        .collect())
+}
+
 /// Removes `disk` unless a live process uses it. Users whose process is gone are released first
 /// (which detaches the disk). Returns the number of live users that kept it.
 pub fn remove_if_unused(attacher: &Attacher, disk: &Path) -> Result<usize, CacheError> {
@@ -163,12 +183,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         std::fs::create_dir_all(caches_dir(data)).unwrap();
-        assert_eq!(current_disk(data, id), None);
+        let cache_id: CacheId = id.parse().unwrap();
+        assert_eq!(current_disk(data, &cache_id), None);
         for g in [1, 12, 3] {
             std::fs::write(generation_path(data, id, g), format!("gen {g}")).unwrap();
         }
         publish(data, id, 3).unwrap();
-        assert_eq!(current_disk(data, id), Some(disk_path(data, id)));
+        assert_eq!(current_disk(data, &cache_id), Some(disk_path(data, id)));
         assert_eq!(
             std::fs::read_to_string(disk_path(data, id)).unwrap(),
             "gen 3"
@@ -184,6 +205,7 @@ mod tests {
         );
         assert_eq!(disks_of(data, id).len(), 3);
         unpublish(data, id).unwrap();
-        assert_eq!(current_disk(data, id), None);
+        let cache_id: CacheId = id.parse().unwrap();
+        assert_eq!(current_disk(data, &cache_id), None);
     }
 }

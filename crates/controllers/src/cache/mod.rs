@@ -1,7 +1,8 @@
 //! The cache controller (DESIGN §3): a kube-rs `Controller` on ImageCache that assigns the cache
 //! id, builds the disk (`Pending → Creating → Ready | Failed`, rebuilds on spec changes:
-//! `Updating → Ready | UpdateFailed`), deletes expired caches and, through a finalizer, removes a
-//! deleted cache's disks once no pod uses them. It talks to the API only through the
+//! `Updating → Ready | UpdateFailed`; which changes build is [`spec_change`]'s rule, in any
+//! phase), deletes expired caches and, through a finalizer, removes a deleted cache's disks once
+//! no pod uses them. Status is computed by [`status`], expiry by [`retention`]. It talks to the API only through the
 //! `kube::Client` of the [`Context`], so the same code runs in `imc server` and on a cluster.
 //!
 //! Time: retention compares against [`crate::manager::Settings::now`], the wall clock plus
@@ -13,10 +14,13 @@ mod build;
 mod controller;
 pub mod disk;
 mod error;
+pub mod events;
 mod progress;
 mod pull_config;
+pub mod retention;
 mod reuse;
 pub mod spec_change;
+pub mod status;
 pub mod step;
 
 use std::sync::Arc;
@@ -24,13 +28,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 use imc_api::ImageCache;
 use kube::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 
 pub use controller::CacheController;
 pub use disk::{current_disk, disk_path};
 pub use error::CacheError;
-pub use spec_change::validate_spec_change;
+pub use events::CacheEvents;
 
 use crate::manager::Context;
 
@@ -50,15 +53,9 @@ pub async fn run(ctx: Arc<Context>) {
             return;
         }
     };
-    let recorder = Recorder::new(
-        ctx.client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.to_owned(),
-            instance: Some(ctx.settings.node_name.clone()),
-        },
-    );
+    let events = CacheEvents::new(ctx.client.clone(), CONTROLLER_NAME, &ctx.settings.node_name);
     let api: Api<ImageCache> = Api::all(ctx.client.clone());
-    let state = Arc::new(CacheController::new(ctx, recorder, attacher));
+    let state = Arc::new(CacheController::new(ctx, events, attacher));
     tracing::info!("cache controller started");
     Controller::new(api, watcher::Config::default())
         .run(

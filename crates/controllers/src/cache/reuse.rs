@@ -67,8 +67,12 @@ impl Borrowed {
                 .flatten()
                 .flat_map(|i| i.layers.iter())
                 .any(|l| wanted_digests.contains(l.as_str()));
-            if let (true, Some(id)) = (holds_one, status.image_cache_id.as_deref())
-                && let Some(d) = disk::current_disk(data_dir, id)
+            let id = status
+                .image_cache_id
+                .as_deref()
+                .and_then(|i| i.parse::<imc_api::CacheId>().ok());
+            if let (true, Some(id)) = (holds_one, id)
+                && let Some(d) = disk::current_disk(data_dir, &id)
             {
                 disks.push((other.name_any(), d));
             }

@@ -1,106 +1,113 @@
-//! Validating admission for ImageCache updates: a spec change is accepted only while the cache
-//! is `Ready` or `UpdateFailed` (DESIGN §3); a build in progress is never changed under it.
-//! Registered on `imc server`'s admission hook point; the same function answers an
-//! `AdmissionReview` webhook in cluster mode.
+//! Which spec changes need a new build (pure, table-tested).
+//!
+//! A spec may change in any phase: a cache stuck in `Creating` (registry down, wrong image) or
+//! `Failed` is fixed by editing it, as a `Ready` one is updated. Only what changes the disk's
+//! content, or how a build not finished yet fetches it, starts a build; the rest is recorded:
+//!
+//! | field | Ready | Pending, Creating, Updating, Failed, UpdateFailed |
+//! | --- | --- | --- |
+//! | `images` | rebuild (`Updating`) | build again (the running build is cancelled) |
+//! | `imageCacheSize` | rebuild: the content is checked against the new size | build again |
+//! | `imagePullSecrets` | recorded: the disk's content does not change | build again with them |
+//! | `retentionDays` | `expireDateTime` moves | `expireDateTime` moves |
+//!
+//! What a build used is recorded in `status.buildSpec` when it starts, so the rule holds across
+//! restarts of the controller.
 
 use imc_api::ImageCacheSpec;
-use imc_api::validation::default_spec;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use imc_api::image_cache::{BuildSpec, Phase};
 
-/// Allows or denies one ImageCache admission request.
-pub fn validate_spec_change(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let response = AdmissionResponse::from(req);
-    // Status writes (the controller's own) and creates/deletes are not spec changes.
-    if req.operation != Operation::Update || req.sub_resource.is_some() {
-        return response;
+/// Whether a cache in `phase` whose latest build used `built` needs a new build for `spec`.
+pub fn needs_build(phase: Phase, built: &BuildSpec, spec: &ImageCacheSpec) -> bool {
+    let wanted = BuildSpec::of(spec);
+    if !built.same_content(&wanted) {
+        return true;
     }
-    let (Some(old), Some(new)) = (req.old_object.as_ref(), req.object.as_ref()) else {
-        return response;
-    };
-    if spec_of(old) == spec_of(new) {
-        return response;
-    }
-    let phase = old
-        .data
-        .pointer("/status/phase")
-        .and_then(|p| p.as_str())
-        .unwrap_or("Pending");
-    if matches!(phase, "Ready" | "UpdateFailed") {
-        return response;
-    }
-    response.deny(format!(
-        "ImageCache {} is {phase}: its spec can change only when it is Ready or UpdateFailed",
-        req.name
-    ))
-}
-
-/// The spec after defaulting, so `imageCacheSize: 20` and an absent size compare equal.
-fn spec_of(obj: &DynamicObject) -> Option<ImageCacheSpec> {
-    let mut spec: ImageCacheSpec = serde_json::from_value(obj.data.get("spec")?.clone()).ok()?;
-    default_spec(&mut spec);
-    Some(spec)
+    // Same content: new pull secrets only matter to a build that has not succeeded.
+    phase != Phase::Ready && built.image_pull_secrets != wanted.image_pull_secrets
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn request(old_phase: Option<&str>, old_images: &[&str], new_images: &[&str]) -> String {
-        let obj = |images: &[&str], phase: Option<&str>| {
-            let mut o = json!({
-                "apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
-                "metadata": {"name": "c"},
-                "spec": {"images": images},
-            });
-            if let Some(p) = phase {
-                o["status"] = json!({"phase": p});
-            }
-            o
-        };
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "u", "kind": {"group": "eci.alibabacloud.com", "version": "v1", "kind": "ImageCache"},
-                "resource": {"group": "eci.alibabacloud.com", "version": "v1", "resource": "imagecaches"},
-                "name": "c", "operation": "UPDATE", "userInfo": {},
-                "object": obj(new_images, old_phase),
-                "oldObject": obj(old_images, old_phase),
-            }
-        });
-        let review: kube::core::admission::AdmissionReview<DynamicObject> =
-            serde_json::from_value(review).unwrap();
-        let req: AdmissionRequest<DynamicObject> = review.try_into().unwrap();
-        let resp = validate_spec_change(&req);
-        if resp.allowed {
-            "allowed".to_owned()
-        } else {
-            resp.result.message
+    fn spec(
+        images: &[&str],
+        size: Option<i32>,
+        days: Option<i32>,
+        secrets: &[&str],
+    ) -> ImageCacheSpec {
+        ImageCacheSpec {
+            images: images.iter().map(|s| s.to_string()).collect(),
+            image_cache_size: size,
+            retention_days: days,
+            image_pull_secrets: (!secrets.is_empty())
+                .then(|| secrets.iter().map(|s| s.to_string()).collect()),
         }
     }
 
     #[test]
-    fn spec_changes_only_when_ready_or_update_failed() {
-        for (phase, want) in [
-            (Some("Ready"), "allowed"),
-            (Some("UpdateFailed"), "allowed"),
+    fn only_content_or_an_unfinished_builds_secrets_rebuild() {
+        let built = BuildSpec::of(&spec(&["r.io/a:1"], None, Some(7), &["default:old"]));
+        let all = [
+            Phase::Pending,
+            Phase::Creating,
+            Phase::Ready,
+            Phase::Failed,
+            Phase::Updating,
+            Phase::UpdateFailed,
+        ];
+        let cases: Vec<(&str, ImageCacheSpec, &[Phase])> = vec![
             (
-                Some("Creating"),
-                "ImageCache c is Creating: its spec can change only when it is Ready or UpdateFailed",
+                "nothing the build used changed",
+                spec(&["r.io/a:1"], Some(20), Some(7), &["default:old"]),
+                &[],
             ),
             (
-                Some("Failed"),
-                "ImageCache c is Failed: its spec can change only when it is Ready or UpdateFailed",
+                "retention only",
+                spec(&["r.io/a:1"], None, Some(30), &["default:old"]),
+                &[],
             ),
             (
-                None,
-                "ImageCache c is Pending: its spec can change only when it is Ready or UpdateFailed",
+                "retention removed",
+                spec(&["r.io/a:1"], None, None, &["default:old"]),
+                &[],
             ),
-        ] {
-            assert_eq!(request(phase, &["a:1"], &["a:1", "b:1"]), want, "{phase:?}");
+            (
+                "images",
+                spec(&["r.io/b:1"], None, Some(7), &["default:old"]),
+                &all,
+            ),
+            (
+                "image added",
+                spec(&["r.io/a:1", "r.io/b:1"], None, Some(7), &["default:old"]),
+                &all,
+            ),
+            (
+                "size",
+                spec(&["r.io/a:1"], Some(40), Some(7), &["default:old"]),
+                &all,
+            ),
+            (
+                "pull secrets",
+                spec(&["r.io/a:1"], None, Some(7), &["default:new"]),
+                &[
+                    Phase::Pending,
+                    Phase::Creating,
+                    Phase::Failed,
+                    Phase::Updating,
+                    Phase::UpdateFailed,
+                ],
+            ),
+        ];
+        for (name, new, rebuilding) in cases {
+            for phase in all {
+                assert_eq!(
+                    needs_build(phase, &built, &new),
+                    rebuilding.contains(&phase),
+                    "{name} while {phase:?}"
+                );
+            }
         }
-        // No spec change (labels, finalizers) is always fine.
-        assert_eq!(request(Some("Creating"), &["a:1"], &["a:1"]), "allowed");
     }
 }

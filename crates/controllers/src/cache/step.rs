@@ -4,7 +4,8 @@ use imc_api::image_cache::Phase;
 use imc_api::{CacheId, ImageCache};
 use jiff::Timestamp;
 
-use crate::retention;
+use super::retention;
+use super::spec_change::needs_build;
 
 /// The next action for one cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,13 +14,17 @@ pub enum Step {
     Expire,
     /// No valid `imageCacheId` yet: assign one (phase `Pending`).
     AssignId,
-    /// Build the current generation into cache `id`. `resume` when the status says a build was
-    /// under way (after a restart nothing runs it; in a running process it already runs).
+    /// Build the current generation into cache `id`. `resume` when the status says a build of
+    /// this spec was under way (after a restart nothing runs it; in a running process it
+    /// already runs, unless the spec changed, which cancels it for a new build).
     Build {
         id: CacheId,
         phase: Phase,
         resume: bool,
     },
+    /// The spec changed in a way that needs no build (`retentionDays`, or the pull secrets of
+    /// a Ready cache): record the generation as observed.
+    Adopt { id: CacheId },
     /// Nothing to build. `prune` when older generations' disks may be left (rebuilt caches).
     Idle { id: CacheId, prune: bool },
 }
@@ -38,6 +43,9 @@ pub fn next_step(cache: &ImageCache, now: Timestamp) -> Step {
     };
     let generation = cache.metadata.generation.unwrap_or(1);
     let observed = status.and_then(|s| s.observed_generation);
+    // What the latest build used; caches built before it was recorded rebuild on any change.
+    let built = status.and_then(|s| s.build_spec.as_ref());
+    let changed = |phase| built.is_none_or(|b| needs_build(phase, b, &cache.spec));
     match status.and_then(|s| s.phase) {
         None | Some(Phase::Pending) => Step::Build {
             id,
@@ -47,13 +55,28 @@ pub fn next_step(cache: &ImageCache, now: Timestamp) -> Step {
         Some(phase @ (Phase::Creating | Phase::Updating)) => Step::Build {
             id,
             phase,
-            resume: true,
+            resume: built.is_none_or(|b| !needs_build(phase, b, &cache.spec)),
         },
-        Some(Phase::Ready | Phase::UpdateFailed) if observed != Some(generation) => Step::Build {
-            id,
-            phase: Phase::Updating,
-            resume: false,
-        },
+        Some(phase @ (Phase::Ready | Phase::UpdateFailed | Phase::Failed))
+            if observed != Some(generation) =>
+        {
+            if !changed(phase) {
+                Step::Adopt { id }
+            } else if phase == Phase::Failed {
+                // A failed first build has no disk: the fixed spec is a first build again.
+                Step::Build {
+                    id,
+                    phase: Phase::Creating,
+                    resume: false,
+                }
+            } else {
+                Step::Build {
+                    id,
+                    phase: Phase::Updating,
+                    resume: false,
+                }
+            }
+        }
         Some(Phase::Ready) => Step::Idle {
             id,
             prune: observed.unwrap_or(1) > 1,
@@ -66,7 +89,7 @@ pub fn next_step(cache: &ImageCache, now: Timestamp) -> Step {
 mod tests {
     use super::*;
     use imc_api::ImageCacheSpec;
-    use imc_api::image_cache::ImageCacheStatus;
+    use imc_api::image_cache::{BuildSpec, ImageCacheStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const ID: &str = "imc-abcdefghij0123456789";
@@ -93,6 +116,24 @@ mod tests {
             observed_generation: observed,
             ..Default::default()
         });
+        c
+    }
+
+    /// `c` whose latest build used `images` (and retention 1, which is not part of a build).
+    fn built(mut c: ImageCache, images: &[&str]) -> ImageCache {
+        let used = ImageCacheSpec {
+            images: images.iter().map(|s| s.to_string()).collect(),
+            ..c.spec.clone()
+        };
+        if let Some(s) = c.status.as_mut() {
+            s.build_spec = Some(BuildSpec::of(&used));
+        }
+        c
+    }
+
+    /// `c` with `retentionDays` changed (a spec change that is not part of a build).
+    fn retention(mut c: ImageCache, days: i32) -> ImageCache {
+        c.spec.retention_days = Some(days);
         c
     }
 
@@ -156,6 +197,67 @@ mod tests {
                     id: id.clone(),
                     prune: true,
                 },
+            ),
+            (
+                "a recorded build of the same images resumes",
+                built(
+                    cache(2, Some(Phase::Creating), None, Some(ID)),
+                    &["r.io/a:1"],
+                ),
+                build(Phase::Creating, true),
+            ),
+            (
+                "images changed while creating: a new build, not a resume",
+                built(
+                    cache(2, Some(Phase::Creating), None, Some(ID)),
+                    &["r.io/old:1"],
+                ),
+                build(Phase::Creating, false),
+            ),
+            (
+                "images changed while updating: a new rebuild",
+                built(
+                    cache(3, Some(Phase::Updating), Some(1), Some(ID)),
+                    &["r.io/old:1"],
+                ),
+                build(Phase::Updating, false),
+            ),
+            (
+                "a failed cache whose images were fixed builds again",
+                built(
+                    cache(2, Some(Phase::Failed), Some(1), Some(ID)),
+                    &["r.io/nope:1"],
+                ),
+                build(Phase::Creating, false),
+            ),
+            (
+                "a failed cache of an unknown build builds again on a change",
+                cache(2, Some(Phase::Failed), Some(1), Some(ID)),
+                build(Phase::Creating, false),
+            ),
+            (
+                "retention changed on a ready cache: adopted, no rebuild",
+                built(
+                    retention(cache(2, Some(Phase::Ready), Some(1), Some(ID)), 30),
+                    &["r.io/a:1"],
+                ),
+                Step::Adopt { id: id.clone() },
+            ),
+            (
+                "retention changed on a failed cache: adopted, no build",
+                built(
+                    retention(cache(2, Some(Phase::Failed), Some(1), Some(ID)), 30),
+                    &["r.io/a:1"],
+                ),
+                Step::Adopt { id: id.clone() },
+            ),
+            (
+                "a ready cache's images changed: rebuilt",
+                built(
+                    cache(2, Some(Phase::Ready), Some(1), Some(ID)),
+                    &["r.io/old:1"],
+                ),
+                build(Phase::Updating, false),
             ),
             (
                 "failed idles until it expires",

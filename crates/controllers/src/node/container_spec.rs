@@ -5,8 +5,8 @@
 
 use imc_api::quantity::Quantity;
 use imc_runtime::{
-    ContainerSpec, LocalhostProfile, ResourceSpec, SandboxConfig, SeccompProfile, SecuritySpec,
-    check_component,
+    ContainerSpec, LocalhostProfile, PortMapping, ResourceSpec, SandboxConfig, SeccompProfile,
+    SecuritySpec, check_component,
 };
 use k8s_openapi::api::core::v1::{
     Container, Pod, PodSecurityContext, ResourceRequirements, SeccompProfile as K8sSeccomp,
@@ -59,12 +59,35 @@ pub fn sandbox_config(pod: &Pod) -> Result<SandboxConfig, ConfigError> {
     let flag = |f: fn(&k8s_openapi::api::core::v1::PodSpec) -> Option<bool>| {
         spec.and_then(f).unwrap_or(false)
     };
+    let host_network = flag(|s| s.host_network);
+    let mut port_mappings = Vec::new();
+    for c in spec.map(|s| s.containers.iter()).into_iter().flatten() {
+        for p in c.ports.iter().flatten() {
+            let Some(host_port) = p.host_port.filter(|h| *h > 0) else {
+                continue;
+            };
+            // With hostNetwork the container's port is the host's already.
+            if host_network {
+                continue;
+            }
+            let port = |v: i32, what: &str| {
+                u16::try_from(v).map_err(|_| ConfigError(format!("{what} {v} is not a port")))
+            };
+            port_mappings.push(PortMapping {
+                host_port: port(host_port, "hostPort")?,
+                container_port: port(p.container_port, "containerPort")?,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            });
+        }
+    }
     Ok(SandboxConfig {
         uid,
         hostname: pod_hostname(pod),
-        host_network: flag(|s| s.host_network),
+        host_network,
         host_pid: flag(|s| s.host_pid),
         host_ipc: flag(|s| s.host_ipc),
+        port_mappings,
     })
 }
 
@@ -98,19 +121,6 @@ pub fn runtime_spec(
     sources: EnvSources,
 ) -> Result<Planned, ConfigError> {
     check_component("container name", &c.name).map_err(|e| ConfigError(e.to_string()))?;
-    // A host port the node cannot provide would leave the container without what it expects:
-    // refused rather than started without it.
-    if let Some(p) = c
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.host_port.is_some_and(|h| h > 0))
-    {
-        return Err(ConfigError(format!(
-            "hostPort {}: host ports are not supported by this node yet",
-            p.host_port.unwrap_or_default()
-        )));
-    }
     let built = container_env(pod, c, sources).map_err(ConfigError)?;
     let env = built.vars;
     let expand_all = |list: &Option<Vec<String>>| {
@@ -444,6 +454,17 @@ mod tests {
         let s = sandbox_config(&p).unwrap();
         assert_eq!(s.hostname, "web");
         assert!(s.host_network && s.host_pid && !s.host_ipc);
+        let p = pod(json!({"containers": [{"name": "a", "image": "x", "ports": [
+            {"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]}]}));
+        assert_eq!(
+            sandbox_config(&p).unwrap().port_mappings,
+            vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }]
+        );
         let p = pod(json!({"hostname": format!("{}-x", "a".repeat(62)), "containers": []}));
         assert_eq!(sandbox_config(&p).unwrap().hostname, "a".repeat(62));
         let mut p = pod(json!({"containers": []}));

@@ -40,10 +40,14 @@ pub fn env_field(pod: &Pod, path: &str) -> Result<String, String> {
         "spec.serviceAccountName" => Ok(spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default()),
-        // Pods have loopback only until the node gives them a network.
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-            Ok("127.0.0.1".into())
-        }
+        // The pod's IP once its network is set up (the pod worker fills it in before the
+        // containers are planned); loopback for the host's until the node reports one.
+        "status.podIP" | "status.podIPs" => Ok(pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_else(|| "127.0.0.1".into())),
+        "status.hostIP" | "status.hostIPs" => Ok("127.0.0.1".into()),
         _ => metadata_field(pod, path),
     }
 }

@@ -13,6 +13,7 @@ mod events;
 mod eviction;
 pub mod image;
 pub mod logs;
+mod network;
 mod object_cache;
 mod pod;
 pub mod registration;
@@ -73,6 +74,15 @@ pub struct ShutdownReport {
     pub left: Vec<String>,
 }
 
+/// How the node runs containers, beyond the shared settings.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Rotation of container logs.
+    pub log_limits: imc_runtime::LogLimits,
+    /// The CNI network pods join; loopback only without one.
+    pub network: Option<imc_runtime::CniNetwork>,
+}
+
 /// The node of this process.
 pub struct Node {
     ctx: Arc<Context>,
@@ -100,10 +110,13 @@ impl Node {
     pub async fn start(
         ctx: Arc<Context>,
         view: CacheView,
-        log_limits: imc_runtime::LogLimits,
+        options: NodeOptions,
     ) -> Result<Arc<Node>, NodeError> {
-        let runtime =
-            imc_runtime::Runtime::new(&ctx.settings.data_dir)?.with_log_limits(log_limits);
+        let mut runtime =
+            imc_runtime::Runtime::new(&ctx.settings.data_dir)?.with_log_limits(options.log_limits);
+        if let Some(network) = options.network {
+            runtime = runtime.with_network(network);
+        }
         // What it could not clean it has logged already, once each.
         let r = runtime.recover().await;
         if !r.containers.is_empty() || !r.pods.is_empty() {

@@ -25,7 +25,7 @@ use super::env::EnvSources;
 use super::image::{self, PullPolicy, Source};
 use super::status::{ContainerView, Observed, PodView, pod_status};
 use super::volumes::{self, PodVolumes, container_mounts};
-use super::{Node, NodeError, confirm_deletion, eviction};
+use super::{Node, NodeError, confirm_deletion, eviction, network};
 use crate::admission::{pinned_cache_id, pod_images, wants_automatic};
 use crate::metrics::CacheUse;
 
@@ -70,6 +70,8 @@ struct PodRun {
     evicted: watch::Sender<bool>,
     /// The pod's volumes, set up.
     volumes: PodVolumes,
+    /// `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` of every container.
+    etc_mounts: Vec<imc_runtime::VolumeMount>,
 }
 
 /// Runs `pod` until `stop` says it is being deleted, then cleans up and confirms the deletion.
@@ -132,6 +134,7 @@ async fn run_inner(
         ready_transition: now,
         init_failed: false,
         evicted: None,
+        pod_ips: Vec::new(),
     };
     let (status_tx, status_rx) = watch::channel(Some(pod_status(&view)));
     let writer = tokio::spawn(write_status(
@@ -169,6 +172,14 @@ async fn run_inner(
             return;
         }
     };
+    // The pod's address, as its status and its containers' env (`status.podIP`) show it.
+    let mut pod = pod;
+    let mut view = view;
+    view.pod_ips = sandbox.ips.iter().map(ToString::to_string).collect();
+    if let Some(ip) = view.pod_ips.first() {
+        pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.clone());
+    }
+    status_tx.send_replace(Some(pod_status(&view)));
     let Some(volumes) =
         volumes::manager::prepare(&node, &pod, &sandbox.dir, &reference, &mut stop).await
     else {
@@ -182,6 +193,31 @@ async fn run_inner(
             confirm_deletion(&api, &name, &uid).await;
         }
         return;
+    };
+    let etc_files = {
+        let (p, dir, host, ip) = (
+            pod.clone(),
+            sandbox.dir.clone(),
+            sandbox.hostname.clone(),
+            sandbox.ips.first().copied(),
+        );
+        tokio::task::spawn_blocking(move || network::write_pod_files(&p, &dir, &host, ip)).await
+    };
+    let etc_mounts = match etc_files {
+        Ok(Ok((mounts, warning))) => {
+            if let Some(w) = warning {
+                node.events.warning(&reference, "MissingClusterDNS", w);
+            }
+            mounts
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "writing the pod's hosts and resolv.conf");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "writing the pod's hosts and resolv.conf");
+            Vec::new()
+        }
     };
     let (cache, auto_create) = resolve_cache(&node, &pod, &reference).await;
     let run = Arc::new(PodRun {
@@ -209,6 +245,7 @@ async fn run_inner(
         updates,
         evicted: watch::Sender::new(false),
         volumes,
+        etc_mounts,
         pod,
     });
     // configMap, secret, downwardAPI and projected volumes follow what they show.
@@ -374,17 +411,20 @@ async fn resolve_cache(
         );
         return (None, false);
     }
-    let caches = node.ctx.settings.data_dir.join("caches");
-    let disk = [caches.join(format!("{id}.erofs")), caches.join(id)]
-        .into_iter()
-        .find(|p| p.exists());
+    // The id comes from an annotation: it becomes a file name only as a valid CacheId. A
+    // deleted cache's disk is kept (with the cache object) until its last pod is gone.
+    let data_dir = &node.ctx.settings.data_dir;
+    let disk = id
+        .parse::<imc_api::CacheId>()
+        .ok()
+        .and_then(|id| crate::cache::current_disk(data_dir, &id));
     let Some(disk) = disk else {
         node.events.warning(
             reference,
             "ImageCacheNotFound",
             format!(
                 "the disk of image cache {id} ({cache_name}) is missing from {}; pulling the images",
-                caches.display()
+                crate::cache::disk::caches_dir(data_dir).display()
             ),
         );
         return (None, false);
@@ -423,13 +463,20 @@ impl PodRun {
         c: &k8s_openapi::api::core::v1::Container,
     ) -> Result<Vec<imc_runtime::VolumeMount>, volumes::VolumeError> {
         let (volumes, c, dir) = (self.volumes.clone(), c.clone(), self.sandbox.dir.clone());
-        tokio::task::spawn_blocking(move || container_mounts(&volumes, &c, &dir))
+        let mut mounts = tokio::task::spawn_blocking(move || container_mounts(&volumes, &c, &dir))
             .await
             .unwrap_or_else(|e| {
                 Err(volumes::VolumeError(format!(
                     "resolving volume mounts: {e}"
                 )))
-            })
+            })?;
+        // The pod's own files, unless the container mounts something there itself.
+        for m in &self.etc_mounts {
+            if !mounts.iter().any(|v| v.destination == m.destination) {
+                mounts.push(m.clone());
+            }
+        }
+        Ok(mounts)
     }
 
     /// Plans container `c` with the ConfigMaps and Secrets its environment reads, as found now.

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// Pods have their own network namespace with loopback only; the node reaches them through it.
+/// The node's address, and a pod's when it has no network of its own (loopback only, or
+/// `hostNetwork`).
 const LOOPBACK: &str = "127.0.0.1";
 
 /// The state of one container as the node sees it.
@@ -64,6 +65,8 @@ pub struct PodView {
     pub init_failed: bool,
     /// Why the node evicted the pod (it then fails, reason `Evicted`), if it did.
     pub evicted: Option<String>,
+    /// The pod's addresses (its network's, or the node's with `hostNetwork` or loopback only).
+    pub pod_ips: Vec<String>,
 }
 
 impl PodView {
@@ -196,10 +199,22 @@ pub fn pod_status(view: &PodView) -> PodStatus {
         host_ips: Some(vec![HostIP {
             ip: LOOPBACK.to_owned(),
         }]),
-        pod_ip: Some(LOOPBACK.to_owned()),
-        pod_ips: Some(vec![PodIP {
-            ip: LOOPBACK.to_owned(),
-        }]),
+        pod_ip: Some(
+            view.pod_ips
+                .first()
+                .cloned()
+                .unwrap_or_else(|| LOOPBACK.to_owned()),
+        ),
+        pod_ips: Some(if view.pod_ips.is_empty() {
+            vec![PodIP {
+                ip: LOOPBACK.to_owned(),
+            }]
+        } else {
+            view.pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.clone() })
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -233,6 +248,7 @@ mod tests {
             ready_transition: t(1),
             init_failed: false,
             evicted: None,
+            pod_ips: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@ mod image;
 mod registry_args;
 mod run;
 mod server;
+mod snapshotter;
 mod webhook;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub enum Command {
     ExplainMatch(explain_match::ExplainMatchArgs),
     /// Cluster mode: serve pod admission (cache choice) as an HTTPS AdmissionReview webhook.
     Webhook(webhook::WebhookArgs),
+    /// Cluster mode: a containerd proxy snapshotter serving layers from local cache disks.
+    Snapshotter(snapshotter::SnapshotterArgs),
 }
 
 /// Arguments every command that touches local state takes.
@@ -57,20 +60,6 @@ pub struct DataDirArg {
     pub data_dir: PathBuf,
 }
 
-pub fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn,imc=info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(c) => image::run(c).await,
@@ -79,5 +68,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server::run(a).await,
         Command::ExplainMatch(a) => explain_match::run(a).await,
         Command::Webhook(a) => webhook::run(a).await,
+        Command::Snapshotter(a) => snapshotter::run(a).await,
     }
 }

@@ -57,6 +57,70 @@ pub struct ServerArgs {
     /// --container-log-max-files.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub container_log_max_files: u32,
+    /// Pod addresses: each pod gets one from this IPv4 range on the node's bridge, reaches the
+    /// other pods and the host, and goes out through the host (masquerade).
+    #[arg(long, value_name = "CIDR", default_value = "10.88.0.0/16", value_parser = parse_cidr)]
+    pub pod_cidr: String,
+    /// The Linux bridge the pods' interfaces join (created by the CNI bridge plugin).
+    #[arg(long, value_name = "NAME", default_value = "imc0", value_parser = parse_bridge)]
+    pub pod_bridge: String,
+    /// A CNI network configuration list to use instead of imc's own (which is written to
+    /// DIR/cni/10-imc.conflist from --pod-cidr and --pod-bridge at every start).
+    #[arg(long, value_name = "FILE")]
+    pub cni_config: Option<std::path::PathBuf>,
+    /// Where the CNI plugin programs are (':'-separated).
+    #[arg(long, value_name = "DIRS", default_value = "/usr/lib/cni:/opt/cni/bin")]
+    pub cni_bin_dir: String,
+}
+
+/// An IPv4 range `a.b.c.d/n` for `--pod-cidr`.
+fn parse_cidr(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not an IPv4 range such as 10.88.0.0/16");
+    let (ip, bits) = s.split_once('/').ok_or_else(bad)?;
+    ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match bits.parse::<u8>() {
+        Ok(b) if (8..=30).contains(&b) => Ok(s.to_owned()),
+        _ => Err(format!("{s:?}: the prefix length must be between 8 and 30")),
+    }
+}
+
+/// A Linux interface name for `--pod-bridge`.
+fn parse_bridge(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 15
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "{s:?} is not an interface name (1 to 15 letters, digits, '-' or '_')"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// The CNI network pods join: `--cni-config` as given, else imc's own list written to
+/// `DIR/cni/10-imc.conflist` (a bridge with addresses from `--pod-cidr`, leases kept in
+/// `DIR/cni/ipam`, masquerade, host ports).
+fn pod_network(args: &ServerArgs) -> anyhow::Result<imc_runtime::CniNetwork> {
+    let bins: Vec<std::path::PathBuf> = std::env::split_paths(&args.cni_bin_dir).collect();
+    let path = match &args.cni_config {
+        Some(p) => p.clone(),
+        None => {
+            let dir = args.data.data_dir.join("cni");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let list =
+                imc_runtime::default_conflist(&args.pod_bridge, &args.pod_cidr, &dir.join("ipam"));
+            let path = dir.join("10-imc.conflist");
+            let tmp = dir.join(".10-imc.conflist.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            path
+        }
+    };
+    imc_runtime::CniNetwork::load(&path, bins)
+        .with_context(|| format!("loading the pod network configuration {}", path.display()))
 }
 
 /// A Pod Security Standards level, as `--pod-security-default` takes it.
@@ -72,7 +136,7 @@ fn parse_quantity(s: &str) -> Result<u64, String> {
 }
 
 /// The kernel's hostname, the default Node name.
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -131,12 +195,7 @@ async fn start_controllers(
         .context("opening the layer store")?;
     let api = server.api();
     api.set_metrics(Arc::new(move || metrics.encode()));
-    api.admission().add_validating(
-        "eci.alibabacloud.com",
-        "ImageCache",
-        Arc::new(imc_controllers::cache::validate_spec_change),
-    );
-    let node = start_node(&api, &ctx, log_limits).await?;
+    let node = start_node(&api, &ctx, args, log_limits).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
 }
@@ -146,6 +205,7 @@ async fn start_controllers(
 async fn start_node(
     api: &imc_apiserver::ApiServer,
     ctx: &Arc<manager::Context>,
+    args: &ServerArgs,
     log_limits: imc_runtime::LogLimits,
 ) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
@@ -167,7 +227,12 @@ async fn start_node(
     });
     let admission = PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
-    let node = Node::start(ctx.clone(), view, log_limits)
+    let network = pod_network(args)?;
+    let options = imc_controllers::node::NodeOptions {
+        log_limits,
+        network: Some(network),
+    };
+    let node = Node::start(ctx.clone(), view, options)
         .await
         .context("starting the node")?;
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
@@ -247,6 +312,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     server
         .serve(async {
             shutdown_signal().await;
+            // Closing every connection cuts the in-process controllers' watches: expected now.
+            crate::logging::stopping();
             let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
         })
@@ -292,7 +359,7 @@ fn exit_after(bound: Duration) {
     });
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

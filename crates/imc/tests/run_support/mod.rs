@@ -10,7 +10,8 @@ use std::process::Command;
 /// Applets linked in the base layer.
 pub const APPLETS: &[&str] = &[
     "sh", "cat", "ls", "echo", "stat", "readlink", "id", "touch", "rm", "mkdir", "sleep", "test",
-    "sync", "find", "chmod", "ln", "mount", "true", "head", "wc", "dd", "df", "tail",
+    "sync", "find", "chmod", "ln", "mount", "true", "head", "wc", "dd", "df", "tail", "nc",
+    "httpd", "wget", "hostname",
 ];
 
 /// The imc binary under test, logging warnings only.

@@ -1,0 +1,121 @@
+//! `imc snapshotter`: a containerd proxy snapshotter serving layers from the cache disks under
+//! `DIR/caches/` (docs/snapshotter.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use imc_snapshotter::ImcSnapshotter;
+
+use super::DataDirArg;
+
+/// Arguments of `imc snapshotter`.
+#[derive(clap::Args, Debug)]
+pub struct SnapshotterArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+    /// Unix socket to serve containerd's snapshots API on (`address` of the proxy plugin).
+    #[arg(long, value_name = "PATH", default_value = "/run/imc/snapshotter.sock")]
+    pub socket: PathBuf,
+    /// Cluster wiring: watch ImageCaches through this kubeconfig, label this node with the
+    /// caches it holds and delete disks whose ImageCache is gone. Without it, the in-cluster
+    /// service account is used when running in a pod; otherwise the snapshotter runs alone.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Node to label with its caches [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Registry holding cache disks as OCI artifacts, to fetch Ready caches from. Not supported
+    /// yet (needs the cluster-mode artifact format): refused.
+    #[arg(long, value_name = "REF")]
+    pub cache_registry: Option<String>,
+}
+
+pub async fn run(args: SnapshotterArgs) -> anyhow::Result<ExitCode> {
+    if let Some(r) = &args.cache_registry {
+        anyhow::bail!(
+            "--cache-registry {r}: fetching cache disks from a registry is not supported yet (it needs the cluster-mode cache artifact format); copy disks into {}/caches/ instead",
+            args.data.data_dir.display()
+        );
+    }
+    let data_dir = args.data.data_dir.clone();
+    let snapshotter = tokio::task::spawn_blocking(move || ImcSnapshotter::open(&data_dir))
+        .await?
+        .with_context(|| {
+            format!(
+                "opening the snapshotter in {}",
+                args.data.data_dir.display()
+            )
+        })?;
+    let status = {
+        let s = snapshotter.clone();
+        tokio::task::spawn_blocking(move || s.status()).await??
+    };
+    tracing::info!(
+        disks = status.disks.len(),
+        snapshots = status.snapshots.values().sum::<usize>(),
+        "snapshotter ready"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cluster = match cluster_client(&args).await? {
+        Some(client) => {
+            let node = args
+                .node_name
+                .clone()
+                .unwrap_or_else(super::server::hostname);
+            let caches = args.data.data_dir.join("caches");
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(imc_snapshotter::cluster::run(
+                client,
+                node,
+                snapshotter.clone(),
+                caches,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    // Printed on stdout so scripts (and tests) know when containerd can connect.
+    println!(
+        "serving containerd snapshots API on {}",
+        args.socket.display()
+    );
+    let mut rx = stop_rx.clone();
+    let serving = imc_snapshotter::serve(snapshotter, &args.socket, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => r.context("serving the snapshots API")?,
+        _ = super::server::shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            serving.await.context("serving the snapshots API")?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(c) = cluster {
+        let _ = c.await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster's client: `--kubeconfig`, else the in-cluster service account, else none.
+async fn cluster_client(args: &SnapshotterArgs) -> anyhow::Result<Option<kube::Client>> {
+    let config = if let Some(path) = &args.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .with_context(|| format!("loading {}", path.display()))?
+    } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        kube::Config::incluster().context("loading the in-cluster configuration")?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(
+        kube::Client::try_from(config).context("creating the cluster client")?,
+    ))
+}

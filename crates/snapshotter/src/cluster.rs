@@ -1,0 +1,255 @@
+//! Cluster wiring: the snapshotter watches ImageCaches and labels its Node with the caches whose
+//! disks it holds, so placement can prefer nodes that start a pod without pulling.
+//!
+//! A disk is tied to an ImageCache by its file name: `DIR/caches/<imc-id>.erofs` (as the cache
+//! controller publishes it) or `DIR/caches/<imc-id>/` (directory backend). The Node gets one
+//! label per held cache, `cache.imc.dev/<imc-id>=true`; labels of caches no longer held are
+//! removed. When an ImageCache is deleted, its disk stops being offered for new pulls and is
+//! deleted once no snapshot uses it.
+//!
+//! Fetching the disks of Ready caches from `--cache-registry` needs the cluster-mode artifact
+//! format (issue 13) and is not implemented: `imc snapshotter` refuses that flag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use imc_api::{CacheId, ImageCache};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use tracing::{info, warn};
+
+use crate::ImcSnapshotter;
+use crate::catalog::disk_candidates;
+
+/// Prefix of the Node labels naming held caches.
+pub const NODE_LABEL_PREFIX: &str = "cache.imc.dev/";
+
+/// How often the held disks are compared with the ImageCaches even without a watch event (a
+/// disk copied in, a snapshot released).
+const RESYNC: Duration = Duration::from_secs(15);
+
+/// The cache ids of the disks under `caches_dir`, with their paths (symlinks resolved).
+pub fn held_caches(caches_dir: &Path) -> BTreeMap<CacheId, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(caches_dir) else {
+        return out;
+    };
+    let candidates: BTreeSet<PathBuf> = disk_candidates(caches_dir).into_iter().collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stem = name.strip_suffix(".erofs").unwrap_or(&name);
+        let Ok(id) = stem.parse::<CacheId>() else {
+            continue;
+        };
+        if let Ok(path) = std::fs::canonicalize(entry.path())
+            && candidates.contains(&path)
+        {
+            out.insert(id, path);
+        }
+    }
+    out
+}
+
+/// The label changes that make `current` show exactly `held`: `Some("true")` to set, `None`
+/// to remove (a JSON merge patch of `metadata.labels`).
+pub fn label_patch(
+    current: &BTreeMap<String, String>,
+    held: &BTreeSet<CacheId>,
+) -> BTreeMap<String, Option<String>> {
+    let mut patch = BTreeMap::new();
+    for id in held {
+        let key = format!("{NODE_LABEL_PREFIX}{id}");
+        if current.get(&key).map(String::as_str) != Some("true") {
+            patch.insert(key, Some("true".to_string()));
+        }
+    }
+    for key in current.keys() {
+        if let Some(id) = key.strip_prefix(NODE_LABEL_PREFIX)
+            && !id.parse::<CacheId>().is_ok_and(|id| held.contains(&id))
+        {
+            patch.insert(key.clone(), None);
+        }
+    }
+    patch
+}
+
+/// Watches ImageCaches through `client` and keeps node `node_name`'s labels and the local disks
+/// in step, until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    node_name: String,
+    snapshotter: ImcSnapshotter,
+    caches_dir: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let caches: Api<ImageCache> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client);
+    let mut events = watcher(caches, watcher::Config::default()).boxed();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut listing: BTreeSet<String> = BTreeSet::new();
+    let mut listed = false;
+    let mut tick = tokio::time::interval(RESYNC);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::Init)) => listing.clear(),
+                Some(Ok(watcher::Event::InitApply(c))) => {
+                    if let Some(id) = cache_id(&c) { listing.insert(id); }
+                    continue;
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    known = std::mem::take(&mut listing);
+                    listed = true;
+                }
+                Some(Ok(watcher::Event::Apply(c))) => {
+                    if let Some(id) = cache_id(&c) { known.insert(id); }
+                }
+                Some(Ok(watcher::Event::Delete(c))) => {
+                    if let Some(id) = cache_id(&c) { known.remove(&id); }
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "watching ImageCaches");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                None => return,
+            },
+        }
+        if !listed {
+            continue;
+        }
+        let held = {
+            let dir = caches_dir.clone();
+            tokio::task::spawn_blocking(move || held_caches(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let mut kept = BTreeSet::new();
+        for (id, path) in held {
+            if known.contains(id.as_str()) {
+                kept.insert(id);
+                continue;
+            }
+            // Its ImageCache is gone: offer it no more; delete it once no snapshot uses it.
+            let s = snapshotter.clone();
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || s.retire_disk(&p)).await {
+                Ok(Ok(true)) => {
+                    info!(cache = %id, disk = %path.display(), "deleted the disk of a deleted ImageCache")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(cache = %id, error = %e, "cannot retire cache disk"),
+                Err(e) => warn!(cache = %id, error = %e, "retiring cache disk"),
+            }
+        }
+        if let Err(e) = label_node(&nodes, &node_name, &kept).await {
+            warn!(node = %node_name, error = %e, "cannot label node with its caches");
+        }
+    }
+}
+
+fn cache_id(c: &ImageCache) -> Option<String> {
+    c.status.as_ref()?.image_cache_id.clone()
+}
+
+async fn label_node(
+    nodes: &Api<Node>,
+    name: &str,
+    held: &BTreeSet<CacheId>,
+) -> Result<(), kube::Error> {
+    let node = nodes.get(name).await?;
+    let current = node.metadata.labels.unwrap_or_default();
+    let patch = label_patch(&current, held);
+    if patch.is_empty() {
+        return Ok(());
+    }
+    info!(node = %name, changes = patch.len(), "updating node cache labels");
+    let body = serde_json::json!({"metadata": {"labels": patch}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_labels_follow_the_held_caches() {
+        let a: CacheId = "imc-aaaaaaaaaaaaaaaaaaaa".parse().unwrap();
+        let b: CacheId = "imc-bbbbbbbbbbbbbbbbbbbb".parse().unwrap();
+        let label = |id: &CacheId| format!("{NODE_LABEL_PREFIX}{id}");
+        let cur = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // (current labels, held, expected patch)
+        type Case<'a> = (
+            BTreeMap<String, String>,
+            Vec<&'a CacheId>,
+            Vec<(String, Option<&'a str>)>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (cur(&[]), vec![], vec![]),
+            (cur(&[]), vec![&a], vec![(label(&a), Some("true"))]),
+            (cur(&[(&label(&a), "true")]), vec![&a], vec![]),
+            (
+                cur(&[(&label(&a), "true"), ("kubernetes.io/hostname", "n1")]),
+                vec![&b],
+                vec![(label(&a), None), (label(&b), Some("true"))],
+            ),
+            (
+                cur(&[(&format!("{NODE_LABEL_PREFIX}junk"), "x")]),
+                vec![],
+                vec![(format!("{NODE_LABEL_PREFIX}junk"), None)],
+            ),
+        ];
+        for (current, held, want) in cases {
+            let held: BTreeSet<CacheId> = held.into_iter().cloned().collect();
+            let got = label_patch(&current, &held);
+            let want: BTreeMap<String, Option<String>> = want
+                .into_iter()
+                .map(|(k, v)| (k, v.map(String::from)))
+                .collect();
+            assert_eq!(got, want, "current {current:?} held {held:?}");
+        }
+    }
+
+    #[test]
+    fn held_caches_are_named_by_cache_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // An EROFS disk is recognised by name here (candidates need the .erofs extension).
+        std::fs::write(d.join("imc-aaaaaaaaaaaaaaaaaaaa.g1.erofs"), b"x").unwrap();
+        std::os::unix::fs::symlink(
+            "imc-aaaaaaaaaaaaaaaaaaaa.g1.erofs",
+            d.join("imc-aaaaaaaaaaaaaaaaaaaa.erofs"),
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("imc-bbbbbbbbbbbbbbbbbbbb")).unwrap();
+        std::fs::write(d.join("imc-bbbbbbbbbbbbbbbbbbbb/index.json"), b"{}").unwrap();
+        std::fs::write(d.join("cli-0123.erofs"), b"x").unwrap();
+        std::fs::create_dir(d.join("imc-cccccccccccccccccccc")).unwrap();
+        let held = held_caches(d);
+        let ids: Vec<String> = held.keys().map(|k| k.to_string()).collect();
+        assert_eq!(
+            ids,
+            ["imc-aaaaaaaaaaaaaaaaaaaa", "imc-bbbbbbbbbbbbbbbbbbbb"],
+            "no index: not a disk; cli- names carry no cache id"
+        );
+        assert_eq!(
+            held[&"imc-aaaaaaaaaaaaaaaaaaaa".parse::<CacheId>().unwrap()],
+            std::fs::canonicalize(d.join("imc-aaaaaaaaaaaaaaaaaaaa.g1.erofs")).unwrap()
+        );
+    }
+}
