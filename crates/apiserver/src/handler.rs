@@ -495,7 +495,10 @@ impl ApiServer {
         Self::check_type(def, &mut obj)?;
         let mut decode_warnings = Vec::new();
         Self::decode_fields(def, &mut obj, &target, &mut decode_warnings)?;
-        let body_ns = meta_str(&obj, "namespace").map(str::to_owned);
+        // An empty namespace is no namespace (kubectl's protobuf bodies carry "" when unset).
+        let body_ns = meta_str(&obj, "namespace")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
         let ns = if def.namespaced {
             match (ns, body_ns.as_deref()) {
                 (Some(a), Some(b)) if a != b => {

@@ -145,9 +145,10 @@ fn config_map_and_secret_volumes_with_items_modes_sub_path_and_updates() {
         "the old timestamped dir is gone"
     );
 
-    // A replaced secret reaches it too.
+    // A replaced secret reaches it too ("n3w" in base64: imc's API server does not fold
+    // `stringData` into `data` yet).
     let replaced = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-        "stringData": {"password": "n3w"}});
+        "data": {"password": "bjN3"}});
     let (ok, out) = server.kubectl_args_stdin(&["replace", "-f", "-"], &replaced.to_string());
     assert!(ok, "{out}");
     let written = eventually("the replaced secret is written", || {
@@ -352,10 +353,11 @@ fn downward_api_files_follow_labels_and_annotations_and_the_root_ca_is_published
 }
 
 /// The `kube-api-access-*` volume kube-apiserver's ServiceAccount admission adds, written out
-/// (imc's API server does not add it yet): a pod on the host network (pods have loopback only
-/// until the node gives them a network, and the API listens on the host's 127.0.0.1) calls the
-/// API with its projected token.
+/// (imc's API server does not add it yet): a pod calls the API with its projected token. The
+/// pod is on the host network: pods have their own address on the server's bridge, but the test
+/// server's API listens on the host's 127.0.0.1 only, which a pod's namespace cannot reach.
 #[test]
+#[ignore = "needs the serviceaccounts/token subresource (TokenRequest) in imc's API server, not in main yet; run with --run-ignored once it is"]
 fn a_projected_service_account_token_lets_a_pod_call_the_api() {
     let reg = registry_with_images();
     let server = start(&reg);

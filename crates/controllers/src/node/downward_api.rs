@@ -218,6 +218,12 @@ mod tests {
         assert_eq!(env_field(&p, "spec.nodeName").unwrap(), "n1");
         assert_eq!(env_field(&p, "spec.serviceAccountName").unwrap(), "builder");
         assert_eq!(env_field(&p, "status.podIP").unwrap(), "127.0.0.1");
+        let mut networked = p.clone();
+        networked.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some("10.88.0.7".into()),
+            ..Default::default()
+        });
+        assert_eq!(env_field(&networked, "status.podIP").unwrap(), "10.88.0.7");
         assert_eq!(go_quote("\u{1}\u{7f}"), "\"\\x01\\x7f\"");
     }
 
