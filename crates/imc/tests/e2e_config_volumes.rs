@@ -145,10 +145,9 @@ fn config_map_and_secret_volumes_with_items_modes_sub_path_and_updates() {
         "the old timestamped dir is gone"
     );
 
-    // A replaced secret reaches it too ("n3w" in base64: imc's API server does not fold
-    // `stringData` into `data` yet).
+    // A replaced secret reaches it too (its `stringData` stored as `data`).
     let replaced = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-        "data": {"password": "bjN3"}});
+        "stringData": {"password": "n3w"}});
     let (ok, out) = server.kubectl_args_stdin(&["replace", "-f", "-"], &replaced.to_string());
     assert!(ok, "{out}");
     let written = eventually("the replaced secret is written", || {

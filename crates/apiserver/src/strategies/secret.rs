@@ -1,5 +1,8 @@
-//! Secret: `type: Opaque` when none is given (as Kubernetes defaults it), TYPE and DATA columns.
+//! Secret: `type: Opaque` when none is given (as Kubernetes defaults it), `stringData` folded
+//! into `data` on every write (as kube-apiserver's conversion does: it wins over `data` and is
+//! never stored or read back), TYPE and DATA columns.
 
+use base64::Engine;
 use serde_json::{Value, json};
 
 use super::Strategy;
@@ -16,6 +19,30 @@ impl Strategy for SecretStrategy {
                 .is_none_or(|t| t.is_null() || t.as_str() == Some(""))
         {
             map.insert("type".into(), json!("Opaque"));
+        }
+        fold_string_data(obj);
+    }
+}
+
+/// Moves every `stringData` entry into `data` (base64 of its UTF-8), replacing a `data` entry
+/// of the same key, and drops `stringData`.
+fn fold_string_data(obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    if !map.get("data").is_some_and(Value::is_object) {
+        map.insert("data".into(), json!({}));
+    }
+    if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(
+                key,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
         }
     }
 }
@@ -46,6 +73,25 @@ mod tests {
             let mut s = given.clone();
             SecretStrategy.default(&mut s);
             assert_eq!(s["type"], want, "{given}");
+        }
+    }
+
+    #[test]
+    fn string_data_is_folded_into_data() {
+        let rows = [
+            (json!({"stringData": {"a": "x"}}), json!({"a": "eA=="})),
+            (
+                json!({"data": {"a": "b2xk", "b": "Yg=="}, "stringData": {"a": "new"}}),
+                json!({"a": "bmV3", "b": "Yg=="}),
+            ),
+            (json!({"data": {"a": "Yg=="}}), json!({"a": "Yg=="})),
+            (json!({"stringData": {}}), json!({})),
+        ];
+        for (given, want) in rows {
+            let mut s = given.clone();
+            SecretStrategy.default(&mut s);
+            assert_eq!(s["data"], want, "{given}");
+            assert!(s.get("stringData").is_none(), "{given}");
         }
     }
 }
