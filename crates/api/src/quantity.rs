@@ -161,6 +161,22 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// A byte count in decimal units, the way registries, download tools and kubectl users read
+/// it: `0 B`, `999 B`, `1.2 kB`, `386.0 MB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +266,15 @@ mod tests {
         assert_eq!(q("1Ki"), q("1024"));
         assert!(q("1Gi") > q("1G"));
         assert!(q("250m") < q("1"));
+    }
+
+    #[test]
+    fn human_bytes_in_decimal_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_200), "1.2 kB");
+        assert_eq!(human_bytes(1_500), "1.5 kB");
+        assert_eq!(human_bytes(386_000_000), "386.0 MB");
+        assert_eq!(human_bytes(u64::MAX), "18446.7 PB");
     }
 }

@@ -124,17 +124,10 @@ impl Drop for Snapshotter {
 /// Unmounts every mount under `dir`, deepest first (the cache attachment under
 /// `DATA/run/caches/`; its auto-clearing loop device goes with it).
 fn unmount_under(dir: &std::path::Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = format!("{}/", dir.display());
-    let mut targets: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|t| t.starts_with(&prefix))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for target in targets {
+    for target in imc_testkit::leftovers::mounts_under(dir)
+        .into_iter()
+        .filter(|t| t != dir)
+    {
         let _ = Command::new("umount").arg(target).status();
     }
 }

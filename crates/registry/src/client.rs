@@ -15,6 +15,8 @@ use crate::auth::{Authenticator, parse_challenge};
 use crate::blob::BlobDescriptor;
 use crate::error::{RegistryAnswer, RegistryError};
 use crate::layer::{LayerDescriptor, layer_compression};
+use oci_spec::image::{Descriptor, RootFs};
+
 use crate::manifest::{self, MAX_MANIFEST_BYTES, Manifest, descriptor_digest, select_platform};
 use crate::mirror::{Endpoint, Mirrors};
 use crate::options::RegistryOptions;
@@ -354,16 +356,16 @@ impl Client {
                 })
                 .await?;
             match manifest {
-                Manifest::Index { manifests } => {
-                    let entry = select_platform(&image_name, &manifests, platform)?;
+                Manifest::Index(index) => {
+                    let entry = select_platform(&image_name, index.manifests(), platform)?;
                     let (d, size) = descriptor_digest(&image_name, entry)?;
                     debug!(index = %digest, manifest = %d, "selected platform manifest");
                     reference = d.to_string();
                     expected = Some((d, Some(size)));
                 }
-                Manifest::Image { config, layers } => {
+                Manifest::Image(m) => {
                     return self
-                        .finish_resolve(image, &ep, digest, bytes, &config, &layers)
+                        .finish_resolve(image, &ep, digest, bytes, m.config(), m.layers())
                         .await;
                 }
             }
@@ -380,26 +382,27 @@ impl Client {
         ep: &Endpoint,
         manifest_digest: Digest,
         manifest: Vec<u8>,
-        config: &manifest::RawDescriptor,
-        layers: &[manifest::RawDescriptor],
+        config: &Descriptor,
+        layers: &[Descriptor],
     ) -> Result<ResolvedImage, RegistryError> {
         let image_name = image.to_string();
         let (config_digest, config_size) = descriptor_digest(&image_name, config)?;
         let config_desc = BlobDescriptor {
             digest: config_digest,
             size: config_size,
-            media_type: config.media_type.clone(),
+            media_type: config.media_type().to_string(),
         };
         // Check every layer before fetching anything, so an unusable image fails fast.
         let mut blobs = Vec::with_capacity(layers.len());
         for l in layers {
             let (digest, size) = descriptor_digest(&image_name, l)?;
-            let compression = layer_compression(&image_name, &digest, &l.media_type)?;
+            let media_type = l.media_type().to_string();
+            let compression = layer_compression(&image_name, &digest, &media_type)?;
             blobs.push((
                 BlobDescriptor {
                     digest,
                     size,
-                    media_type: l.media_type.clone(),
+                    media_type,
                 },
                 compression,
             ));
@@ -509,15 +512,12 @@ impl Client {
     }
 }
 
-/// The config's `rootfs.diff_ids`.
+/// The config's `rootfs.diff_ids`, read with the image-spec's `RootFs` type (only `rootfs` is
+/// required here: a config lacking other fields still names its layers).
 fn config_diff_ids(image: &str, config: &[u8]) -> Result<Vec<Digest>, RegistryError> {
     #[derive(serde::Deserialize)]
     struct Config {
-        rootfs: Rootfs,
-    }
-    #[derive(serde::Deserialize)]
-    struct Rootfs {
-        diff_ids: Vec<String>,
+        rootfs: RootFs,
     }
     let invalid = |reason: String| RegistryError::InvalidConfig {
         image: image.to_owned(),
@@ -526,7 +526,7 @@ fn config_diff_ids(image: &str, config: &[u8]) -> Result<Vec<Digest>, RegistryEr
     let c: Config = serde_json::from_slice(config)
         .map_err(|e| invalid(format!("no usable rootfs.diff_ids: {e}")))?;
     c.rootfs
-        .diff_ids
+        .diff_ids()
         .iter()
         .map(|d| d.parse().map_err(|e| invalid(format!("bad diff_id: {e}"))))
         .collect()

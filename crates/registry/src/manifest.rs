@@ -2,6 +2,7 @@
 //! list. Docker schema1 is recognised only to be rejected with a message saying so.
 
 use imc_api::Digest;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use crate::error::RegistryError;
@@ -27,50 +28,27 @@ pub(crate) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, applic
 /// Largest manifest accepted (the distribution spec suggests 4 MiB).
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
-/// A descriptor as it appears in a manifest.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct RawDescriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default)]
-    pub platform: Option<RawPlatform>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct RawPlatform {
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
+/// The fields a manifest document is classified by before it is decoded as what it is.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawManifest {
+struct Shape {
     schema_version: Option<i64>,
     #[serde(default)]
     media_type: Option<String>,
-    config: Option<RawDescriptor>,
-    layers: Option<Vec<RawDescriptor>>,
-    manifests: Option<Vec<RawDescriptor>>,
-    fs_layers: Option<serde_json::Value>,
+    #[serde(default)]
+    manifests: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    fs_layers: Option<serde::de::IgnoredAny>,
 }
 
-/// A manifest document, classified.
+/// A manifest document, classified and decoded with the OCI image-spec types of `oci-spec` (the
+/// Docker schema2 manifest and manifest list have the same shape).
 #[derive(Debug)]
 pub(crate) enum Manifest {
     /// An image manifest (OCI or Docker schema2).
-    Image {
-        config: RawDescriptor,
-        layers: Vec<RawDescriptor>,
-    },
+    Image(Box<ImageManifest>),
     /// An index / manifest list.
-    Index { manifests: Vec<RawDescriptor> },
+    Index(Box<ImageIndex>),
 }
 
 /// Parses and classifies a manifest body. `content_type` is the response's Content-Type.
@@ -94,15 +72,15 @@ pub(crate) fn parse(
             media_type: ct.clone(),
         });
     }
-    let raw: RawManifest = serde_json::from_slice(body)
+    let shape: Shape = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("not a manifest JSON document: {e}")))?;
-    if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
+    if shape.schema_version == Some(1) || shape.fs_layers.is_some() {
         return Err(RegistryError::Schema1 {
             image: image.to_owned(),
             media_type: content_type.unwrap_or_else(|| DOCKER_SCHEMA1.to_owned()),
         });
     }
-    let media_type = content_type.or(raw.media_type.clone());
+    let media_type = content_type.or(shape.media_type);
     let is_index = match media_type.as_deref() {
         Some(OCI_INDEX | DOCKER_MANIFEST_LIST) => true,
         Some(OCI_MANIFEST | DOCKER_MANIFEST) => false,
@@ -113,56 +91,52 @@ pub(crate) fn parse(
             });
         }
         // No media type anywhere: OCI allows that; go by shape.
-        None => raw.manifests.is_some(),
+        None => shape.manifests.is_some(),
     };
     if is_index {
-        let manifests = raw
-            .manifests
-            .ok_or_else(|| invalid("index without \"manifests\"".to_owned()))?;
-        Ok(Manifest::Index { manifests })
+        serde_json::from_slice(body)
+            .map(|i| Manifest::Index(Box::new(i)))
+            .map_err(|e| invalid(format!("not a usable index: {e}")))
     } else {
-        let config = raw
-            .config
-            .ok_or_else(|| invalid("manifest without \"config\"".to_owned()))?;
-        let layers = raw
-            .layers
-            .ok_or_else(|| invalid("manifest without \"layers\"".to_owned()))?;
-        Ok(Manifest::Image { config, layers })
+        serde_json::from_slice(body)
+            .map(|m| Manifest::Image(Box::new(m)))
+            .map_err(|e| invalid(format!("not a usable image manifest: {e}")))
     }
 }
 
-/// A descriptor's digest and size, checked.
+/// A descriptor's digest (as imc's [`Digest`], which admits sha256 only) and size.
 pub(crate) fn descriptor_digest(
     image: &str,
-    d: &RawDescriptor,
+    d: &Descriptor,
 ) -> Result<(Digest, u64), RegistryError> {
-    let digest: Digest = d
-        .digest
-        .parse()
-        .map_err(|e| RegistryError::InvalidManifest {
-            image: image.to_owned(),
-            reason: format!("bad descriptor digest: {e}"),
-        })?;
-    let size = u64::try_from(d.size).map_err(|_| RegistryError::InvalidManifest {
-        image: image.to_owned(),
-        reason: format!("descriptor {digest} has negative size {}", d.size),
-    })?;
-    Ok((digest, size))
+    let digest: Digest =
+        d.digest()
+            .as_ref()
+            .parse()
+            .map_err(|e| RegistryError::InvalidManifest {
+                image: image.to_owned(),
+                reason: format!("bad descriptor digest: {e}"),
+            })?;
+    Ok((digest, d.size()))
 }
 
-fn platform_of(d: &RawDescriptor) -> Option<Platform> {
-    let p = d.platform.as_ref()?;
-    Some(Platform::new(&p.os, &p.architecture, p.variant.as_deref()))
+fn platform_of(d: &Descriptor) -> Option<Platform> {
+    let p = d.platform().as_ref()?;
+    Some(Platform::new(
+        &p.os().to_string(),
+        &p.architecture().to_string(),
+        p.variant().as_deref(),
+    ))
 }
 
 /// Picks the index entry for `wanted`: the first whose platform matches, preferring an exact
 /// variant match. Entries without a platform or for `unknown/unknown` (attestations) are skipped.
 pub(crate) fn select_platform<'a>(
     image: &str,
-    manifests: &'a [RawDescriptor],
+    manifests: &'a [Descriptor],
     wanted: &Platform,
-) -> Result<&'a RawDescriptor, RegistryError> {
-    let candidates: Vec<(&RawDescriptor, Platform)> = manifests
+) -> Result<&'a Descriptor, RegistryError> {
+    let candidates: Vec<(&Descriptor, Platform)> = manifests
         .iter()
         .filter_map(|d| platform_of(d).map(|p| (d, p)))
         .filter(|(_, p)| p.os != "unknown" && p.architecture != "unknown")
@@ -189,21 +163,20 @@ pub(crate) fn select_platform<'a>(
 mod tests {
     use super::*;
 
-    fn index(platforms: &[(&str, &str, Option<&str>)]) -> Vec<RawDescriptor> {
-        platforms
+    fn index(platforms: &[(&str, &str, Option<&str>)]) -> Vec<Descriptor> {
+        let manifests: Vec<serde_json::Value> = platforms
             .iter()
             .enumerate()
-            .map(|(i, (os, arch, variant))| RawDescriptor {
-                media_type: OCI_MANIFEST.into(),
-                digest: Digest::of(&[i as u8]).to_string(),
-                size: 1,
-                platform: Some(RawPlatform {
-                    os: (*os).into(),
-                    architecture: (*arch).into(),
-                    variant: variant.map(str::to_owned),
-                }),
+            .map(|(i, (os, arch, variant))| {
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": Digest::of(&[i as u8]).to_string(),
+                    "size": 1,
+                    "platform": {"os": os, "architecture": arch, "variant": variant},
+                })
             })
-            .collect()
+            .collect();
+        serde_json::from_value(manifests.into()).expect("descriptors")
     }
 
     #[test]
@@ -217,13 +190,13 @@ mod tests {
         ]);
         let pick = |s: &str| {
             select_platform("img", &m, &s.parse().expect("platform"))
-                .map(|d| d.digest.clone())
+                .map(|d| d.digest().to_string())
                 .map_err(|e| e.to_string())
         };
-        assert_eq!(pick("linux/amd64"), Ok(m[0].digest.clone()));
-        assert_eq!(pick("linux/x86_64"), Ok(m[0].digest.clone()));
-        assert_eq!(pick("linux/arm/v7"), Ok(m[2].digest.clone()));
-        assert_eq!(pick("linux/arm64"), Ok(m[3].digest.clone()));
+        assert_eq!(pick("linux/amd64"), Ok(m[0].digest().to_string()));
+        assert_eq!(pick("linux/x86_64"), Ok(m[0].digest().to_string()));
+        assert_eq!(pick("linux/arm/v7"), Ok(m[2].digest().to_string()));
+        assert_eq!(pick("linux/arm64"), Ok(m[3].digest().to_string()));
         let err = pick("linux/s390x").expect_err("no s390x");
         assert!(
             err.contains("linux/s390x")
@@ -236,12 +209,9 @@ mod tests {
     #[test]
     fn classifies_documents() {
         let oci = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#;
-        assert!(matches!(parse("i", None, oci), Ok(Manifest::Image { .. })));
+        assert!(matches!(parse("i", None, oci), Ok(Manifest::Image(_))));
         let no_type = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(
-            parse("i", None, no_type),
-            Ok(Manifest::Index { .. })
-        ));
+        assert!(matches!(parse("i", None, no_type), Ok(Manifest::Index(_))));
         let s1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
         let err = parse("i", Some("application/json"), s1).expect_err("schema1");
         assert!(

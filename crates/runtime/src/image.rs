@@ -29,42 +29,26 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    /// Reads the `config` object of an OCI image config.
+    /// Reads the `config` object of an OCI image config (with the image-spec's `Config` type).
     pub fn from_oci(image: &str, config: &serde_json::Value) -> Result<Self, RuntimeError> {
         let c = match config.get("config") {
             None | Some(serde_json::Value::Null) => return Ok(ImageConfig::default()),
             Some(c) => c,
         };
-        let invalid = |reason: String| RuntimeError::InvalidConfig {
-            image: image.to_string(),
-            reason,
-        };
-        let strings = |key: &str| -> Result<Vec<String>, RuntimeError> {
-            match c.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-                Some(v) => {
-                    serde_json::from_value(v.clone()).map_err(|e| invalid(format!("{key}: {e}")))
-                }
-            }
-        };
-        let string = |key: &str| {
-            c.get(key)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        let mut exposed_ports: Vec<String> = c
-            .get("ExposedPorts")
-            .and_then(|v| v.as_object())
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
+        let c: oci_spec::image::Config =
+            serde_json::from_value(c.clone()).map_err(|e| RuntimeError::InvalidConfig {
+                image: image.to_string(),
+                reason: format!("config: {e}"),
+            })?;
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let mut exposed_ports = c.exposed_ports().clone().unwrap_or_default();
         exposed_ports.sort();
         Ok(ImageConfig {
-            entrypoint: strings("Entrypoint")?,
-            cmd: strings("Cmd")?,
-            env: strings("Env")?,
-            working_dir: string("WorkingDir"),
-            user: string("User"),
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            working_dir: non_empty(c.working_dir()),
+            user: non_empty(c.user()),
             exposed_ports,
         })
     }
@@ -144,6 +128,44 @@ impl PreparedImage {
     }
 }
 
+/// Where an image is found on this host, without asking a registry: the one rule both `imc run`
+/// ([`prepare_image`]) and the node's pull policy build on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The attached cache disk holds the image (config and every layer).
+    Cache,
+    /// The layer store has the image's record and every layer is on the disk or in the store.
+    Local,
+    /// Neither: a pull is needed (of the layers the disk lacks only).
+    Missing,
+}
+
+/// Whether `reference` is on the cache disk, complete locally, or missing (see [`Presence`]).
+pub fn presence(
+    store: &LayerStore,
+    reference: &Reference,
+    cache: Option<&AttachedCache>,
+) -> Result<Presence, imc_layers::LayerError> {
+    if cache.is_some_and(|c| c.index.image(&reference.to_string()).is_some()) {
+        return Ok(Presence::Cache);
+    }
+    let complete = store.image(reference)?.is_some_and(|r| {
+        r.layers
+            .iter()
+            .all(|l| in_cache(cache, &l.diff_id) || store.has_layer(&l.diff_id))
+    });
+    Ok(if complete {
+        Presence::Local
+    } else {
+        Presence::Missing
+    })
+}
+
+/// Whether the cache disk (if any) holds the layer `diff_id`: the layers a pull skips.
+pub fn in_cache(cache: Option<&AttachedCache>, diff_id: &Digest) -> bool {
+    cache.is_some_and(|c| c.index.has_layer(diff_id))
+}
+
 /// Finds the image's config and layers for a container start: an image the cache disk holds
 /// needs no registry; an image the layer store holds with every layer present (on the disk or
 /// in the store) needs none either; otherwise it is pulled with `puller`, skipping every layer
@@ -157,7 +179,13 @@ pub async fn prepare_image(
 ) -> Result<PreparedImage, RuntimeError> {
     let name = reference.to_string();
     let store_dir = |d: &Digest| store.layer_path(d);
-    if let Some(cache) = cache
+    let pull_error = |cause| RuntimeError::Pull {
+        image: name.clone(),
+        cause: Box::new(cause),
+    };
+    let presence = presence(store, reference, cache).map_err(pull_error)?;
+    if presence == Presence::Cache
+        && let Some(cache) = cache
         && let Some(image) = cache.index.image(&name)
     {
         debug!(image = %name, cache = %cache.id, "image found on the cache disk");
@@ -169,35 +197,21 @@ pub async fn prepare_image(
             &store_dir,
         );
     }
-    let in_cache = |d: &Digest| cache.is_some_and(|c| c.index.has_layer(d));
-    let pull_error = |cause| RuntimeError::Pull {
-        image: name.clone(),
-        cause: Box::new(cause),
-    };
-    let record = match store.image(reference).map_err(pull_error)? {
-        Some(r)
-            if r.layers
-                .iter()
-                .all(|l| in_cache(&l.diff_id) || store.has_layer(&l.diff_id)) =>
-        {
-            r
+    if presence == Presence::Missing {
+        let Some(puller) = puller else {
+            return Err(RuntimeError::ImageNotPresent { image: name });
+        };
+        let report = puller
+            .pull_with(reference, platform, &|d| in_cache(cache, d), &NoProgress)
+            .await
+            .map_err(pull_error)?;
+        debug!(image = %name, downloaded = report.downloaded_bytes, "pulled the layers the cache lacks");
+    }
+    let record = store.image(reference).map_err(pull_error)?.ok_or_else(|| {
+        RuntimeError::ImageNotPresent {
+            image: name.clone(),
         }
-        _ => {
-            let Some(puller) = puller else {
-                return Err(RuntimeError::ImageNotPresent { image: name });
-            };
-            let report = puller
-                .pull_with(reference, platform, &in_cache, &NoProgress)
-                .await
-                .map_err(pull_error)?;
-            debug!(image = %name, downloaded = report.downloaded_bytes, "pulled the layers the cache lacks");
-            store.image(reference).map_err(pull_error)?.ok_or_else(|| {
-                RuntimeError::ImageNotPresent {
-                    image: name.clone(),
-                }
-            })?
-        }
-    };
+    })?;
     let diff_ids: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
     PreparedImage::locate(&name, record.config, &diff_ids, cache, &store_dir)
 }

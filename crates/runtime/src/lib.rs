@@ -33,7 +33,9 @@ pub use container::{
     Container, ContainerIo, ContainerSpec, ExitInfo, Runtime, StartRequest, VolumeMount,
 };
 pub use error::RuntimeError;
-pub use image::{ImageConfig, LayerSource, PreparedImage, prepare_image};
+pub use image::{
+    ImageConfig, LayerSource, PreparedImage, Presence, in_cache, prepare_image, presence,
+};
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
 pub use names::check_component;
 pub use netns::{PodSandbox, SandboxConfig};

@@ -317,18 +317,7 @@ impl Containerd {
     /// Unmounts mounts under our directory (deepest first), so removing it cannot fail with EBUSY
     /// or reach into a mounted rootfs.
     fn unmount_leftovers(&self) {
-        let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else {
-            return;
-        };
-        let prefix = self.dir.path().to_string_lossy().into_owned();
-        let mut targets: Vec<String> = mounts
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .filter(|target| target.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for target in targets {
+        for target in crate::leftovers::mounts_under(self.dir.path()) {
             let _ = Command::new("umount").arg("-l").arg(&target).status();
         }
     }

@@ -33,19 +33,10 @@ pub fn runc_containers(data_dir: &Path) -> Vec<String> {
     }
 }
 
-/// Mount points at or under `dir` (from /proc/self/mountinfo), deepest first.
+/// Mount points at or under `dir` (from /proc/self/mountinfo, read as imc itself reads it),
+/// deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .map(PathBuf::from)
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    mounts.dedup();
-    mounts
+    imc_snapshot::mounts_under(dir)
 }
 
 /// Loop devices (`/dev/loopN`) whose backing file lies under `dir`.
@@ -93,25 +84,4 @@ pub fn reap(data_dir: &Path) {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && field.is_char_boundary(i + 4)
-            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

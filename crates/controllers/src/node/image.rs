@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
+use imc_api::quantity::human_bytes;
 use imc_api::{Digest, Reference};
 use imc_layers::{LayerStore, NoProgress, Puller};
 use imc_registry::{Platform, RegistryOptions};
-use imc_runtime::PreparedImage;
+use imc_runtime::{PreparedImage, Presence, in_cache};
 use imc_snapshot::AttachedCache;
 
 use super::NodeError;
@@ -70,9 +71,8 @@ pub fn plan(
     policy: PullPolicy,
     cache: Option<&AttachedCache>,
 ) -> Result<Source, NodeError> {
-    if let Some(c) = cache
-        && c.index.image(&reference.to_string()).is_some()
-    {
+    let presence = imc_runtime::presence(store, reference, cache)?;
+    if presence == Presence::Cache {
         return Ok(Source::Cache);
     }
     let policy = if cache.is_some() && policy == PullPolicy::Always {
@@ -80,12 +80,7 @@ pub fn plan(
     } else {
         policy
     };
-    let complete = match store.image(reference)? {
-        Some(r) => r.layers.iter().all(|l| {
-            cache.is_some_and(|c| c.index.has_layer(&l.diff_id)) || store.has_layer(&l.diff_id)
-        }),
-        None => false,
-    };
+    let complete = presence == Presence::Local;
     match policy {
         PullPolicy::Always => Ok(Source::Registry),
         _ if complete => Ok(Source::Local),
@@ -134,9 +129,8 @@ pub async fn obtain(
                     }
                 })?;
                 let puller = Puller::new(store.clone(), client, jobs);
-                let in_cache = |d: &Digest| cache.is_some_and(|c| c.index.has_layer(d));
                 let report = puller
-                    .pull_with(reference, platform, &in_cache, &NoProgress)
+                    .pull_with(reference, platform, &|d| in_cache(cache, d), &NoProgress)
                     .await
                     .map_err(|source| NodeError::Pull {
                         image: name.clone(),
@@ -177,21 +171,6 @@ pub async fn obtain(
         downloaded_bytes,
         seconds: t.elapsed().as_secs_f64(),
     })
-}
-
-/// Decimal byte count the way kubectl users read it: `0 B`, `1.2 kB`, `386.0 MB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
-    if n < 1000 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1000.0;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// The `Pulled` event's message.
@@ -235,13 +214,5 @@ mod tests {
             PullPolicy::of(Some("Never"), &r("r.io/a:latest")),
             PullPolicy::Never
         );
-    }
-
-    #[test]
-    fn bytes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_200), "1.2 kB");
-        assert_eq!(human_bytes(386_000_000), "386.0 MB");
     }
 }

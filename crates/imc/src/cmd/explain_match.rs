@@ -30,7 +30,7 @@ pub async fn run(args: ExplainMatchArgs) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(&args.file)
             .with_context(|| format!("reading {}", args.file.display()))?
     };
-    let pod: Pod = serde_yaml::from_str(&text)
+    let pod: Pod = serde_saphyr::from_str(&text)
         .with_context(|| format!("{} is not a Pod manifest", args.file.display()))?;
     let client = client(args.kubeconfig).await?;
     let caches = Api::<imc_api::ImageCache>::all(client)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Context;
+use imc_api::quantity::human_bytes;
 use imc_api::{Digest, Reference};
 use imc_layers::{LayerStore, NoProgress, PullProgress, Puller};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -94,10 +95,10 @@ async fn pull(
             "pulled {} ({}): {} downloaded, {} reused, {:.1} s, {}/s",
             report.reference,
             report.manifest_digest,
-            human(report.downloaded_bytes),
-            human(report.reused_bytes()),
+            human_bytes(report.downloaded_bytes),
+            human_bytes(report.reused_bytes()),
             report.seconds,
-            human(rate as u64),
+            human_bytes(rate as u64),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -112,7 +113,7 @@ fn ls(data: &DataDirArg) -> anyhow::Result<ExitCode> {
             [
                 i.reference.clone(),
                 i.manifest_digest.short(),
-                human(i.unpacked_size()),
+                human_bytes(i.unpacked_size()),
                 i.layers.len().to_string(),
             ]
         })
@@ -156,7 +157,7 @@ async fn rm(references: &[String], data: &DataDirArg) -> anyhow::Result<ExitCode
                 reference,
                 report.layers.len(),
                 report.blobs.len(),
-                human(report.bytes_freed)
+                human_bytes(report.bytes_freed)
             ),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -165,22 +166,6 @@ async fn rm(references: &[String], data: &DataDirArg) -> anyhow::Result<ExitCode
         }
     }
     Ok(code)
-}
-
-/// Decimal units, as registries and download tools report sizes.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// One progress bar per layer on the terminal.
@@ -230,18 +215,5 @@ impl PullProgress for Bars {
                 bar.finish_with_message("done");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(999), "999 B");
-        assert_eq!(human(1_500), "1.5 kB");
-        assert_eq!(human(386_000_000), "386.0 MB");
     }
 }

@@ -63,14 +63,11 @@ pub fn mounts_at(path: &Path) -> usize {
         .count()
 }
 
-/// Mounts under `dir` (any depth).
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = format!("{}/", dir.to_string_lossy());
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
+/// Mounts under `dir` (any depth; `dir` itself excluded).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    imc_testkit::leftovers::mounts_under(dir)
+        .into_iter()
+        .filter(|m| m != dir)
         .collect()
 }
 
