@@ -59,7 +59,7 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         let mut r = json!({
             "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced,
             "kind": d.kind,
-            "verbs": VERBS,
+            "verbs": d.verbs,
         });
         if !d.short_names.is_empty() {
             r["shortNames"] = json!(d.short_names);
@@ -68,6 +68,9 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
             r["categories"] = json!(d.categories);
         }
         list.push(r);
+        if d.token_subresource {
+            list.push(json!({"name": format!("{}/token", d.plural), "singularName": "", "namespaced": d.namespaced, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+        }
         if d.status_subresource {
             list.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"]}));
         }
@@ -83,6 +86,9 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     )
 }
+
+/// The media type of the protobuf OpenAPI v2 document.
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 /// The media type of aggregated discovery (`/api`, `/apis` with kubectl's first Accept).
 pub const AGGREGATED_V2: &str =
@@ -127,12 +133,15 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
                             if d.binding_subresource {
                                 subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
                             }
+                            if d.token_subresource {
+                                subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+                            }
                             let mut r = json!({
                                 "resource": d.plural,
                                 "responseKind": gvk,
                                 "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": d.singular,
-                                "verbs": VERBS,
+                                "verbs": d.verbs,
                             });
                             if !d.short_names.is_empty() {
                                 r["shortNames"] = json!(d.short_names);
@@ -154,17 +163,6 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
-
-const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -212,6 +210,28 @@ impl OpenApiDocs {
     /// `/openapi/v3`.
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// `/openapi/v2`: a Swagger 2.0 document without definitions. kubectl validates kinds of
+    /// a group version OpenAPI v3 does not list (an unserved `apps/v1 Deployment`, a `v1 List`)
+    /// against it; finding no schema there it skips validation, as with kube-apiserver for an
+    /// unknown kind, and then reports what kube-apiserver makes it report: `no matches for kind
+    /// "Deployment" in version "apps/v1"`, or creates the List's items one by one. The served
+    /// kinds' schemas are in the v3 documents, which kubectl prefers.
+    pub fn v2(&self) -> &str {
+        r#"{"swagger":"2.0","info":{"title":"Kubernetes","version":"v1.32.0"},"paths":{},"definitions":{}}"#
+    }
+
+    /// The same document in the protobuf encoding kubectl asks for (gnostic's
+    /// `openapi_v2.Document`: `swagger`, `info.title`, `info.version`).
+    pub fn v2_protobuf(&self) -> Vec<u8> {
+        fn field(no: u8, payload: &[u8]) -> Vec<u8> {
+            let mut v = vec![(no << 3) | 2, payload.len() as u8];
+            v.extend_from_slice(payload);
+            v
+        }
+        let info = [field(1, b"Kubernetes"), field(2, b"v1.32.0")].concat();
+        [field(1, b"2.0"), field(2, &info)].concat()
     }
 
     /// `/openapi/v3/api/v1` (group "") or `/openapi/v3/apis/GROUP/VERSION`.
@@ -285,14 +305,20 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
             base
         };
         let item = format!("{prefix}/{}/{{name}}", d.plural);
-        paths.insert(
+        if d.review {
+            paths.insert(
+                format!("{prefix}/{}", d.plural),
+                json!({"post": {"operationId": format!("create{}", d.kind), "requestBody": body, "responses": ok, "x-kubernetes-action": "post", "x-kubernetes-group-version-kind": gvk}}),
+            );
+        } else {
+            paths.insert(
             format!("{prefix}/{}", d.plural),
             json!({
                 "get": {"operationId": format!("list{}", d.kind), "responses": ok, "x-kubernetes-action": "list", "x-kubernetes-group-version-kind": gvk},
                 "post": {"operationId": format!("create{}", d.kind), "parameters": [field_validation], "requestBody": body, "responses": ok, "x-kubernetes-action": "post", "x-kubernetes-group-version-kind": gvk},
             }),
         );
-        paths.insert(
+            paths.insert(
             item.clone(),
             json!({
                 "get": {"operationId": format!("read{}", d.kind), "responses": ok, "x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk},
@@ -301,6 +327,7 @@ pub fn openapi_gv(resources: &Resources, group: &str, version: &str) -> Option<V
                 "delete": {"operationId": format!("delete{}", d.kind), "responses": ok, "x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk},
             }),
         );
+        }
         for (component, schema) in d.schema.components.iter() {
             schemas
                 .entry(component.clone())

@@ -37,6 +37,16 @@ pub enum ApiError {
         name: String,
         reason: String,
     },
+    /// A server-side apply would change fields other managers own; each cause names a manager
+    /// and a field.
+    #[error("{message}")]
+    ApplyConflict {
+        kind: String,
+        name: String,
+        message: String,
+        /// (`conflict with "manager"`, `.field.path`)
+        causes: Vec<(String, String)>,
+    },
     /// The object failed validation; one cause per bad field.
     #[error("{kind} {name:?} is invalid: {}", invalid_list(causes))]
     Invalid {
@@ -59,6 +69,24 @@ pub enum ApiError {
     /// The request carried no valid bearer token.
     #[error("Unauthorized")]
     Unauthorized,
+    /// The request body, a patch's result or an object is larger than the server accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request is well-formed but cannot be processed (nesting too deep, a JSON patch that
+    /// does not apply).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Too many requests are in flight; the client should retry after a second.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
+    /// The request did not complete in time (`reason: Timeout`, 504); `retry_after` seconds
+    /// when the client should simply try again, `cause` a machine-readable reason.
+    #[error("{message}")]
+    Timeout {
+        message: String,
+        retry_after: Option<u64>,
+        cause: Option<(&'static str, String)>,
+    },
     /// The requested resourceVersion has been compacted away.
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
@@ -96,9 +124,9 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict { .. } | ApiError::ConflictBecause { .. } => {
-                (StatusCode::CONFLICT, "Conflict")
-            }
+            ApiError::Conflict { .. }
+            | ApiError::ConflictBecause { .. }
+            | ApiError::ApplyConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
@@ -107,8 +135,21 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            ApiError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// Seconds after which the client may retry (the `Retry-After` header), when it should.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooManyRequests => Some(1),
+            ApiError::Timeout { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -138,6 +179,28 @@ impl ApiError {
                     "field": c.field, "reason": c.reason, "message": c.message,
                 })).collect::<Vec<_>>(),
             })),
+            ApiError::ApplyConflict {
+                kind, name, causes, ..
+            } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(|(message, field)| json!({
+                    "reason": "FieldManagerConflict", "message": message, "field": field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": 1})),
+            ApiError::Timeout {
+                retry_after, cause, ..
+            } => {
+                let mut d = json!({});
+                if let Some(s) = retry_after {
+                    d["retryAfterSeconds"] = json!(s);
+                }
+                if let Some((reason, message)) = cause {
+                    d["causes"] = json!([{"reason": reason, "message": message}]);
+                }
+                Some(d)
+            }
             _ => None,
         };
         if let Some(details) = details {
@@ -153,12 +216,18 @@ impl IntoResponse for ApiError {
         if code.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (
+        let mut response = (
             code,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             self.status().to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

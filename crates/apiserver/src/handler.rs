@@ -12,6 +12,7 @@ use crate::admission::Admission;
 use crate::clock;
 use crate::error::{ApiError, Cause, Result};
 use crate::logs::{LogOptions, PodLogs};
+use crate::managed_fields::{self, ApplyRequest, Scope};
 use crate::names;
 use crate::patch::{self, PatchType};
 use crate::pod_security::PodSecurity;
@@ -68,6 +69,25 @@ fn rv_of(obj: &Value) -> u64 {
     meta_str(obj, "resourceVersion")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// The field manager of what the server writes on its own (namespaces and service accounts it
+/// creates).
+const SERVER_MANAGER: &str = "imc-server";
+
+/// The 400 of an apply without a field manager, in kube-apiserver's words.
+fn apply_needs_manager() -> ApiError {
+    ApiError::BadRequest("fieldManager is required for apply requests".into())
+}
+
+/// An apply body without what the server, not the client, decides.
+fn apply_config(body: &Value) -> Value {
+    let mut config = body.clone();
+    if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    config
 }
 
 /// The object without metadata and status: what `generation` tracks.
@@ -177,6 +197,8 @@ pub struct WriteOptions<'a> {
     pub field_validation: FieldValidation,
     /// The write is a server-side apply (its refusals are worded as such).
     pub apply: bool,
+    /// A server-side apply takes fields other managers own instead of refusing (`force=true`).
+    pub force: bool,
 }
 
 /// A stored (or, with `dryRun`, computed) object and the warnings for the client.
@@ -495,7 +517,7 @@ impl ApiServer {
         Self::check_type(def, &mut obj)?;
         let mut decode_warnings = Vec::new();
         Self::decode_fields(def, &mut obj, &target, &mut decode_warnings)?;
-        // An empty namespace is no namespace (kubectl's protobuf bodies carry "" when unset).
+        // An empty namespace in the body is none (kubectl's typed generators send "").
         let body_ns = meta_str(&obj, "namespace")
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
@@ -581,15 +603,15 @@ impl ApiServer {
                     warnings,
                 });
             }
-            let stored = o.clone();
+            let stored = def.to_storage(o.clone());
+            if def.strategy.absorbs()
+                && let Some(object) = self.absorb(def, ns.as_deref(), &stored).await
+            {
+                return Ok(Written { object, warnings });
+            }
             match self
                 .store
-                .write(
-                    key,
-                    Some(def.to_storage(stored)),
-                    Expect::Absent,
-                    &def.qualified(),
-                )
+                .write(key, Some(stored), Expect::Absent, &def.qualified())
                 .await
             {
                 Err(ApiError::AlreadyExists { .. }) if explicit.is_none() && attempts < 5 => {
@@ -607,6 +629,35 @@ impl ApiServer {
         }
     }
 
+    /// Counts a new object (stored form) on an existing one like it, when the kind's strategy
+    /// says it is the same (a repeated Event); the updated object in served form.
+    async fn absorb(&self, def: &ResourceDef, ns: Option<&str>, new: &Value) -> Option<Value> {
+        let (existing, _) = self.store.list(&def.storage_res(), ns);
+        for e in existing {
+            let Some(updated) = def.strategy.absorb(new, &e) else {
+                continue;
+            };
+            let key = Key {
+                res: def.storage_res(),
+                ns: ns.unwrap_or("").to_owned(),
+                name: meta_str(&e, "name").unwrap_or("").to_owned(),
+            };
+            // Changed meanwhile: the new object is simply created.
+            return self
+                .store
+                .write(
+                    key,
+                    Some(updated),
+                    Expect::Version(rv_of(&e)),
+                    &def.qualified(),
+                )
+                .await
+                .ok()
+                .map(|saved| def.from_storage(&saved));
+        }
+        None
+    }
+
     /// Does what a strategy asked for along with a write.
     async fn follow_up(&self, follow_up: FollowUp) -> Result<()> {
         match follow_up {
@@ -622,10 +673,6 @@ impl ApiServer {
                     Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
                     Err(e) => Err(e),
                 }
-            }
-            FollowUp::EmptyNamespace(ns) => {
-                self.delete_namespace_contents(&ns).await;
-                Ok(())
             }
         }
     }
@@ -741,6 +788,7 @@ impl ApiServer {
         if new.pointer("/metadata/deletionTimestamp").is_some()
             && finalizers_empty(&new)
             && !in_grace
+            && !def.strategy.held(&new)
         {
             return Ok((None, warnings));
         }
@@ -836,8 +884,9 @@ impl ApiServer {
         self.record_fields(def, old, &changed, new, sub, manager)
     }
 
-    /// Notes the fields that differ between `old` and `changed` under the write's manager, in
-    /// the managedFields of `new` (the object to store).
+    /// Notes the fields that differ between `old` and `changed` under the write's manager (the
+    /// server's own name when none is given), in the managedFields of `new` (the object to
+    /// store); other managers lose them.
     fn record_fields(
         &self,
         def: &ResourceDef,
@@ -847,31 +896,33 @@ impl ApiServer {
         sub: Option<&str>,
         manager: Option<&str>,
     ) -> Value {
-        let scope = match (sub, def.status_subresource) {
-            (Some("status"), _) => Some(true),
-            (None, true) => Some(false),
-            _ => None,
-        };
-        let set = crate::managed_fields::changed_set(old, changed, scope);
-        crate::managed_fields::record_update(
-            &mut new,
-            manager.unwrap_or("unknown"),
+        let recorded = managed_fields::record_update(
+            old,
+            changed.clone(),
+            &def.schema,
+            manager.unwrap_or(SERVER_MANAGER),
             &def.api_version(),
             sub,
-            set,
+            Scope::of(sub, def.status_subresource),
         );
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match recorded.pointer("/metadata/managedFields") {
+                Some(m) => meta.insert("managedFields".into(), m.clone()),
+                None => meta.remove("managedFields"),
+            };
+        }
         new
     }
 
     /// Patches an object (PATCH). Retries on concurrent writes like Kubernetes' guaranteed update.
-    pub async fn patch(
+    pub async fn patch<'a>(
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
         patch_type: PatchType,
         body: &[u8],
-        target: WriteOptions<'_>,
+        target: WriteOptions<'a>,
     ) -> Result<Written> {
         let WriteOptions {
             sub,
@@ -892,29 +943,53 @@ impl ApiServer {
         let body: Value = if patch_type == PatchType::Apply {
             patch::parse_apply(body)?
         } else {
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid patch body: {e}")))?
+            crate::body::json(body, "the patch")?
         };
+        let apply_request = |manager: &'a str| ApplyRequest {
+            manager,
+            api_version: "",
+            sub,
+            scope: Scope::of(sub, def.status_subresource),
+            force: target.force,
+        };
+        let api_version = def.api_version();
         let key = Self::key(def, ns, name);
         for _ in 0..8 {
             let Some(current) = self.store.get(&key) else {
                 if patch_type == PatchType::Apply && sub.is_none() {
-                    let mut obj = body.clone();
+                    let manager = manager.ok_or_else(apply_needs_manager)?;
+                    let mut obj = managed_fields::apply(
+                        &json!({}),
+                        &apply_config(&body),
+                        &def.schema,
+                        ApplyRequest {
+                            api_version: &api_version,
+                            ..apply_request(manager)
+                        },
+                    )
+                    .map_err(|c| managed_fields::conflict_error(&def.qualified(), name, &c))?;
+                    // What the client sent beyond the tracked fields (name, namespace, ...).
+                    for (k, v) in body.as_object().into_iter().flatten() {
+                        if k == "metadata" {
+                            continue;
+                        }
+                        obj[k.as_str()] = v.clone();
+                    }
+                    if !obj.get("metadata").is_some_and(Value::is_object) {
+                        obj["metadata"] = json!({});
+                    }
+                    if let (Some(m), Some(sent)) = (
+                        obj.get_mut("metadata").and_then(Value::as_object_mut),
+                        body.get("metadata").and_then(Value::as_object),
+                    ) {
+                        for (k, v) in sent {
+                            if k != "managedFields" && k != "resourceVersion" {
+                                m.entry(k.clone()).or_insert_with(|| v.clone());
+                            }
+                        }
+                    }
                     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.insert("name".into(), json!(name));
-                    }
-                    if let Some(manager) = manager {
-                        let scope = def.status_subresource.then_some(false);
-                        let set = crate::managed_fields::field_set(&body, scope);
-                        let api_version = def.api_version();
-                        crate::managed_fields::apply(
-                            &mut obj,
-                            &json!({}),
-                            manager,
-                            &api_version,
-                            None,
-                            set,
-                        );
                     }
                     let target = WriteOptions {
                         sub: None,
@@ -929,32 +1004,19 @@ impl ApiServer {
             match patch_type {
                 PatchType::Json => patch::json(&mut new, &body)?,
                 PatchType::Merge => patch::merge(&mut new, &body),
-                PatchType::Strategic => patch::strategic(&mut new, &body),
+                PatchType::Strategic => patch::strategic(&mut new, &body, &def.schema),
                 PatchType::Apply => {
-                    let mut config = body.clone();
-                    if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                        m.remove("managedFields");
-                    }
-                    patch::apply(&mut new, &config);
-                    let scope = match (sub, def.status_subresource) {
-                        (Some("status"), _) => Some(true),
-                        (None, true) => Some(false),
-                        _ => None,
-                    };
-                    let manager = manager.ok_or_else(|| {
-                        ApiError::BadRequest(
-                            "PATCH with apply-patch+yaml requires a fieldManager".into(),
-                        )
-                    })?;
-                    crate::managed_fields::apply(
-                        &mut new,
+                    let manager = manager.ok_or_else(apply_needs_manager)?;
+                    new = managed_fields::apply(
                         &old,
-                        manager,
-                        &def.api_version(),
-                        sub,
-                        crate::managed_fields::field_set(&config, scope),
-                    );
+                        &apply_config(&body),
+                        &def.schema,
+                        ApplyRequest {
+                            api_version: &api_version,
+                            ..apply_request(manager)
+                        },
+                    )
+                    .map_err(|c| managed_fields::conflict_error(&def.qualified(), name, &c))?;
                 }
             }
             // A resourceVersion in the patch is a precondition, as in Kubernetes.
@@ -1036,7 +1098,13 @@ impl ApiServer {
             if dry_run {
                 return Ok(old);
             }
-            if finalizers_empty(&current) {
+            // What the kind needs done first (a namespace empties itself), or a refusal.
+            let mut prepared = (*current).clone();
+            def.strategy
+                .prepare_for_delete(&mut prepared)
+                .map_err(ApiError::Forbidden)?;
+            let finishing = def.strategy.held(&prepared);
+            if finalizers_empty(&current) && !finishing {
                 for follow_up in def.strategy.before_removal(&old) {
                     Box::pin(self.follow_up(follow_up)).await?;
                 }
@@ -1053,7 +1121,7 @@ impl ApiServer {
                 if marked_grace.is_some_and(|m| m <= grace) {
                     return Ok(old);
                 }
-                let mut marked = (*current).clone();
+                let mut marked = prepared;
                 marked["metadata"]["deletionTimestamp"] = json!(clock::time_after(grace));
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 self.store
@@ -1064,7 +1132,7 @@ impl ApiServer {
                         &def.qualified(),
                     )
                     .await
-            } else if finalizers_empty(&current) {
+            } else if finalizers_empty(&current) && !finishing {
                 let removed = self
                     .store
                     .write(
@@ -1083,7 +1151,7 @@ impl ApiServer {
             } else if current.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok(old);
             } else {
-                let mut marked = (*current).clone();
+                let mut marked = prepared;
                 marked["metadata"]["deletionTimestamp"] = json!(clock::now_time());
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 self.store
@@ -1103,15 +1171,9 @@ impl ApiServer {
         }
     }
 
-    /// Deletes every object in namespace `ns` (before the namespace itself goes, as the
-    /// Kubernetes namespace controller does).
-    async fn delete_namespace_contents(&self, ns: &str) {
-        for (key, _) in self.store.all().into_iter().filter(|(k, _)| k.ns == ns) {
-            self.delete_key(&key).await;
-        }
-    }
-
-    async fn delete_key(&self, key: &Key) {
+    /// Deletes the object at `key` as a client would (finalizers, grace periods and garbage
+    /// collection honoured); a failure is logged.
+    pub(crate) async fn delete_key(&self, key: &Key) {
         let Some(def) = self
             .resources
             .all()

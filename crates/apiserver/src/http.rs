@@ -1,5 +1,6 @@
-//! HTTP routing: bearer-token authentication, the discovery and OpenAPI endpoints, and the
-//! resource paths (`/api/v1/...`, `/apis/GROUP/VERSION/...`) mapped onto [`ApiServer`] verbs.
+//! HTTP routing: authentication, authorization and in-flight admission of every request, the
+//! discovery and OpenAPI endpoints, and the resource paths (`/api/v1/...`,
+//! `/apis/GROUP/VERSION/...`) mapped onto [`ApiServer`] verbs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,9 +15,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::authn::{Authenticator, User};
+use crate::authz::{Attributes, Authorizer, ResourceAttributes};
+use crate::body::{self, Format};
+use crate::connections::Connection;
 use crate::discovery;
 use crate::error::{ApiError, Result};
 use crate::handler::{ApiServer, FieldValidation, ListOptions, WriteOptions, Written};
+use crate::inflight::{self, Class, Inflight};
 use crate::logs::LogOptions;
 use crate::patch::PatchType;
 use crate::resources::ResourceDef;
@@ -28,31 +34,39 @@ use crate::table::{self, Include};
 pub struct HttpState {
     /// The API.
     pub api: Arc<ApiServer>,
-    /// The admin bearer token.
-    pub token: String,
+    /// Who a request's bearer token belongs to.
+    pub authn: Authenticator,
+    /// What each user may do.
+    pub authz: Authorizer,
+    /// In-flight caps and request timeouts.
+    pub inflight: Inflight,
 }
 
-/// Rejects every request without the admin bearer token (401 Status).
+/// Authenticates every request (401 Status without a valid bearer token), notes the user for
+/// the handlers, and counts the request as open on its connection until its answer is sent.
 pub async fn authenticate(
     State(state): State<Arc<HttpState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let presented = req
+    let conn = req.extensions().get::<Arc<Connection>>().cloned();
+    let _open = conn.as_ref().map(Connection::open_request);
+    let header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), state.token.as_bytes()));
-    if !ok {
+        .and_then(|v| v.to_str().ok());
+    let Some(user) = state.authn.authenticate(header) else {
         return ApiError::Unauthorized.into_response();
+    };
+    if let Some(c) = &conn {
+        c.prove();
     }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    req.extensions_mut().insert(user);
+    let response = next.run(req).await;
+    match _open {
+        Some(open) => crate::guarded_body::guard(response, open),
+        None => response,
+    }
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -134,93 +148,129 @@ struct Target {
 }
 
 /// Every request after authentication.
-pub async fn dispatch(
-    State(state): State<Arc<HttpState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match route(&state, &method, &uri, &headers, body).await {
+pub async fn dispatch(State(state): State<Arc<HttpState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Some(user) = parts.extensions.get::<User>().cloned() else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let request = Incoming {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        user,
+    };
+    match route(&state, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-fn not_found_path(path: &str) -> ApiError {
-    ApiError::NotFound {
-        kind: "path".into(),
-        name: path.to_owned(),
+/// A request as the router sees it.
+struct Incoming {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    user: User,
+}
+
+/// kube-apiserver's answer to a path nothing serves: Go's plain `404 page not found` (kubectl
+/// turns it into "the server could not find the requested resource").
+fn page_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
+/// Authorizes a non-resource request and takes its in-flight slot.
+fn admit_path(state: &HttpState, req: &Incoming) -> Result<inflight::Slot> {
+    let attrs = Attributes {
+        verb: req.method.as_str().to_ascii_lowercase(),
+        resource: None,
+        path: req.uri.path().to_owned(),
+    };
+    state.authz.check(&req.user, &attrs)?;
+    state.inflight.enter(Class::Read)
+}
+
+/// The authorization verb of a resource request.
+fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
+    match (method.as_str(), named) {
+        ("GET" | "HEAD", _) if watch => "watch",
+        ("GET" | "HEAD", true) => "get",
+        ("GET" | "HEAD", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
     }
 }
 
-async fn route(
-    state: &HttpState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
+async fn route(state: &HttpState, req: Incoming) -> Result<Response> {
     let api = &state.api;
     let resources = api.resources();
-    let path = uri.path().trim_end_matches('/');
+    let path = req.uri.path().trim_end_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
-    match segs.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] => return Ok("ok".into_response()),
-        ["metrics"] => {
-            let text = api.metrics_text().ok_or_else(|| not_found_path(path))?;
-            return Ok(
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-            );
-        }
-        ["version"] => return Ok(ok(discovery::version())),
-        ["api" | "apis"] if discovery::wants_aggregated(accept_header(headers)) => {
+    let query: HashMap<String, String> = Query::try_from_uri(&req.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let accept = accept_header(&req.headers).to_owned();
+    // Everything but resources: discovery, OpenAPI, health, metrics.
+    let non_resource = match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => Some(Ok("ok".into_response())),
+        ["metrics"] => Some(
+            api.metrics_text()
+                .map(|text| {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                })
+                .ok_or(()),
+        ),
+        ["version"] => Some(Ok(ok(discovery::version()))),
+        ["api" | "apis"] if discovery::wants_aggregated(&accept) => {
             let doc = discovery::aggregated(resources, segs[0] == "api");
-            return Ok((
+            Some(Ok((
                 [(header::CONTENT_TYPE, discovery::AGGREGATED_V2)],
                 doc.to_string(),
             )
-                .into_response());
+                .into_response()))
         }
-        ["api"] => return Ok(ok(discovery::core_versions())),
-        ["apis"] => return Ok(ok(discovery::groups(resources))),
-        ["api", v] => {
-            return discovery::resource_list(resources, "", v)
-                .map(ok)
-                .ok_or_else(|| not_found_path(path));
-        }
-        ["apis", g] => {
-            return discovery::group(resources, g)
-                .map(ok)
-                .ok_or_else(|| not_found_path(path));
-        }
-        ["apis", g, v] => {
-            return discovery::resource_list(resources, g, v)
-                .map(ok)
-                .ok_or_else(|| not_found_path(path));
-        }
-        ["openapi", "v3"] => return Ok(raw_json(api.openapi().root())),
+        ["api"] => Some(Ok(ok(discovery::core_versions()))),
+        ["apis"] => Some(Ok(ok(discovery::groups(resources)))),
+        ["api", v] => Some(discovery::resource_list(resources, "", v).map(ok).ok_or(())),
+        ["apis", g] => Some(discovery::group(resources, g).map(ok).ok_or(())),
+        ["apis", g, v] => Some(discovery::resource_list(resources, g, v).map(ok).ok_or(())),
+        ["openapi", "v2"] if accept.contains("protobuf") => Some(Ok((
+            [(header::CONTENT_TYPE, discovery::OPENAPI_V2_PROTOBUF)],
+            api.openapi().v2_protobuf(),
+        )
+            .into_response())),
+        ["openapi", "v2"] => Some(Ok(raw_json(api.openapi().v2()))),
+        ["openapi", "v3"] => Some(Ok(raw_json(api.openapi().root()))),
         ["openapi", "v3", "api", v] => {
-            return api
-                .openapi()
-                .group_version("", v)
-                .map(raw_json)
-                .ok_or_else(|| not_found_path(path));
+            Some(api.openapi().group_version("", v).map(raw_json).ok_or(()))
         }
         ["openapi", "v3", "apis", g, v] => {
-            return api
-                .openapi()
-                .group_version(g, v)
-                .map(raw_json)
-                .ok_or_else(|| not_found_path(path));
+            Some(api.openapi().group_version(g, v).map(raw_json).ok_or(()))
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some(answer) = non_resource {
+        let _slot = admit_path(state, &req)?;
+        return Ok(answer.unwrap_or_else(|()| page_not_found()));
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] if !rest.is_empty() => ("", *v, rest),
         ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
-        _ => return Err(not_found_path(path)),
+        _ => {
+            let _slot = admit_path(state, &req)?;
+            return Ok(page_not_found());
+        }
     };
     let target = match rest {
         ["namespaces", ns, plural, more @ ..]
@@ -228,40 +278,126 @@ async fn route(
                 .find(group, version, plural)
                 .is_some_and(|d| d.namespaced) =>
         {
-            Target {
-                def: resources
-                    .find(group, version, plural)
-                    .ok_or_else(|| not_found_path(path))?,
+            resources.find(group, version, plural).map(|def| Target {
+                def,
                 ns: Some((*ns).to_owned()),
                 name: more.first().map(|s| (*s).to_owned()),
                 sub: more.get(1).map(|s| (*s).to_owned()),
-            }
+            })
         }
-        [plural, more @ ..] => {
-            let def = resources
-                .find(group, version, plural)
-                .ok_or_else(|| not_found_path(path))?;
-            if def.namespaced && !more.is_empty() {
-                return Err(not_found_path(path));
-            }
-            Target {
+        [plural, more @ ..] => resources
+            .find(group, version, plural)
+            .filter(|def| !def.namespaced || more.is_empty())
+            .map(|def| Target {
                 def,
                 ns: None,
                 name: more.first().map(|s| (*s).to_owned()),
                 sub: more.get(1).map(|s| (*s).to_owned()),
-            }
-        }
-        [] => return Err(not_found_path(path)),
+            }),
+        [] => None,
     };
-    if rest.len() > 5 {
-        return Err(not_found_path(path));
+    let Some(target) = target.filter(|_| rest.len() <= 5) else {
+        let _slot = admit_path(state, &req)?;
+        return Ok(page_not_found());
+    };
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let attrs = Attributes {
+        verb: verb(&req.method, target.name.is_some(), watching).to_owned(),
+        resource: Some(ResourceAttributes {
+            group: target.def.group.clone(),
+            version: target.def.version.clone(),
+            resource: target.def.plural.clone(),
+            subresource: target.sub.clone().unwrap_or_default(),
+            namespace: target.ns.clone().unwrap_or_default(),
+            name: target.name.clone().unwrap_or_default(),
+        }),
+        path: path.clone(),
+    };
+    state.authz.check(&req.user, &attrs)?;
+    let class = Class::of(&req.method, watching, target.sub.as_deref());
+    let slot = state.inflight.enter(class)?;
+    if class == Class::LongRunning {
+        let response = resource(state, req, target, query, &accept).await?;
+        return Ok(inflight::hold_until_sent(response, slot));
     }
+    let limit = state.inflight.time_limit(&query)?;
+    let work = async move {
+        match resource(state, req, target, query, &accept).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    };
+    let response = Inflight::within(limit, work).await;
+    drop(slot);
+    Ok(response)
+}
+
+/// A resourceVersion as kube-apiserver parses it: empty or "0" is none, anything else an
+/// unsigned 64-bit number (400 otherwise).
+fn parse_resource_version(text: Option<&str>) -> Result<Option<u64>> {
+    match text {
+        None | Some("") | Some("0") => Ok(None),
+        Some(t) => t.parse::<u64>().map(Some).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "resourceVersion: Invalid value: {t:?}: strconv.ParseUint: parsing {t:?}: {}",
+                if t.bytes().all(|b| b.is_ascii_digit()) {
+                    "value out of range"
+                } else {
+                    let _ = e;
+                    "invalid syntax"
+                }
+            ))
+        }),
+    }
+}
+
+/// How long a request for a resourceVersion newer than the store's waits for it, as
+/// kube-apiserver's watch cache does, before answering 504.
+const FUTURE_VERSION_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits (up to [`FUTURE_VERSION_WAIT`]) until the store has reached `rv`; kube-apiserver's
+/// "Too large resource version" 504 otherwise.
+async fn wait_for_version(api: &ApiServer, rv: u64) -> Result<()> {
+    let mut changes = api.store.subscribe();
+    let deadline = tokio::time::Instant::now() + FUTURE_VERSION_WAIT;
+    loop {
+        let current = api.store.current_rv();
+        if current >= rv {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(ApiError::Timeout {
+                    message: format!("Too large resource version: {rv}, current: {current}"),
+                    retry_after: Some(1),
+                    cause: Some(("ResourceVersionTooLarge", "Too large resource version".into())),
+                });
+            }
+            r = changes.recv() => if let Err(RecvError::Closed) = r {
+                return Err(ApiError::Internal("the store stopped".into()));
+            },
+        }
+    }
+}
+
+/// A resource request, authorized and admitted.
+async fn resource(
+    state: &HttpState,
+    req: Incoming,
+    target: Target,
+    query: HashMap<String, String>,
+    accept: &str,
+) -> Result<Response> {
+    let api = &state.api;
+    let Incoming {
+        method,
+        headers,
+        body: raw_body,
+        user,
+        ..
+    } = req;
     let def = target.def.clone();
     let ns = target.ns.as_deref();
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let as_table = table::wants_table(accept);
     let include = Include::parse(query.get("includeObject").map(String::as_str));
     let sub = target.sub.as_deref();
@@ -269,48 +405,69 @@ async fn route(
         None | Some("status") => {}
         Some("log") if def.log_subresource => {}
         Some("binding") if def.binding_subresource => {}
-        Some(other) => {
-            return Err(ApiError::NotFound {
-                kind: "subresource".into(),
-                name: other.to_owned(),
-            });
-        }
+        Some("token") if def.token_subresource => {}
+        Some(_) => return Ok(page_not_found()),
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let protobuf = content_type.contains("protobuf");
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     // kubectl asks for Strict by default (`--validate=strict`): unknown fields are refused, as
     // the Kubernetes API server does, so a typo in a manifest is not silently dropped.
     let field_validation =
         FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
+    // Without a fieldManager, a write is recorded under the client's user agent up to its first
+    // `/`, as kube-apiserver does (`kubectl`, `kube-rs`, `imc`).
+    let agent_manager = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(|m| m.chars().take(128).collect::<String>())
+        .filter(|m| !m.is_empty());
+    let explicit_manager = query.get("fieldManager").cloned();
+    let manager = explicit_manager.clone().or(agent_manager);
+    let force = query.get("force").is_some_and(|f| f == "true");
     let write_options = |sub| WriteOptions {
         sub,
-        manager: query.get("fieldManager").map(String::as_str),
+        manager: manager.as_deref(),
         dry_run,
         field_validation,
         apply: false,
+        force,
     };
-    let parse_body = |body: &Bytes| -> Result<Value> {
-        if protobuf {
-            return crate::protobuf::decode_body(body);
-        }
-        serde_json::from_slice(body)
-            .or_else(|_| serde_yaml::from_slice(body))
-            .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    let needs_body = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let raw = if needs_body {
+        body::read(&headers, raw_body).await?
+    } else {
+        Bytes::new()
     };
-    match (method, target.name.as_deref()) {
+    let object_body = |raw: &Bytes| -> Result<Value> { body::decode(Format::of(&headers)?, raw) };
+    if def.review {
+        return match method {
+            Method::POST => {
+                let review = object_body(&raw)?;
+                let answer = crate::reviews::answer(&def, review, &user, &state.authz)?;
+                Ok(json_response(StatusCode::CREATED, &answer))
+            }
+            m => Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource: {m}"
+            ))),
+        };
+    }
+    match (&method, target.name.as_deref()) {
         (&Method::GET, None) => {
             let opts = list_options(&query)?;
-            let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
-            if watching {
+            let since = parse_resource_version(query.get("resourceVersion").map(String::as_str))?;
+            if let Some(rv) = since {
+                wait_for_version(api, rv).await?;
+            }
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 return Ok(watch(
                     api.clone(),
                     def,
                     ns.map(str::to_owned),
                     opts,
+                    since,
                     &query,
                     as_table.then_some(include),
                 ));
@@ -327,17 +484,17 @@ async fn route(
             Ok(list_response(&def, &items, rv))
         }
         (&Method::POST, None) => {
-            let obj = parse_body(&body)?;
+            let obj = object_body(&raw)?;
             let created = api.create_with(&def, ns, obj, write_options(None)).await?;
             Ok(written_response(StatusCode::CREATED, created))
         }
         (&Method::DELETE, None) => {
             let opts = list_options(&query)?;
             let (items, rv) = api.list(&def, ns, &opts);
-            let options = if body.is_empty() {
+            let options = if raw.is_empty() {
                 json!({})
             } else {
-                parse_body(&body)?
+                object_body(&raw)?
             };
             let mut deleted = Vec::new();
             for item in items {
@@ -361,19 +518,32 @@ async fn route(
             ))
         }
         (&Method::POST, Some(name)) if sub == Some("binding") => {
-            let binding = parse_body(&body)?;
+            let binding = object_body(&raw)?;
             let status = api.bind(&def, ns, name, &binding, dry_run).await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
-        (_, Some(_)) if sub == Some("binding") => Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource: {method}"
-        ))),
+        (&Method::POST, Some(name)) if sub == Some("token") => {
+            let request = object_body(&raw)?;
+            let answer =
+                crate::token_request::issue(api, state.authn.issuer(), &def, ns, name, request)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        (_, Some(_)) if matches!(sub, Some("binding" | "token")) => {
+            Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            )))
+        }
         (&Method::GET, Some(name)) if sub == Some("log") => {
             let options = LogOptions::from_query(&query, name)?;
             let body = api.pod_logs(&def, ns, name, options).await?;
             Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
         }
         (&Method::GET, Some(name)) => {
+            if let Some(rv) =
+                parse_resource_version(query.get("resourceVersion").map(String::as_str))?
+            {
+                wait_for_version(api, rv).await?;
+            }
             let obj = api.get(&def, ns, name)?;
             if as_table {
                 return Ok(ok(table::table(&def, [&obj], None, include)));
@@ -381,26 +551,28 @@ async fn route(
             Ok(ok(obj))
         }
         (&Method::PUT, Some(name)) => {
-            let obj = parse_body(&body)?;
+            let obj = object_body(&raw)?;
             let updated = api.update(&def, ns, name, obj, write_options(sub)).await?;
             Ok(written_response(StatusCode::OK, updated))
         }
         (&Method::PATCH, Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let patch_type = PatchType::from_content_type(ct)?;
-            let patched = api
-                .patch(&def, ns, name, patch_type, &body, write_options(sub))
-                .await?;
+            let patch_type = PatchType::from_content_type(&body::media_type(&headers))?;
+            // An apply names its manager; kube-apiserver does not guess it.
+            let options = match patch_type {
+                PatchType::Apply => WriteOptions {
+                    manager: explicit_manager.as_deref(),
+                    ..write_options(sub)
+                },
+                _ => write_options(sub),
+            };
+            let patched = api.patch(&def, ns, name, patch_type, &raw, options).await?;
             Ok(written_response(StatusCode::OK, patched))
         }
         (&Method::DELETE, Some(name)) => {
-            let mut options = if body.is_empty() {
+            let mut options = if raw.is_empty() {
                 json!({})
             } else {
-                parse_body(&body)?
+                object_body(&raw)?
             };
             if dry_run && options.is_object() {
                 options["dryRun"] = json!(["All"]);
@@ -460,11 +632,11 @@ fn watch(
     def: Arc<ResourceDef>,
     ns: Option<String>,
     opts: ListOptions,
+    since: Option<u64>,
     query: &HashMap<String, String>,
     table: Option<Include>,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, Infallible>>(256);
-    let since = query.get("resourceVersion").cloned().unwrap_or_default();
     let initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
     let bookmarks = query
         .get("allowWatchBookmarks")
@@ -490,7 +662,7 @@ fn watch(
         };
         let mut live = api.store.subscribe();
         let mut seen: u64;
-        if since.is_empty() || since == "0" || initial_events {
+        if since.is_none() || initial_events {
             let (items, rv) = api.store.list(&res, ns.as_deref());
             seen = rv;
             for o in items {
@@ -510,14 +682,7 @@ fn watch(
                 }
             }
         } else {
-            let Ok(from) = since.parse::<u64>() else {
-                let _ = tx
-                    .send(Ok(expired_line(&ApiError::BadRequest(format!(
-                        "invalid resourceVersion {since:?}"
-                    )))))
-                    .await;
-                return;
-            };
+            let from = since.unwrap_or(0);
             match api.store.changes_since(&res, from).await {
                 Err(e) => {
                     let _ = tx.send(Ok(expired_line(&e))).await;

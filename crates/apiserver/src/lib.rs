@@ -6,29 +6,42 @@
 //! [`logs::PodLogs`].
 
 pub mod admission;
+pub mod authn;
+pub mod authz;
 pub mod binding;
+pub mod body;
 pub mod clock;
+pub mod connections;
 pub mod data_dir;
 pub mod discovery;
 pub mod error;
 pub mod field;
+pub mod field_set;
+pub mod guarded_body;
 pub mod handler;
 pub mod http;
+pub mod inflight;
+pub mod limits;
+pub mod list_types;
 pub mod logs;
 pub mod managed_fields;
 pub mod names;
+pub mod namespace_lifecycle;
 pub mod patch;
 pub mod pki;
 pub mod pod_security;
 pub mod protobuf;
 pub use imc_api::quantity;
 pub mod resources;
+pub mod reviews;
+pub mod sa_token;
 pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;
 pub mod strategies;
 pub mod table;
+pub mod token_request;
 
 pub use admission::{Admission, AdmissionFn};
 pub use error::ApiError;

@@ -1,5 +1,6 @@
-//! The server's certificate authority, serving certificate and admin token under `DIR/pki`, and
-//! the kubeconfig that lets kubectl and kube-rs use them.
+//! The server's certificate authority, serving certificate, admin token and read-only token
+//! under `DIR/pki`, and the kubeconfigs that let kubectl and kube-rs use them
+//! (`DIR/kubeconfig.yaml` for the admin, `DIR/kubeconfig-view.yaml` for read-only use).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +25,8 @@ pub struct Pki {
     pub key_pem: String,
     /// The admin bearer token.
     pub token: String,
+    /// The read-only bearer token.
+    pub view_token: String,
 }
 
 impl std::fmt::Debug for Pki {
@@ -98,6 +101,7 @@ impl Pki {
         let ca_key_path = dir.join("ca.key");
         let ca_crt_path = dir.join("ca.crt");
         let token_path = dir.join("admin.token");
+        let view_token_path = dir.join("view.token");
         let key_path = dir.join("server.key");
         let crt_path = dir.join("server.crt");
         let sans_path = dir.join("server.sans");
@@ -110,9 +114,11 @@ impl Pki {
             // A new CA invalidates any serving certificate signed by an old one.
             let _ = std::fs::remove_file(&crt_path);
         }
-        if !token_path.exists() {
-            let bytes: [u8; 32] = rand::rng().random();
-            write_private(&token_path, &hex_string(&bytes))?;
+        for path in [&token_path, &view_token_path] {
+            if !path.exists() {
+                let bytes: [u8; 32] = rand::rng().random();
+                write_private(path, &hex_string(&bytes))?;
+            }
         }
         let wanted = sans(listen);
         let have = std::fs::read_to_string(&sans_path).unwrap_or_default();
@@ -145,11 +151,28 @@ impl Pki {
             cert_pem: read(&crt_path)?,
             key_pem: read(&key_path)?,
             token: read(&token_path)?.trim().to_owned(),
+            view_token: read(&view_token_path)?.trim().to_owned(),
         })
     }
 
-    /// Writes the kubeconfig kubectl and kube-rs use without further flags.
+    /// Writes the admin kubeconfig kubectl and kube-rs use without further flags.
     pub fn write_kubeconfig(&self, path: &Path, listen: SocketAddr) -> Result<PathBuf> {
+        self.write_kubeconfig_for(path, listen, "imc-admin", &self.token)
+    }
+
+    /// Writes the read-only kubeconfig (user `imc-view`: get, list and watch, Secrets
+    /// excepted).
+    pub fn write_view_kubeconfig(&self, path: &Path, listen: SocketAddr) -> Result<PathBuf> {
+        self.write_kubeconfig_for(path, listen, "imc-view", &self.view_token)
+    }
+
+    fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        listen: SocketAddr,
+        user: &str,
+        token: &str,
+    ) -> Result<PathBuf> {
         let host = if listen.ip().is_unspecified() {
             "127.0.0.1".to_owned()
         } else {
@@ -168,19 +191,18 @@ clusters:
     server: https://{host}:{port}
     certificate-authority-data: {ca}
 users:
-- name: imc-admin
+- name: {user}
   user:
     token: {token}
 contexts:
 - name: imc
   context:
     cluster: imc
-    user: imc-admin
+    user: {user}
     namespace: default
 current-context: imc
 ",
             port = listen.port(),
-            token = self.token,
         );
         write_private(path, &text)?;
         Ok(path.to_path_buf())

@@ -1,5 +1,6 @@
-//! Decoding of the protobuf request bodies kubectl's typed generators send
-//! (`kubectl create namespace|configmap|secret|serviceaccount`) into JSON objects.
+//! Decoding of the protobuf request bodies kubectl's typed clients send
+//! (`kubectl create namespace|configmap|secret|serviceaccount|token`, `kubectl auth can-i` and
+//! `whoami`) into JSON objects.
 //!
 //! The body is `k8s\0` + `runtime.Unknown{typeMeta, raw}`, where `raw` is the object's own
 //! protobuf message. Only the messages of the kinds listed in [`schema_for`] are known; unknown
@@ -16,6 +17,7 @@ enum Kind {
     Str,
     Bytes,
     Bool,
+    Int,
     Msg(&'static [Field]),
     RepeatedStr,
     RepeatedMsg(&'static [Field]),
@@ -78,6 +80,54 @@ const SERVICE_ACCOUNT: &[Field] = &[
     (3, "imagePullSecrets", Kind::RepeatedMsg(LOCAL_REF)),
     (4, "automountServiceAccountToken", Kind::Bool),
 ];
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    (1, "namespace", Kind::Str),
+    (2, "verb", Kind::Str),
+    (3, "group", Kind::Str),
+    (4, "version", Kind::Str),
+    (5, "resource", Kind::Str),
+    (6, "subresource", Kind::Str),
+    (7, "name", Kind::Str),
+];
+const NON_RESOURCE_ATTRIBUTES: &[Field] = &[(1, "path", Kind::Str), (2, "verb", Kind::Str)];
+const SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "resourceAttributes", Kind::Msg(RESOURCE_ATTRIBUTES)),
+            (
+                2,
+                "nonResourceAttributes",
+                Kind::Msg(NON_RESOURCE_ATTRIBUTES),
+            ),
+        ]),
+    ),
+];
+const SELF_SUBJECT_RULES_REVIEW: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "spec", Kind::Msg(&[(1, "namespace", Kind::Str)])),
+];
+const SELF_SUBJECT_REVIEW: &[Field] = &[(1, "metadata", Kind::Msg(OBJECT_META))];
+const BOUND_OBJECT_REF: &[Field] = &[
+    (1, "kind", Kind::Str),
+    (2, "apiVersion", Kind::Str),
+    (3, "name", Kind::Str),
+    (4, "uid", Kind::Str),
+];
+const TOKEN_REQUEST: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "audiences", Kind::RepeatedStr),
+            (3, "boundObjectRef", Kind::Msg(BOUND_OBJECT_REF)),
+            (4, "expirationSeconds", Kind::Int),
+        ]),
+    ),
+];
 const TYPE_META: &[Field] = &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)];
 const UNKNOWN: &[Field] = &[
     (1, "typeMeta", Kind::Msg(TYPE_META)),
@@ -90,6 +140,10 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("v1", "ConfigMap") => Some(CONFIG_MAP),
         ("v1", "Secret") => Some(SECRET),
         ("v1", "ServiceAccount") => Some(SERVICE_ACCOUNT),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(SELF_SUBJECT_ACCESS_REVIEW),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(SELF_SUBJECT_RULES_REVIEW),
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(SELF_SUBJECT_REVIEW),
+        ("authentication.k8s.io/v1", "TokenRequest") => Some(TOKEN_REQUEST),
         _ => None,
     }
 }
@@ -194,6 +248,10 @@ fn decode(buf: &[u8], schema: &[Field]) -> Result<Map<String, Value>, ApiError> 
             (Kind::Bool, 0) => {
                 out.insert(name, json!(r.varint()? != 0));
             }
+            (Kind::Int, 0) => {
+                // int64 fields are plain varints (two's complement for negatives).
+                out.insert(name, json!(r.varint()? as i64));
+            }
             (Kind::Msg(s), 2) => {
                 out.insert(name, Value::Object(decode(r.bytes()?, s)?));
             }
@@ -241,7 +299,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("");
     let schema = schema_for(api_version, kind).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Secret and ServiceAccount only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, TokenRequest and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
         ))
     })?;
     let raw = unknown

@@ -117,6 +117,12 @@ pub struct ResourceDef {
     pub log_subresource: bool,
     /// Has a `binding` subresource (pods): `POST` a `v1 Binding` to assign a node.
     pub binding_subresource: bool,
+    /// Has a `token` subresource (service accounts): `POST` a TokenRequest for a token.
+    pub token_subresource: bool,
+    /// A create-only kind answered by the server and never stored (the self reviews).
+    pub review: bool,
+    /// The verbs discovery lists.
+    pub verbs: Vec<&'static str>,
     /// A custom resource: strategic merge patch is refused, as Kubernetes does for CRDs.
     pub custom: bool,
     /// Table columns after NAME.
@@ -148,6 +154,9 @@ impl ResourceDef {
             status_subresource: false,
             log_subresource: false,
             binding_subresource: false,
+            token_subresource: false,
+            review: false,
+            verbs: VERBS.to_vec(),
             custom: false,
             columns: vec![age_column()],
             name_priority: 0,
@@ -218,6 +227,18 @@ impl ResourceDef {
     }
 }
 
+/// The verbs of a stored kind.
+pub const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
 /// The AGE column every kind shows.
 pub fn age_column() -> Column {
     Column::new("Age", Cell::Age(".metadata.creationTimestamp".into()))
@@ -278,6 +299,28 @@ impl Resources {
                 None => out.push((d.group.clone(), vec![d.version.clone()])),
             }
         }
+        out
+    }
+
+    /// What a read-only user may read: every stored kind but Secrets (as the upstream `view`
+    /// role), with its readable subresources.
+    pub fn viewable(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in self
+            .defs
+            .iter()
+            .filter(|d| !d.review && d.plural != "secrets")
+        {
+            out.push(d.plural.clone());
+            if d.status_subresource {
+                out.push(format!("{}/status", d.plural));
+            }
+            if d.log_subresource {
+                out.push(format!("{}/log", d.plural));
+            }
+        }
+        out.sort();
+        out.dedup();
         out
     }
 

@@ -38,7 +38,8 @@ impl Schema {
     pub fn of<T: schemars::JsonSchema>() -> Self {
         let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
         let reference = generator.subschema_for::<T>().to_value();
-        let components = generator.take_definitions(true);
+        let mut components = generator.take_definitions(true);
+        annotate_merge_types(&mut components);
         // The kind's own schema is published under its name; the root refers to it.
         let root = resolve(&components, &reference).clone();
         Schema {
@@ -75,6 +76,14 @@ impl Schema {
         let mut out = Vec::new();
         self.walk_mut(&self.root, obj, "", &mut out);
         out
+    }
+
+    /// The root as a [`TypeNode`], to walk an object's fields alongside.
+    pub fn node(&self) -> TypeNode<'_> {
+        TypeNode {
+            schema: self,
+            node: self.deref(&self.root),
+        }
     }
 
     /// Follows `$ref` and single-element `allOf` wrappers to the schema that describes a value.
@@ -182,6 +191,134 @@ impl Schema {
     }
 }
 
+/// How a list field merges, from `x-kubernetes-list-type` and `x-kubernetes-list-map-keys`
+/// (a list with neither is atomic, as in server-side apply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListType {
+    /// Replaced whole.
+    Atomic,
+    /// Scalars, unioned.
+    Set,
+    /// Objects merged by these key fields.
+    Map(Vec<String>),
+}
+
+/// A position in a schema while walking an object: what a field, an item or a map value is.
+/// Where the schema says nothing, the node is unknown: objects are then merged field by field
+/// and lists are atomic.
+#[derive(Clone, Copy)]
+pub struct TypeNode<'a> {
+    schema: &'a Schema,
+    node: &'a Value,
+}
+
+static UNKNOWN: Value = Value::Null;
+
+impl<'a> TypeNode<'a> {
+    fn at(&self, v: &'a Value) -> TypeNode<'a> {
+        TypeNode {
+            schema: self.schema,
+            node: self.schema.deref(v),
+        }
+    }
+
+    /// The node of object field `name` (a declared property, else the schema of the map's
+    /// values, else unknown).
+    pub fn field(&self, name: &str) -> TypeNode<'a> {
+        let sub = self
+            .node
+            .get("properties")
+            .and_then(|p| p.get(name))
+            .or_else(|| {
+                self.node
+                    .get("additionalProperties")
+                    .filter(|a| a.is_object())
+            })
+            .unwrap_or(&UNKNOWN);
+        self.at(sub)
+    }
+
+    /// The node of a list's items.
+    pub fn items(&self) -> TypeNode<'a> {
+        self.at(self.node.get("items").unwrap_or(&UNKNOWN))
+    }
+
+    /// How this list merges.
+    pub fn list_type(&self) -> ListType {
+        match self
+            .node
+            .get("x-kubernetes-list-type")
+            .and_then(Value::as_str)
+        {
+            Some("set") => ListType::Set,
+            Some("map") => {
+                let keys: Vec<String> = self
+                    .node
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .map(|k| {
+                        k.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if keys.is_empty() {
+                    ListType::Atomic
+                } else {
+                    ListType::Map(keys)
+                }
+            }
+            _ => ListType::Atomic,
+        }
+    }
+
+    /// Whether this object is replaced whole (`x-kubernetes-map-type: atomic`).
+    pub fn atomic_map(&self) -> bool {
+        self.node
+            .get("x-kubernetes-map-type")
+            .and_then(Value::as_str)
+            == Some("atomic")
+    }
+}
+
+/// Adds the list and map types of [`crate::list_types::TABLE`] to k8s-openapi's component
+/// schemas.
+fn annotate_merge_types(components: &mut Map<String, Value>) {
+    use crate::list_types::{Merge, TABLE};
+    for (component, property, merge) in TABLE {
+        let Some(prop) = components
+            .get_mut(*component)
+            .and_then(|c| c.get_mut("properties"))
+            .and_then(|p| p.get_mut(*property))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        match merge {
+            Merge::AtomicList => {
+                prop.insert("x-kubernetes-list-type".into(), json!("atomic"));
+            }
+            Merge::Set => {
+                prop.insert("x-kubernetes-list-type".into(), json!("set"));
+            }
+            Merge::Map(keys) => {
+                prop.insert("x-kubernetes-list-type".into(), json!("map"));
+                prop.insert("x-kubernetes-list-map-keys".into(), json!(keys));
+            }
+            Merge::AtomicMap => {
+                prop.insert("x-kubernetes-map-type".into(), json!("atomic"));
+            }
+        }
+    }
+}
+
+/// The schema of `metadata`, whatever the kind (server-side apply and strategic merge read it
+/// for every kind, custom ones included, as kube-apiserver does).
+pub fn object_meta() -> &'static Schema {
+    static META: std::sync::OnceLock<Schema> = std::sync::OnceLock::new();
+    META.get_or_init(Schema::of::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>)
+}
+
 fn resolve<'a>(components: &'a Map<String, Value>, reference: &'a Value) -> &'a Value {
     reference
         .get("$ref")
@@ -228,6 +365,30 @@ mod tests {
         assert!(pruned["spec"]["containers"][0].get("comand").is_none());
         assert_eq!(pruned["spec"]["containers"][0]["image"], "i");
         assert!(s.unknown_fields(&pruned).is_empty());
+    }
+
+    #[test]
+    fn list_types_come_with_the_built_in_schemas() {
+        let s = Schema::of::<Pod>();
+        let spec = s.node().field("spec");
+        assert_eq!(
+            spec.field("containers").list_type(),
+            ListType::Map(vec!["name".into()])
+        );
+        assert_eq!(spec.field("tolerations").list_type(), ListType::Atomic);
+        assert!(spec.field("nodeSelector").atomic_map());
+        let env = spec.field("containers").items().field("env");
+        assert_eq!(env.list_type(), ListType::Map(vec!["name".into()]));
+        assert_eq!(
+            object_meta().node().field("finalizers").list_type(),
+            ListType::Set
+        );
+        // Nothing known: atomic.
+        let p = Schema::permissive("X");
+        assert_eq!(
+            p.node().field("spec").field("images").list_type(),
+            ListType::Atomic
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The HTTPS listener: rustls (ring provider) in front of the axum router, with graceful
-//! shutdown.
+//! The HTTPS listener: rustls (ring provider) in front of the axum router, the connection
+//! defences of [`crate::connections`], authentication, and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,20 +8,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use axum::http::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
+use crate::authn::Authenticator;
+use crate::authz::Authorizer;
+use crate::connections::{
+    self, ActivityIo, Connection, ConnectionConfig, ConnectionTable, Throttled,
+};
 use crate::error::{ApiError, Result};
 use crate::handler::ApiServer;
 use crate::http::{self, HttpState};
+use crate::inflight::{Inflight, InflightConfig};
 use crate::pki::Pki;
 use crate::pod_security::{Level as PodSecurityLevel, PodSecurity};
 use crate::resources::Resources;
+use crate::sa_token::TokenIssuer;
 use crate::store::Store;
 
 /// How to run the server.
@@ -40,6 +49,10 @@ pub struct ServerConfig {
     /// The Pod Security level enforced in namespaces without a
     /// `pod-security.kubernetes.io/enforce` label.
     pub pod_security_default: PodSecurityLevel,
+    /// Connection cap and timeouts.
+    pub connections: ConnectionConfig,
+    /// In-flight caps and the request timeout.
+    pub inflight: InflightConfig,
 }
 
 impl ServerConfig {
@@ -52,6 +65,8 @@ impl ServerConfig {
             watch_window: 10_000,
             event_ttl: std::time::Duration::from_secs(3600),
             pod_security_default: PodSecurityLevel::Baseline,
+            connections: ConnectionConfig::default(),
+            inflight: InflightConfig::default(),
         }
     }
 }
@@ -61,7 +76,8 @@ pub struct Server {
     api: Arc<ApiServer>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    token: String,
+    state: Arc<HttpState>,
+    connections: ConnectionConfig,
     addr: SocketAddr,
     kubeconfig: PathBuf,
     event_ttl: std::time::Duration,
@@ -135,12 +151,14 @@ impl Server {
             path: format!("listen {}", config.listen),
             source,
         })?;
-        let (pki, kubeconfig) = {
+        let (pki, kubeconfig, issuer) = {
             let dir = dir.clone();
             blocking("writing credentials", move || {
                 let pki = Pki::load_or_create(&dir.join("pki"), addr)?;
                 let kubeconfig = pki.write_kubeconfig(&dir.join("kubeconfig.yaml"), addr)?;
-                Ok((pki, kubeconfig))
+                pki.write_view_kubeconfig(&dir.join("kubeconfig-view.yaml"), addr)?;
+                let issuer = TokenIssuer::load_or_create(&dir.join("pki").join("sa.key"))?;
+                Ok((pki, kubeconfig, issuer))
             })
             .await?
         };
@@ -166,11 +184,38 @@ impl Server {
         );
         let event_ttl = config.event_ttl;
         api.bootstrap().await?;
+        let authn = Authenticator::new(
+            pki.token.clone(),
+            pki.view_token.clone(),
+            issuer,
+            api.store.clone(),
+        );
+        let authz = Authorizer::new(api.store.clone(), api.resources().viewable());
+        let state = Arc::new(HttpState {
+            api: api.clone(),
+            authn,
+            authz,
+            inflight: Inflight::new(config.inflight),
+        });
+        // Sockets are file descriptors: the cap must stay below what the process may open.
+        let nofile = connections::raise_nofile_limit();
+        let mut connection_config = config.connections;
+        connection_config.max_connections =
+            connections::fit_cap(connection_config.max_connections, nofile);
+        if connection_config.max_connections < config.connections.max_connections {
+            tracing::warn!(
+                requested = config.connections.max_connections,
+                max = connection_config.max_connections,
+                open_files_limit = ?nofile,
+                "connection cap lowered to fit the open files limit"
+            );
+        }
         Ok(Server {
             api,
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
-            token: pki.token.clone(),
+            state,
+            connections: connection_config,
             addr,
             kubeconfig,
             event_ttl,
@@ -193,13 +238,15 @@ impl Server {
         self.api.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and waits for open requests
-    /// (watches are closed).
+    /// The connection cap and timeouts in force (the cap fitted to the open files limit).
+    pub fn connection_config(&self) -> ConnectionConfig {
+        self.connections
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and drops open connections
+    /// (watches included) within a few seconds.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let state = Arc::new(HttpState {
-            api: self.api.clone(),
-            token: self.token.clone(),
-        });
+        let state = self.state.clone();
         let app = Router::new()
             .fallback(http::dispatch)
             .layer(axum::middleware::from_fn_with_state(
@@ -208,50 +255,167 @@ impl Server {
             ))
             .with_state(state);
         let expiry = tokio::spawn(self.api.clone().expire_events(self.event_ttl));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let lifecycle = tokio::spawn(self.api.clone().finalize_namespaces());
+        let table = ConnectionTable::new(self.connections.max_connections);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.connections.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // kube-apiserver's: 250 streams, headers up to 1 MiB.
+            .max_concurrent_streams(250)
+            .max_header_list_size(1 << 20);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut accept_errors = Throttled::default();
+        let mut backoff = std::time::Duration::ZERO;
+        let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let (tcp, peer) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
+                accepted = self.listener.accept() => accepted,
+                // Reap finished connection tasks as they end.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin, and say so
+                    // once in a while rather than for every attempt.
+                    if let Some(held_back) = accept_errors.check(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "accepting connections failed");
                     }
-                },
+                    backoff = (backoff * 2).clamp(
+                        std::time::Duration::from_millis(5),
+                        std::time::Duration::from_secs(1),
+                    );
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            backoff = std::time::Duration::ZERO;
+            let Some(conn) = table.admit() else {
+                continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
-            let service = TowerToHyperService::new(app.clone());
-            let watcher = graceful.watcher();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                };
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                let conn = watcher.watch(conn.into_owned());
-                tokio::select! {
-                    r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended"); },
-                    // Long watches would hold graceful shutdown forever: drop them.
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-            });
+            tasks.spawn(serve_connection(
+                ActivityIo::new(tcp, conn.clone()),
+                peer,
+                conn,
+                Accept {
+                    acceptor: self.acceptor.clone(),
+                    builder: builder.clone(),
+                    app: app.clone(),
+                    table: table.clone(),
+                    config: self.connections,
+                },
+                stop_rx.clone(),
+            ));
         }
         tracing::info!("shutting down");
         expiry.abort();
+        lifecycle.abort();
         let _ = stop_tx.send(true);
-        tokio::select! {
-            _ = graceful.shutdown() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
         }
         Ok(())
     }
+}
+
+/// What every connection task needs.
+struct Accept {
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    table: Arc<ConnectionTable>,
+    config: ConnectionConfig,
+}
+
+/// One connection: the TLS handshake within its timeout, then HTTP/1 or HTTP/2 until the
+/// client closes, the connection idles out, it is evicted to make room, or the server stops.
+async fn serve_connection(
+    io: ActivityIo<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    conn: Arc<Connection>,
+    accept: Accept,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Accept {
+        acceptor,
+        builder,
+        app,
+        table,
+        config,
+    } = accept;
+    let handshake = tokio::time::timeout(config.handshake_timeout, acceptor.accept(io));
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake timed out");
+                None
+            }
+        },
+        _ = conn.evicted() => None,
+        _ = stopped(&mut stop) => None,
+    };
+    let Some(tls) = tls else {
+        table.remove(&conn);
+        return;
+    };
+    let for_requests = conn.clone();
+    let service = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(for_requests.clone());
+        req
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service))
+        .into_owned();
+    tokio::pin!(connection);
+    let period = (config.idle_timeout / 4).max(std::time::Duration::from_millis(250));
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        let idle_check = tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                false
+            }
+            _ = conn.evicted() => false,
+            // Watches would hold a graceful stop forever: connections are dropped.
+            _ = stopped(&mut stop) => false,
+            _ = tick.tick() => true,
+        };
+        if !idle_check {
+            break;
+        }
+        if conn.idle_for(config.idle_timeout) {
+            connection.as_mut().graceful_shutdown();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), connection.as_mut()).await;
+            break;
+        }
+    }
+    table.remove(&conn);
+}
+
+/// Completes when the server is stopping.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

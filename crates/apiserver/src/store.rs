@@ -85,6 +85,77 @@ struct Db {
     compacted: u64,
 }
 
+/// A stored row that could not be read back.
+struct Unreadable {
+    key: Key,
+    rv: i64,
+    json: String,
+    error: String,
+}
+
+/// The stored objects read back at start, and the rows that could not be.
+type Loaded = (BTreeMap<Key, Arc<Value>>, Vec<Unreadable>);
+
+/// Every stored object, and the rows that are not JSON this server can read (too deep for the
+/// parser, damaged): each is reported with its key, and the rest is served.
+fn load_objects(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let mut objects = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    let mut stmt = conn.prepare("SELECT res, ns, name, rv, json FROM objects")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            Key {
+                res: r.get(0)?,
+                ns: r.get(1)?,
+                name: r.get(2)?,
+            },
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (key, rv, json) = row?;
+        match serde_json::from_str::<Value>(&json) {
+            Ok(value) => {
+                objects.insert(key, Arc::new(value));
+            }
+            Err(e) => {
+                tracing::error!(
+                    resource = %key.res, namespace = %key.ns, name = %key.name, error = %e,
+                    "stored object cannot be read back; not served"
+                );
+                unreadable.push(Unreadable {
+                    key,
+                    rv,
+                    json,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((objects, unreadable))
+}
+
+/// Moves unreadable rows out of `objects` into the `quarantine` table.
+fn quarantine(conn: &Connection, rows: &[Unreadable]) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS quarantine(
+           res TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, rv INTEGER NOT NULL,
+           json TEXT NOT NULL, error TEXT NOT NULL)",
+    )?;
+    for row in rows {
+        conn.execute(
+            "INSERT INTO quarantine(res, ns, name, rv, json, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![row.key.res, row.key.ns, row.key.name, row.rv, row.json, row.error],
+        )?;
+        conn.execute(
+            "DELETE FROM objects WHERE res = ?1 AND ns = ?2 AND name = ?3",
+            params![row.key.res, row.key.ns, row.key.name],
+        )?;
+    }
+    Ok(())
+}
+
 /// The object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -135,30 +206,16 @@ impl Store {
         };
         let rv = meta("rv")?;
         let compacted = meta("compacted")?;
-        let mut objects = BTreeMap::new();
-        {
-            let mut stmt = conn
-                .prepare("SELECT res, ns, name, json FROM objects")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        Key {
-                            res: r.get(0)?,
-                            ns: r.get(1)?,
-                            name: r.get(2)?,
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(db_err)?;
-            for row in rows {
-                let (key, json) = row.map_err(db_err)?;
-                let value: Value = serde_json::from_str(&json).map_err(|e| {
-                    ApiError::Internal(format!("stored object {key:?} is not json: {e}"))
-                })?;
-                objects.insert(key, Arc::new(value));
-            }
+        let (objects, unreadable) = load_objects(&conn).map_err(db_err)?;
+        if !unreadable.is_empty() {
+            // Kept aside, not lost: an operator can still look at them.
+            quarantine(&conn, &unreadable).map_err(db_err)?;
+            tracing::error!(
+                count = unreadable.len(),
+                path = %path.display(),
+                "objects in the state database could not be read back; they were moved to its \
+                 quarantine table and are not served"
+            );
         }
         let (tx, _) = broadcast::channel(4096);
         Ok(Store {
@@ -277,6 +334,8 @@ impl Store {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
         let json = stored.to_string();
+        // Nothing is stored that could not be read back (nor served) again.
+        crate::limits::check_object(&stored, json.len())?;
         let path = self.path.display().to_string();
         let db_err = |source| ApiError::Database {
             path: path.clone(),
@@ -357,6 +416,10 @@ impl Store {
         let res = res.to_owned();
         tokio::task::spawn_blocking(move || {
             let db = this.db.lock().unwrap_or_else(|e| e.into_inner());
+            // resourceVersions are stored as SQLite's signed integers.
+            let Ok(since_i64) = i64::try_from(since) else {
+                return Ok(Vec::new());
+            };
             if since < db.compacted {
                 return Err(ApiError::Gone {
                     requested: since,
@@ -375,7 +438,7 @@ impl Store {
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![res, since as i64], |r| {
+                .query_map(params![res, since_i64], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -388,8 +451,15 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (rv, ns, name, kind, json) = row.map_err(db_err)?;
-                let object: Value = serde_json::from_str(&json)
-                    .map_err(|e| ApiError::Internal(format!("stored event {rv}: {e}")))?;
+                let object: Value = match serde_json::from_str(&json) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // Written by an older server without limits: skipped, not fatal.
+                        tracing::warn!(rv, resource = %res, namespace = %ns, name = %name, error = %e,
+                            "a change in the watch log cannot be read back; skipped");
+                        continue;
+                    }
+                };
                 out.push(Change {
                     rv: rv as u64,
                     key: Key {
@@ -468,5 +538,78 @@ mod tests {
         ));
         let recent = store.changes_since("g/things", 9).await.unwrap();
         assert_eq!(recent.iter().map(|c| c.rv).collect::<Vec<_>>(), [10, 11]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_object_is_set_aside_and_the_rest_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path, 100).unwrap();
+        store
+            .write(
+                key("fine"),
+                Some(json!({"metadata": {"name": "fine"}})),
+                Expect::Absent,
+                "Thing",
+            )
+            .await
+            .unwrap();
+        drop(store);
+        // What an older server could store: too deep for serde_json to parse again.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let conn = Connection::open(&path).unwrap();
+        for (name, json) in [("deep", deep.as_str()), ("cut", "{\"metadata\": {")] {
+            conn.execute(
+                "INSERT INTO objects(res, ns, name, rv, json) VALUES ('g/things', '', ?1, 7, ?2)",
+                params![name, json],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO events(rv, res, ns, name, type, json) VALUES (99, 'g/things', '', 'deep', 'ADDED', ?1)",
+            params![deep],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = Store::open(&path, 100).unwrap();
+        let names: Vec<_> = store
+            .list("g/things", None)
+            .0
+            .iter()
+            .map(|o| o["metadata"]["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("fine")]);
+        let changes = store.changes_since("g/things", 0).await.unwrap();
+        assert_eq!(changes.iter().map(|c| c.rv).collect::<Vec<_>>(), [1]);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 2);
+    }
+
+    #[tokio::test]
+    async fn an_object_too_deep_or_too_big_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db"), 100).unwrap();
+        let mut deep = json!(1);
+        for _ in 0..150 {
+            deep = json!([deep]);
+        }
+        let big = json!({"metadata": {}, "data": "x".repeat(crate::limits::MAX_OBJECT_BYTES)});
+        for (name, obj) in [("deep", json!({"metadata": {}, "x": deep})), ("big", big)] {
+            let err = store
+                .write(key(name), Some(obj), Expect::Absent, "Thing")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ApiError::TooLarge(_) | ApiError::Unprocessable(_)),
+                "{err}"
+            );
+        }
+        assert_eq!(store.current_rv(), 0);
+        assert!(store.list("g/things", None).0.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod containerd;
 pub mod erofs;
+pub mod https;
 pub mod image;
 pub mod kubectl;
 pub mod leftovers;

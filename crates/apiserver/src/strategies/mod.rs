@@ -11,6 +11,7 @@ pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod rbac;
 pub mod secret;
 pub mod service_account;
 
@@ -41,8 +42,6 @@ pub enum FollowUp {
         /// The object.
         object: Value,
     },
-    /// Delete every object in this namespace first (a namespace going away).
-    EmptyNamespace(String),
 }
 
 /// The behaviour of one kind. Every method has the behaviour of a kind with nothing special,
@@ -91,6 +90,29 @@ pub trait Strategy: Send + Sync {
     fn before_removal(&self, _obj: &Value) -> Vec<FollowUp> {
         Vec::new()
     }
+
+    /// Prepares `obj` (the stored form) for deletion, or refuses it (403) with the reason.
+    fn prepare_for_delete(&self, _obj: &mut Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether the server itself has yet to finish `obj` before it may go, like a finalizer
+    /// (a namespace's `spec.finalizers`, which the namespace lifecycle clears once it is empty).
+    fn held(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// Whether a new object of this kind may stand for an existing similar one
+    /// ([`Strategy::absorb`]), as Events repeat.
+    fn absorbs(&self) -> bool {
+        false
+    }
+
+    /// `existing` (stored form) updated to count `new` (stored form) too when they are the same
+    /// event; None when `new` is to be created.
+    fn absorb(&self, _new: &Value, _existing: &Value) -> Option<Value> {
+        None
+    }
 }
 
 /// The strategy of kinds with nothing special.
@@ -112,4 +134,8 @@ pub fn builtin() -> Vec<ResourceDef> {
         lease::def(),
         image_cache::def(),
     ]
+    .into_iter()
+    .chain(rbac::defs())
+    .chain(crate::reviews::defs())
+    .collect()
 }

@@ -1,8 +1,8 @@
-//! Secret: `type: Opaque` when none is given (as Kubernetes defaults it), `stringData` folded
-//! into `data` on every write (as kube-apiserver's conversion does: it wins over `data` and is
-//! never stored or read back), TYPE and DATA columns.
+//! Secret: `type: Opaque` when none is given (as Kubernetes defaults it), `stringData` written
+//! into `data` (base64) and dropped, as kube-apiserver's conversion does on every write, TYPE
+//! and DATA columns.
 
-use base64::Engine;
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::Strategy;
@@ -20,13 +20,13 @@ impl Strategy for SecretStrategy {
         {
             map.insert("type".into(), json!("Opaque"));
         }
-        fold_string_data(obj);
+        string_data_into_data(obj);
     }
 }
 
-/// Moves every `stringData` entry into `data` (base64 of its UTF-8), replacing a `data` entry
-/// of the same key, and drops `stringData`.
-fn fold_string_data(obj: &mut Value) {
+/// Moves `stringData` into `data`, each value base64-encoded and taking precedence over a
+/// `data` entry of the same key (the write-only field is never stored).
+fn string_data_into_data(obj: &mut Value) {
     let Some(map) = obj.as_object_mut() else {
         return;
     };
@@ -36,13 +36,14 @@ fn fold_string_data(obj: &mut Value) {
     if !map.get("data").is_some_and(Value::is_object) {
         map.insert("data".into(), json!({}));
     }
-    if let Some(data) = map.get_mut("data").and_then(Value::as_object_mut) {
+    if let Some(Value::Object(data)) = map.get_mut("data") {
         for (key, value) in strings {
-            let text = value.as_str().unwrap_or_default();
-            data.insert(
-                key,
-                json!(base64::engine::general_purpose::STANDARD.encode(text)),
-            );
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            data.insert(key, Value::String(encoded));
         }
     }
 }
@@ -77,17 +78,17 @@ mod tests {
     }
 
     #[test]
-    fn string_data_is_folded_into_data() {
-        let rows = [
-            (json!({"stringData": {"a": "x"}}), json!({"a": "eA=="})),
+    fn string_data_is_written_into_data() {
+        // (given, data stored)
+        let cases = [
+            (json!({"stringData": {"k": "v"}}), json!({"k": "dg=="})),
             (
-                json!({"data": {"a": "b2xk", "b": "Yg=="}, "stringData": {"a": "new"}}),
-                json!({"a": "bmV3", "b": "Yg=="}),
+                json!({"data": {"a": "YQ==", "k": "eA=="}, "stringData": {"k": "v"}}),
+                json!({"a": "YQ==", "k": "dg=="}),
             ),
-            (json!({"data": {"a": "Yg=="}}), json!({"a": "Yg=="})),
-            (json!({"stringData": {}}), json!({})),
+            (json!({"data": {"a": "YQ=="}}), json!({"a": "YQ=="})),
         ];
-        for (given, want) in rows {
+        for (given, want) in cases {
             let mut s = given.clone();
             SecretStrategy.default(&mut s);
             assert_eq!(s["data"], want, "{given}");

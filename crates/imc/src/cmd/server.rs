@@ -57,6 +57,31 @@ pub struct ServerArgs {
     /// --container-log-max-files.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub container_log_max_files: u32,
+    /// Most read requests (GET) served at once; more are answered 429 with Retry-After, as
+    /// kube-apiserver's flag. Watches and log streams are counted apart. 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Most writing requests (POST, PUT, PATCH, DELETE) served at once, as kube-apiserver's
+    /// flag; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// Most watches and log streams open at once; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_watches: usize,
+    /// Most connections open at once (lowered to fit the open files limit). At the limit the
+    /// oldest connection without an authenticated request is closed to make room.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Longest a request other than a watch or a log stream may take (a request's ?timeout=
+    /// may only shorten it), as kube-apiserver's flag: 60s, 2m, 1h30m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Testing only: time a client has to finish its TLS handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub tls_handshake_timeout: Duration,
+    /// Testing only: a connection without requests or traffic this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration, hide = true)]
+    pub idle_connection_timeout: Duration,
     /// Pod addresses: each pod gets one from this IPv4 range on the node's bridge, reaches the
     /// other pods and the host, and goes out through the host (masquerade).
     #[arg(long, value_name = "CIDR", default_value = "10.88.0.0/16", value_parser = parse_cidr)]
@@ -71,6 +96,13 @@ pub struct ServerArgs {
     /// Where the CNI plugin programs are (':'-separated).
     #[arg(long, value_name = "DIRS", default_value = "/usr/lib/cni:/opt/cni/bin")]
     pub cni_bin_dir: String,
+}
+
+/// A Go-style duration (`60s`, `2m`, `1h30m`) for a flag.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    imc_apiserver::inflight::parse_go_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 60s, 2m, 1h30m)"))
 }
 
 /// An IPv4 range `a.b.c.d/n` for `--pod-cidr`.
@@ -173,6 +205,16 @@ async fn start_controllers(
     )
     .await
     .context("loading the server's kubeconfig")?;
+    let mut config = config;
+    // kube-rs sends no User-Agent; the API server names a write's field manager after it.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!(
+            "imc-controllers/",
+            env!("CARGO_PKG_VERSION"),
+            " kube-rs"
+        )),
+    ));
     let client = kube::Client::try_from(config).context("creating the controllers' client")?;
     // The CA the API server wrote (DIR/pki), published as kube-root-ca.crt for in-pod clients.
     let ca_path = args.data.data_dir.join("pki").join("ca.crt");
@@ -292,6 +334,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     config.pod_security_default = args.pod_security_default;
+    config.inflight = imc_apiserver::inflight::InflightConfig {
+        max_requests_inflight: args.max_requests_inflight,
+        max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+        max_long_running: args.max_watches,
+        request_timeout: args.request_timeout,
+    };
+    config.connections = imc_apiserver::connections::ConnectionConfig {
+        max_connections: args.max_connections,
+        handshake_timeout: args.tls_handshake_timeout,
+        idle_timeout: args.idle_connection_timeout,
+        ..Default::default()
+    };
     let server = Server::bind(config).await.with_context(|| {
         format!(
             "starting the API server in {}",
@@ -306,6 +360,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     };
     // Printed on stdout so scripts (and tests) can pick the kubeconfig up.
     println!("listening on https://{}", server.local_addr());
+    println!(
+        "read-only kubeconfig: {}",
+        server
+            .kubeconfig()
+            .with_file_name("kubeconfig-view.yaml")
+            .display()
+    );
     println!("kubeconfig: {}", server.kubeconfig().display());
     println!("  export KUBECONFIG={}", server.kubeconfig().display());
     let signalled = std::sync::OnceLock::new();
