@@ -1,6 +1,6 @@
 //! imc-controllers: the logic that runs as kube-rs controllers, in `imc server` and against a
 //! real cluster alike: pod admission (cache choice), cache lifecycle, the scheduler (pod
-//! placement) and the node.
+//! placement), the node, and (in `imc server` only) the `kube-root-ca.crt` publisher.
 
 pub mod admission;
 pub mod admission_hook;
@@ -9,4 +9,5 @@ pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod quantity;
+pub mod root_ca_publisher;
 pub mod scheduler;

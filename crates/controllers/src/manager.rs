@@ -36,6 +36,9 @@ pub struct Settings {
     /// Most processes (and threads) each container may have (`imc server
     /// --container-pids-limit`); `None` for no limit.
     pub container_pids_limit: Option<i64>,
+    /// PEM of the API server's CA, published as the `kube-root-ca.crt` ConfigMap of every
+    /// namespace (`imc server`); `None` where kube-controller-manager does it.
+    pub root_ca: Option<String>,
 }
 
 impl Settings {
@@ -58,8 +61,8 @@ pub struct Context {
 }
 
 /// Runs every controller of this process until they all stop (they normally never do): the
-/// cache controller and the scheduler (which binds pending pods to Nodes; on a cluster that
-/// has kube-scheduler, run the cache controller alone).
+/// cache controller, the scheduler (which binds pending pods to Nodes; on a cluster that
+/// has kube-scheduler, run the cache controller alone) and, given a CA, the root CA publisher.
 pub async fn run(ctx: Arc<Context>) {
     let scheduler = crate::scheduler::Options {
         instance: format!(
@@ -70,10 +73,16 @@ pub async fn run(ctx: Arc<Context>) {
         cache_holder: None,
     };
     // One task per controller, so one that ends (or panics) does not stop the others.
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(crate::cache::run(ctx.clone())),
         tokio::spawn(crate::scheduler::run(ctx.client.clone(), scheduler)),
     ];
+    if let Some(ca) = ctx.settings.root_ca.clone() {
+        tasks.push(tokio::spawn(crate::root_ca_publisher::run(
+            ctx.client.clone(),
+            ca,
+        )));
+    }
     for task in tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a controller stopped");

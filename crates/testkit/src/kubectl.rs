@@ -140,19 +140,46 @@ impl TestServer {
     /// Polls `kubectl logs POD -c CONTAINER` until it contains `text` (within [`PATIENCE`]);
     /// the log then.
     pub fn wait_for_log(&self, pod: &str, container: &str, text: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_for_log_in(pod, container, &[], text)
+    }
+
+    /// [`TestServer::wait_for_log`] with extra `kubectl logs` arguments (e.g. `-n ns`).
+    pub fn wait_for_log_in(
+        &self,
+        pod: &str,
+        container: &str,
+        extra: &[&str],
+        text: &str,
+    ) -> String {
+        let mut args = vec!["logs", pod, "-c", container];
+        args.extend_from_slice(extra);
         let mut last = String::new();
-        while Instant::now() < deadline {
-            let out = self
-                .kubectl(&["logs", pod, "-c", container])
-                .expect("kubectl runs");
-            last = output_text(&out);
-            if out.status.success() && last.contains(text) {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            std::thread::sleep(POLL);
-        }
-        panic!("the log of {pod}/{container} never showed {text:?}; last: {last}");
+        eventually(
+            &format!("the log of {pod}/{container} shows {text:?}"),
+            || {
+                let out = self.kubectl(&args).expect("kubectl runs");
+                last = output_text(&out);
+                (out.status.success() && last.contains(text))
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            },
+        )
+        .unwrap_or_else(|| {
+            panic!("the log of {pod}/{container} never showed {text:?}; last: {last}")
+        })
+    }
+
+    /// Polls the events about `name` until one satisfies `want` (within [`PATIENCE`]); that
+    /// event. Panics with the events seen otherwise.
+    pub fn wait_for_event(&self, name: &str, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        eventually(&format!("an event about {name}: {what}"), || {
+            self.events_about(name).into_iter().find(|e| want(e))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no event about {name} was {what}; events: {:#?}",
+                self.events_about(name)
+            )
+        })
     }
 
     /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
@@ -168,6 +195,22 @@ impl TestServer {
             "{kind}/{name} was never removed: {:#?}",
             self.get_json(kind, name)
         );
+    }
+}
+
+/// Calls `probe` every [`POLL`] until it returns something (within [`PATIENCE`]); that, or
+/// `None` when time ran out (`what` names the awaited state for the caller's message).
+pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("gave up waiting until {what}");
+            return None;
+        }
+        std::thread::sleep(POLL);
     }
 }
 

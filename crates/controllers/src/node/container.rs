@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::container_spec::{not_run, runtime_spec};
+use super::container_spec::not_run;
 use super::lifecycle::{self, POST_START_FAILED, PRE_STOP_FAILED};
 use super::pod::{PodRun, WantedImage};
 use super::prober::action::Hook;
@@ -252,7 +252,9 @@ async fn run_container(
         if let Some(image) = image_of(&updates.borrow_and_update(), slot) {
             k8s.image = Some(image);
         }
-        let planned = runtime_spec(&run.pod, &k8s, &run.limits).and_then(|p| {
+        // Subscribed before the objects are read, so no change in between is missed.
+        let mut env_changes = run.node.objects.subscribe();
+        let planned = run.plan(&k8s).await.and_then(|p| {
             WantedImage::of(&k8s)
                 .map(|w| (p, w))
                 .map_err(|e| super::container_spec::ConfigError(e.to_string()))
@@ -274,10 +276,12 @@ async fn run_container(
                         message: Some(e.0.clone()),
                     }
                 });
-                // Nothing will change this but a new spec (an image update) or deletion.
+                // Nothing will change this but a new spec (an image update), a change of what
+                // the environment reads (a ConfigMap or Secret appearing), or deletion.
                 let updated = tokio::select! {
                     _ = stop.wait_for(Option::is_some) => return LoopEnd::Stopped,
                     changed = updates.changed() => changed.is_ok(),
+                    _ = run.env_sources_changed(&k8s, &mut env_changes) => true,
                 };
                 if !updated {
                     let _ = stop.wait_for(Option::is_some).await;
@@ -308,16 +312,14 @@ async fn run_container(
                 continue;
             }
         }
-        if first && !planned.unsupported_env.is_empty() {
-            run.node.events.warning(
-                &run.reference,
-                "UnsupportedEnvSource",
-                format!(
-                    "container {}: env {} left unset (only literal values and fieldRef are read)",
-                    spec.name,
-                    planned.unsupported_env.join(", ")
-                ),
-            );
+        if first {
+            for skipped in &planned.skipped_env {
+                run.node.events.warning(
+                    &run.reference,
+                    "InvalidEnvironmentVariableNames",
+                    skipped.clone(),
+                );
+            }
         }
         let skipped = not_run(&k8s, role == Role::Init);
         if first && !skipped.is_empty() {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Container, Pod, PodSecurityContext, ResourceRequirements, SeccompProfile as K8sSeccomp,
 };
 
-use super::env::{container_env, expand};
+use super::env::{EnvSources, container_env, expand};
 
 /// Node-wide settings that shape every container.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,13 +21,13 @@ pub struct NodeLimits {
     pub pids_limit: Option<i64>,
 }
 
-/// A container the node can run: the runtime's spec, and the env vars it left out.
+/// A container the node can run: the runtime's spec, and what its environment left out.
 #[derive(Debug)]
 pub struct Planned {
     /// What the runtime runs.
     pub spec: ContainerSpec,
-    /// Names of env vars whose source the node does not read.
-    pub unsupported_env: Vec<String>,
+    /// Why `envFrom` keys were left out (upstream's `InvalidEnvironmentVariableNames` events).
+    pub skipped_env: Vec<String>,
     /// `limits.ephemeral-storage` in bytes and as written (for the eviction message).
     pub ephemeral_limit: Option<(u64, String)>,
 }
@@ -125,18 +125,16 @@ pub fn not_run(c: &Container, regular_init: bool) -> Vec<&'static str> {
     out
 }
 
-/// Plans container `c` of `pod`.
-pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Planned, ConfigError> {
+/// Plans container `c` of `pod`; its environment reads `sources`.
+pub fn runtime_spec(
+    pod: &Pod,
+    c: &Container,
+    limits: &NodeLimits,
+    sources: EnvSources,
+) -> Result<Planned, ConfigError> {
     check_component("container name", &c.name).map_err(|e| ConfigError(e.to_string()))?;
-    let (env, mut unsupported_env) = container_env(pod, c);
-    for from in c.env_from.iter().flatten() {
-        let source = match (&from.config_map_ref, &from.secret_ref) {
-            (Some(cm), _) => format!("envFrom configMapRef {:?}", cm.name),
-            (_, Some(s)) => format!("envFrom secretRef {:?}", s.name),
-            _ => "envFrom".to_owned(),
-        };
-        unsupported_env.push(source);
-    }
+    let built = container_env(pod, c, sources).map_err(ConfigError)?;
+    let env = built.vars;
     let expand_all = |list: &Option<Vec<String>>| {
         list.as_ref()
             .map(|l| l.iter().map(|a| expand(a, &env)).collect::<Vec<_>>())
@@ -175,7 +173,7 @@ pub fn runtime_spec(pod: &Pod, c: &Container, limits: &NodeLimits) -> Result<Pla
     };
     Ok(Planned {
         spec,
-        unsupported_env,
+        skipped_env: built.skipped,
         ephemeral_limit,
     })
 }
@@ -336,11 +334,17 @@ mod tests {
 
     fn plan(p: &Pod) -> Result<Planned, ConfigError> {
         let c = p.spec.as_ref().unwrap().containers[0].clone();
+        // Every object the tests name is missing.
+        let objects = crate::node::object_cache::Resolved::of(vec![], vec![], &["cfg"]);
         runtime_spec(
             p,
             &c,
             &NodeLimits {
                 pids_limit: Some(4096),
+            },
+            EnvSources {
+                objects: &objects,
+                allocatable: None,
             },
         )
     }
@@ -436,6 +440,10 @@ mod tests {
                 json!({"name": "app", "image": "x", "resources": {"limits": {"memory": "lots"}}}),
                 "resources.limits.memory",
             ),
+            (
+                json!({"name": "app", "image": "x", "envFrom": [{"configMapRef": {"name": "cfg"}}]}),
+                "configmap \"cfg\" not found",
+            ),
         ];
         for (c, want) in cases {
             let p = pod(json!({"containers": [c]}));
@@ -448,8 +456,7 @@ mod tests {
     fn what_is_not_run_is_named() {
         let p = pod(json!({"containers": [{"name": "app", "image": "x",
             "readinessProbe": {"exec": {"command": ["true"]}},
-            "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
-            "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}));
+            "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
         // Probes and hooks run, on regular containers and sidecars.
         assert!(not_run(c, false).is_empty());
@@ -458,10 +465,6 @@ mod tests {
             "lifecycle": {"stopSignal": "SIGUSR1"}}]}));
         let c = &signal.spec.as_ref().unwrap().containers[0];
         assert_eq!(not_run(c, false), ["lifecycle.stopSignal"]);
-        assert_eq!(
-            plan(&p).unwrap().unsupported_env,
-            ["envFrom configMapRef \"cfg\""]
-        );
     }
 
     #[test]

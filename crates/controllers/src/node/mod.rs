@@ -13,6 +13,7 @@
 
 mod container;
 pub mod container_spec;
+mod downward_api;
 mod env;
 mod error;
 mod events;
@@ -21,10 +22,12 @@ pub mod image;
 mod lifecycle;
 pub mod logs;
 mod network;
+mod object_cache;
 mod pod;
 mod prober;
 pub mod registration;
 mod restart;
+mod service_account_token;
 pub mod status;
 mod termination;
 mod volumes;
@@ -48,6 +51,9 @@ pub use logs::LogRequest;
 use crate::admission_hook::CacheView;
 use crate::manager::Context;
 use events::EventSink;
+use object_cache::ObjectCache;
+use registration::Capacity;
+use service_account_token::TokenManager;
 
 /// A pod worker's stop signal: `Some(grace seconds)` once the pod is being deleted (or the
 /// node shuts down).
@@ -104,6 +110,12 @@ pub struct Node {
     shutting_down: AtomicBool,
     /// (pod uid, container name) of every container whose process runs.
     running: Arc<Mutex<HashSet<(String, String)>>>,
+    /// The ConfigMaps and Secrets pods read (one shared watch of each).
+    objects: Arc<ObjectCache>,
+    /// Service-account tokens of projected volumes.
+    tokens: TokenManager,
+    /// What pods may be given (the downward API's limits of containers without one).
+    allocatable: Capacity,
 }
 
 impl Node {
@@ -125,7 +137,18 @@ impl Node {
         if !r.containers.is_empty() || !r.pods.is_empty() {
             info!(containers = ?r.containers, pods = ?r.pods, unmounted = r.unmounted.len(), "cleaned up after an earlier run");
         }
+        let data_dir = ctx.settings.data_dir.clone();
+        let allocatable = tokio::task::spawn_blocking(move || Capacity::read(&data_dir))
+            .await
+            .map_err(|e| NodeError::Worker {
+                action: "reading the machine's capacity",
+                reason: e.to_string(),
+            })?
+            .allocatable();
         let node = Arc::new(Node {
+            objects: ObjectCache::start(ctx.client.clone()),
+            tokens: TokenManager::new(ctx.client.clone()),
+            allocatable,
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
             ctx,
             runtime,
@@ -275,9 +298,12 @@ impl Node {
             return;
         }
         if let Some(worker) = workers.get(&uid) {
-            // Only spec changes matter to the worker (not its own status writes coming back).
+            // Only spec, label and annotation changes matter to the worker (the downward API
+            // shows the last two), not its own status writes coming back.
             worker.pod.send_if_modified(|seen| {
-                let changed = seen.spec != pod.spec;
+                let changed = seen.spec != pod.spec
+                    || seen.metadata.labels != pod.metadata.labels
+                    || seen.metadata.annotations != pod.metadata.annotations;
                 if changed {
                     *seen = pod;
                 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use imc_api::annotations::{AUTO_CREATED_LABEL, ENABLE_REUSE, MATCHED_IMAGE_CACHE};
 use imc_api::image_cache::Phase;
@@ -21,8 +21,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::container::{self, LoopEnd, Role, Slot, sleep_or_stop};
-use super::container_spec::{NodeLimits, sandbox_config};
+use super::container::{self, LoopEnd, Role, Slot};
+use super::container_spec::{ConfigError, NodeLimits, Planned, runtime_spec, sandbox_config};
+use super::env::EnvSources;
 use super::image::{self, PullPolicy, Source};
 use super::restart::RestartPolicy;
 use super::status::{ContainerView, LOOPBACK, PodView, pod_status};
@@ -187,7 +188,9 @@ async fn run_inner(
         pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.clone());
     }
     status_tx.send_replace(Some(pod_status(&view)));
-    let Some(volumes) = prepare_volumes(&node, &pod, &sandbox, &reference, &mut stop).await else {
+    let Some(volumes) =
+        volumes::manager::prepare(&node, &pod, &sandbox.dir, &reference, &mut stop).await
+    else {
         // Deleted before its volumes could be set up.
         if let Err(e) = sandbox.remove().await {
             warn!(error = %e, "removing the pod sandbox");
@@ -257,6 +260,14 @@ async fn run_inner(
         etc_mounts,
         pod,
     });
+    // configMap, secret, downwardAPI and projected volumes follow what they show.
+    let volume_sync = tokio::spawn(volumes::manager::keep_in_sync(
+        node.clone(),
+        run.updates.clone(),
+        run.volumes.clone(),
+        run.reference.clone(),
+        stop.clone(),
+    ));
     // Sidecars run alongside everything started after them.
     let mut tasks = tokio::task::JoinSet::new();
     // Disk-backed emptyDirs over their sizeLimit get the pod evicted, as the kubelet does.
@@ -294,6 +305,11 @@ async fn run_inner(
     while tasks.join_next().await.is_some() {}
     // Containers end only when the pod is deleted; a pod without any waits here too.
     let _ = stop.wait_for(Option::is_some).await;
+    // No volume write may be under way when the pod dir goes.
+    if let Err(e) = volume_sync.await {
+        warn!(error = %e, "keeping the pod's volumes up to date");
+    }
+    node.tokens.forget_pod(&uid);
     if let Err(e) = run.sandbox.remove().await {
         warn!(error = %e, "removing the pod sandbox");
     }
@@ -316,35 +332,6 @@ async fn run_inner(
     node.remove_logs(&uid).await;
     info!("pod stopped and cleaned up");
     confirm_deletion(&api, &name, &uid).await;
-}
-
-/// Sets up the pod's volumes, retrying every 10 s with a `FailedMount` event (once per distinct
-/// reason) while it fails, as the kubelet's volume manager does; `None` when the pod is deleted
-/// meanwhile.
-async fn prepare_volumes(
-    node: &Node,
-    pod: &Pod,
-    sandbox: &imc_runtime::PodSandbox,
-    reference: &ObjectReference,
-    stop: &mut watch::Receiver<Option<i64>>,
-) -> Option<PodVolumes> {
-    let mut last: Option<String> = None;
-    loop {
-        let (p, dir) = (pod.clone(), sandbox.dir.clone());
-        match tokio::task::spawn_blocking(move || volumes::prepare(&p, &dir)).await {
-            Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) => {
-                if last.as_deref() != Some(e.0.as_str()) {
-                    node.events.warning(reference, "FailedMount", e.0.clone());
-                    last = Some(e.0);
-                }
-            }
-            Err(e) => warn!(error = %e, "setting up the pod's volumes"),
-        }
-        if sleep_or_stop(stop, Duration::from_secs(10)).await {
-            return None;
-        }
-    }
 }
 
 /// Writes the latest status whenever it changes (older unsent ones are skipped).
@@ -507,6 +494,39 @@ impl PodRun {
             }
         }
         Ok(mounts)
+    }
+
+    /// Plans container `c` with the ConfigMaps and Secrets its environment reads, as found now.
+    pub(super) async fn plan(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<Planned, ConfigError> {
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let objects = self
+            .node
+            .objects
+            .resolve(namespace, &super::env::references(c))
+            .await;
+        let sources = EnvSources {
+            objects: &objects,
+            allocatable: Some(&self.node.allocatable),
+        };
+        runtime_spec(&self.pod, c, &self.limits, sources)
+    }
+
+    /// Waits until an object container `c`'s environment reads changes (or, as the kubelet's
+    /// sync loop retries, a while has passed).
+    pub(super) async fn env_sources_changed(
+        &self,
+        c: &k8s_openapi::api::core::v1::Container,
+        changes: &mut tokio::sync::broadcast::Receiver<super::object_cache::Change>,
+    ) {
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let refs = super::env::references(c);
+        tokio::select! {
+            _ = super::object_cache::changed(changes, namespace, &refs) => {}
+            _ = tokio::time::sleep(super::volumes::manager::RESYNC) => {}
+        }
     }
 
     /// Changes the view of the container in `slot` and publishes the new status.

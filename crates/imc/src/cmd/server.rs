@@ -216,6 +216,11 @@ async fn start_controllers(
         )),
     ));
     let client = kube::Client::try_from(config).context("creating the controllers' client")?;
+    // The CA the API server wrote (DIR/pki), published as kube-root-ca.crt for in-pod clients.
+    let ca_path = args.data.data_dir.join("pki").join("ca.crt");
+    let root_ca = tokio::fs::read_to_string(&ca_path)
+        .await
+        .with_context(|| format!("reading {}", ca_path.display()))?;
     let settings = Settings {
         data_dir: args.data.data_dir.clone(),
         node_name: args.node_name.clone().unwrap_or_else(hostname),
@@ -225,6 +230,7 @@ async fn start_controllers(
         clock_offset: jiff::SignedDuration::from_secs(args.clock_offset_seconds),
         gib_bytes: args.gib_bytes.max(1),
         container_pids_limit: (args.container_pids_limit > 0).then_some(args.container_pids_limit),
+        root_ca: Some(root_ca),
     };
     let metrics = Arc::new(Metrics::new());
     let ctx = manager::Context::new(client, settings, metrics.clone())

@@ -1,6 +1,10 @@
 //! The pod's volumes, as the kubelet's volume manager sets them up: `emptyDir` (a directory in
-//! the pod dir, or a tmpfs for `medium: Memory`) and `hostPath` (with its type checks), then
-//! each container's `volumeMounts` (`readOnly`, `subPath`) as bind mounts for the runtime.
+//! the pod dir, or a tmpfs for `medium: Memory`), `hostPath` (with its type checks), and the
+//! volumes whose files the node writes, `configMap`, `downwardAPI` (on disk), `secret` and
+//! `projected` (on a tmpfs: never on disk), through the atomic writer ([`atomic_writer`]; what
+//! goes in them: [`sources`]; when they are written again: [`manager`]); then each container's
+//! `volumeMounts` (`readOnly`, `subPath`) as bind mounts for the runtime. Written volumes are
+//! always mounted read-only, as the kubelet mounts them.
 //!
 //! A `subPath` is resolved inside its volume without ever leaving it (`openat2` with
 //! `RESOLVE_BENEATH`, so `..` and symlinks out of the volume fail) and the object found is
@@ -9,6 +13,10 @@
 //! mount gains nothing (the kubelet's fix for CVE-2017-1002101).
 //!
 //! Everything here blocks (mkdir, mount, open): call it from the blocking pool.
+
+pub mod atomic_writer;
+pub mod manager;
+pub mod sources;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -20,6 +28,9 @@ use imc_runtime::{VolumeMount, check_component};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::UnmountFlags;
+
+use atomic_writer::Payload;
+use sources::WrittenKind;
 
 /// Why a volume cannot be set up or mounted (the kubelet's `FailedMount` reasons).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +44,13 @@ enum HostVolume {
     Dir(PathBuf),
     /// A hostPath naming something else (a file, a socket, a device).
     Other(PathBuf),
+    /// A directory whose files the node writes (configMap, secret, downwardAPI, projected):
+    /// mounted read-only whatever the pod says.
+    Written(PathBuf),
 }
+
+/// The files of the pod's written volumes by volume name, or why a volume's could not be had.
+pub type Contents = BTreeMap<String, Result<Payload, String>>;
 
 /// A pod's volumes, set up.
 #[derive(Debug, Clone, Default)]
@@ -51,35 +68,74 @@ fn empty_dir_path(pod_dir: &Path, name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Sets up every volume of `pod` under `pod_dir`. Unsupported volume types are refused with
-/// their name, never ignored. Idempotent: a restart of the node finds them in place.
-pub fn prepare(pod: &Pod, pod_dir: &Path) -> Result<PodVolumes, VolumeError> {
+/// Sets up every volume of `pod` under `pod_dir`, the written ones with their `contents`.
+/// Unsupported volume types are refused with their name, never ignored. Idempotent: a restart
+/// of the node finds them in place.
+pub fn prepare(pod: &Pod, pod_dir: &Path, contents: &Contents) -> Result<PodVolumes, VolumeError> {
     let spec = pod.spec.as_ref();
-    let fs_group = spec
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|s| s.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
+    let fs_group = sources::fs_group(pod);
     let mut out = PodVolumes::default();
     for v in spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
         check_component("volume name", &v.name).map_err(|e| VolumeError(e.to_string()))?;
-        let host = prepare_one(v, pod_dir, fs_group, &mut out.limited)?;
+        let host = prepare_one(v, pod_dir, fs_group, contents, &mut out.limited)?;
         out.by_name.insert(v.name.clone(), host);
     }
     Ok(out)
+}
+
+/// Writes the written volumes of `pod` again from `contents` (those whose content changed);
+/// each volume's outcome: whether it was written, or the `FailedMount` message. A volume whose
+/// content cannot be had keeps its files, as upstream.
+pub fn rewrite(
+    volumes: &PodVolumes,
+    pod: &Pod,
+    contents: &Contents,
+) -> Vec<(String, Result<bool, VolumeError>)> {
+    let fs_group = sources::fs_group(pod);
+    let mut out = Vec::new();
+    for (name, content) in contents {
+        let Some(HostVolume::Written(dir)) = volumes.by_name.get(name) else {
+            continue;
+        };
+        let result = content
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|p| atomic_writer::write(dir, p, fs_group).map_err(|e| e.to_string()))
+            .map_err(|m| set_up_failed(name, &m));
+        out.push((name.clone(), result));
+    }
+    out
+}
+
+/// The kubelet's `FailedMount` message for volume `name`.
+fn set_up_failed(name: &str, why: &str) -> VolumeError {
+    VolumeError(format!(
+        "MountVolume.SetUp failed for volume {name:?} : {why}"
+    ))
 }
 
 fn prepare_one(
     v: &Volume,
     pod_dir: &Path,
     fs_group: Option<u32>,
+    contents: &Contents,
     limited: &mut Vec<(String, PathBuf, u64, String)>,
 ) -> Result<HostVolume, VolumeError> {
-    let fail = |m: String| {
-        VolumeError(format!(
-            "MountVolume.SetUp failed for volume {:?} : {m}",
-            v.name
-        ))
-    };
+    let fail = |m: String| set_up_failed(&v.name, &m);
+    if let Some(kind) = WrittenKind::of(v) {
+        let payload = match contents.get(&v.name) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return Err(fail(e.clone())),
+            None => return Err(fail("its content was not gathered".into())),
+        };
+        let dir = pod_dir
+            .join("volumes")
+            .join(kind.plugin_dir())
+            .join(&v.name);
+        return written_volume(&dir, kind, payload, fs_group)
+            .map(|()| HostVolume::Written(dir))
+            .map_err(fail);
+    }
     if let Some(e) = &v.empty_dir {
         let dir = empty_dir_path(pod_dir, &v.name);
         std::fs::DirBuilder::new()
@@ -143,6 +199,39 @@ fn prepare_one(
     Err(fail(format!(
         "volumes of type {kind} are not supported by this node yet"
     )))
+}
+
+/// Makes the directory of a written volume (world-writable as the kubelet's emptyDir, or a
+/// tmpfs for secrets and projected volumes) and writes `payload` into it.
+fn written_volume(
+    dir: &Path,
+    kind: WrittenKind,
+    payload: &Payload,
+    fs_group: Option<u32>,
+) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o777)
+        .create(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if kind.in_memory() {
+        if !imc_snapshot::is_mount_point(dir) {
+            // tmpfs's own root mode (1777), as the kubelet's memory-backed wrapper leaves it.
+            rustix::mount::mount(
+                "tmpfs",
+                dir,
+                "tmpfs",
+                rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+                None,
+            )
+            .map_err(|e| format!("mounting a tmpfs at {}: {e}", dir.display()))?;
+        }
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("setting the mode of {}: {e}", dir.display()))?;
+    }
+    atomic_writer::write(dir, payload, fs_group).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Checks (and for the `...OrCreate` types creates) a hostPath as the kubelet does.
@@ -234,11 +323,13 @@ pub fn container_mounts(
             return Err(fail("subPathExpr is not supported by this node yet".into()));
         }
         let source = match (volume, m.sub_path.as_deref().filter(|s| !s.is_empty())) {
-            (HostVolume::Dir(d) | HostVolume::Other(d), None) => d.clone(),
+            (HostVolume::Dir(d) | HostVolume::Other(d) | HostVolume::Written(d), None) => d.clone(),
             (HostVolume::Other(_), Some(_)) => {
                 return Err(fail("subPath of a volume that is not a directory".into()));
             }
-            (HostVolume::Dir(d), Some(sub)) => {
+            // A subPath of a written volume pins the file of this moment: later updates do not
+            // reach it, as upstream.
+            (HostVolume::Dir(d) | HostVolume::Written(d), Some(sub)) => {
                 check_component("container name", &c.name).map_err(|e| fail(e.to_string()))?;
                 let target = pod_dir
                     .join("volume-subpaths")
@@ -252,7 +343,7 @@ pub fn container_mounts(
         out.push(VolumeMount {
             destination: m.mount_path.clone(),
             source,
-            read_only: m.read_only.unwrap_or(false),
+            read_only: m.read_only.unwrap_or(false) || matches!(volume, HostVolume::Written(_)),
         });
     }
     Ok(out)
@@ -376,13 +467,78 @@ mod tests {
     fn unsupported_types_are_named() {
         let d = tempfile::tempdir().unwrap();
         let err = prepare(
-            &pod(json!([{"name": "cfg", "configMap": {"name": "x"}}])),
+            &pod(json!([{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}])),
             d.path(),
+            &Contents::new(),
         )
         .unwrap_err();
         assert_eq!(
             err.0,
-            "MountVolume.SetUp failed for volume \"cfg\" : volumes of type configMap are not supported by this node yet"
+            "MountVolume.SetUp failed for volume \"data\" : volumes of type persistentVolumeClaim are not supported by this node yet"
+        );
+    }
+
+    #[test]
+    fn written_volumes_are_read_only_and_take_their_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pod(json!([{"name": "cfg", "configMap": {"name": "x"}},
+                           {"name": "gone", "configMap": {"name": "y"}}]));
+        let file = |data: &str| atomic_writer::FileProjection {
+            data: data.as_bytes().to_vec(),
+            mode: 0o644,
+            fs_user: None,
+        };
+        let mut contents = Contents::from([
+            (
+                "cfg".to_owned(),
+                Ok(Payload::from([("k".to_owned(), file("v1"))])),
+            ),
+            (
+                "gone".to_owned(),
+                Err("configmap \"y\" not found".to_owned()),
+            ),
+        ]);
+        let err = prepare(&p, d.path(), &contents).unwrap_err();
+        assert_eq!(
+            err.0,
+            "MountVolume.SetUp failed for volume \"gone\" : configmap \"y\" not found"
+        );
+        contents.insert(
+            "gone".to_owned(),
+            Ok(Payload::from([("g".to_owned(), file("x"))])),
+        );
+        let volumes = prepare(&p, d.path(), &contents).unwrap();
+        let dir = d.path().join("volumes/kubernetes.io~configmap/cfg");
+        assert_eq!(std::fs::read_to_string(dir.join("k")).unwrap(), "v1");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+            0o777
+        );
+        let c: Container = serde_json::from_value(json!({"name": "app",
+            "volumeMounts": [{"name": "cfg", "mountPath": "/cfg", "readOnly": false}]}))
+        .unwrap();
+        let mounts = container_mounts(&volumes, &c, d.path()).unwrap();
+        assert!(mounts[0].read_only, "written volumes are mounted read-only");
+
+        contents.insert(
+            "cfg".to_owned(),
+            Ok(Payload::from([("k".to_owned(), file("v2"))])),
+        );
+        contents.insert("gone".to_owned(), Err("configmap \"y\" not found".into()));
+        let results = rewrite(&volumes, &p, &contents);
+        assert!(matches!(results[0], (ref n, Ok(true)) if n == "cfg"));
+        assert!(
+            results[1]
+                .1
+                .as_ref()
+                .is_err_and(|e| e.0.contains("not found"))
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("k")).unwrap(), "v2");
+        let kept = d.path().join("volumes/kubernetes.io~configmap/gone/g");
+        assert_eq!(
+            std::fs::read_to_string(kept).unwrap(),
+            "x",
+            "kept as it was"
         );
     }
 
