@@ -1,6 +1,8 @@
 //! imc-layers: the content-addressed layer store (blobs by digest, unpacked trees by diffID),
 //! safe unpack of hostile layer tars (DESIGN §8), image records, pull orchestration and GC.
 
+#![warn(missing_docs)]
+
 mod error;
 mod private_dir;
 mod puller;

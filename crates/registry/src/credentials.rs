@@ -14,7 +14,12 @@ use crate::error::RegistryError;
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
     /// Username and password (or a personal access token as password).
-    Basic { username: String, password: String },
+    Basic {
+        /// The user name sent with Basic auth or to the token server.
+        username: String,
+        /// The password or access token that goes with it.
+        password: String,
+    },
     /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged at the token server.
     IdentityToken(String),
 }

@@ -81,8 +81,11 @@ pub enum RegistryError {
     /// The registry (or token server) refused our credentials or has none for us: 401/403.
     #[error("pulling {image}: access denied by {host} ({answer}){hint}")]
     AccessDenied {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The registry or token server host that refused access.
         host: String,
+        /// What that host answered.
         answer: Box<RegistryAnswer>,
         /// Advice such as "no credentials configured for this registry".
         hint: String,
@@ -90,25 +93,37 @@ pub enum RegistryError {
     /// The manifest or blob does not exist: 404.
     #[error("pulling {image}: {what} not found on {host} ({answer})")]
     NotFound {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// What was asked for and is missing, e.g. `manifest latest` or `blob sha256:...`.
         what: String,
+        /// The registry host that answered 404.
         host: String,
+        /// What the registry answered.
         answer: Box<RegistryAnswer>,
     },
     /// Any other unsuccessful HTTP answer (429 and 5xx are transient).
     #[error("pulling {image}: {host} answered {answer} for {what}")]
     Status {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// What was being fetched when the registry answered.
         what: String,
+        /// The registry host that answered.
         host: String,
+        /// What the registry answered.
         answer: Box<RegistryAnswer>,
     },
     /// The connection failed, was reset or timed out.
     #[error("pulling {image}: connection to {host} failed while fetching {what}: {reason}")]
     Connection {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// What was being fetched when the connection failed.
         what: String,
+        /// The host the connection was to.
         host: String,
+        /// The HTTP client's description of the failure.
         reason: String,
     },
     /// The TLS handshake failed, e.g. the certificate is not trusted.
@@ -116,16 +131,23 @@ pub enum RegistryError {
         "pulling {image}: TLS connection to {host} failed: {reason} (if this registry is trusted anyway, list {host} as an insecure registry)"
     )]
     Tls {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The host whose TLS handshake failed.
         host: String,
+        /// The HTTP client's description of the handshake failure.
         reason: String,
     },
     /// The body ended before the announced size.
     #[error("pulling {image}: blob {digest} was cut short at {received} of {expected} bytes")]
     Truncated {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The digest of the blob that was cut short.
         digest: Digest,
+        /// How many bytes of the blob arrived.
         received: u64,
+        /// How many bytes the blob's descriptor announced.
         expected: u64,
     },
     /// The content does not hash to the digest that names it, even after retries.
@@ -133,78 +155,130 @@ pub enum RegistryError {
         "pulling {image}: {what} failed verification: expected digest {expected}, got {actual}"
     )]
     DigestMismatch {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The manifest, config or blob that failed verification.
         what: String,
+        /// The digest that names the content.
         expected: Digest,
+        /// The digest the received content hashes to.
         actual: Digest,
     },
     /// The content is longer or shorter than its descriptor says.
     #[error("pulling {image}: {what} has {actual} bytes but its descriptor says {expected}")]
     SizeMismatch {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The manifest, config or blob whose size is wrong.
         what: String,
+        /// The size in bytes its descriptor gives.
         expected: u64,
+        /// The size in bytes actually received.
         actual: u64,
     },
     /// Docker image manifest schema 1 is obsolete and not supported.
     #[error(
         "pulling {image}: the registry serves a Docker schema1 manifest ({media_type}); schema1 is not supported, push the image again with a current client (OCI or Docker schema2)"
     )]
-    Schema1 { image: String, media_type: String },
+    Schema1 {
+        /// The image being pulled, as its reference reads.
+        image: String,
+        /// The schema1 media type the registry served.
+        media_type: String,
+    },
     /// A manifest media type imc does not know.
     #[error("pulling {image}: unsupported manifest media type {media_type:?}")]
-    UnsupportedManifest { image: String, media_type: String },
+    UnsupportedManifest {
+        /// The image being pulled, as its reference reads.
+        image: String,
+        /// The manifest media type the registry served.
+        media_type: String,
+    },
     /// A foreign or non-distributable layer (e.g. Windows base layers), which must come from
     /// somewhere other than the registry.
     #[error(
         "pulling {image}: layer {digest} is a foreign (non-distributable) layer ({media_type}); foreign layers are not supported"
     )]
     ForeignLayer {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The digest of the foreign layer.
         digest: Digest,
+        /// The foreign layer's media type.
         media_type: String,
     },
     /// A layer media type imc cannot unpack.
     #[error("pulling {image}: layer {digest} has unsupported media type {media_type:?}")]
     UnsupportedLayer {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The digest of the layer imc cannot unpack.
         digest: Digest,
+        /// The layer's media type.
         media_type: String,
     },
     /// No manifest in the index is for the wanted platform.
     #[error("pulling {image}: no manifest for platform {wanted}; the image is available for: {}", available.join(", "))]
     NoMatchingPlatform {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The platform asked for, as `os/architecture[/variant]`.
         wanted: String,
+        /// The platforms the image's index does list.
         available: Vec<String>,
     },
     /// The manifest is not valid JSON or misses required fields.
     #[error("pulling {image}: invalid manifest: {reason}")]
-    InvalidManifest { image: String, reason: String },
+    InvalidManifest {
+        /// The image being pulled, as its reference reads.
+        image: String,
+        /// What is wrong with the manifest.
+        reason: String,
+    },
     /// The image config is not valid or does not match the manifest.
     #[error("pulling {image}: invalid image config: {reason}")]
-    InvalidConfig { image: String, reason: String },
+    InvalidConfig {
+        /// The image being pulled, as its reference reads.
+        image: String,
+        /// What is wrong with the config or how it disagrees with the manifest.
+        reason: String,
+    },
     /// The token server's answer could not be used.
     #[error("pulling {image}: token server {realm} gave an unusable answer: {reason}")]
     Token {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The token server's URL, from the registry's `WWW-Authenticate` challenge.
         realm: String,
+        /// Why its answer could not be used.
         reason: String,
     },
     /// Writing the blob to the local file failed.
     #[error("pulling {image}: writing blob {digest} to disk failed: {source}")]
     Write {
+        /// The image being pulled, as its reference reads.
         image: String,
+        /// The digest of the blob being written.
         digest: Digest,
+        /// The I/O error of the write.
         #[source]
         source: std::io::Error,
     },
     /// A Docker config / dockerconfigjson could not be read or parsed.
     #[error("reading registry credentials from {source_name}: {reason}")]
-    Credentials { source_name: String, reason: String },
+    Credentials {
+        /// Where the credentials came from: the Docker config file's path, or
+        /// `dockerconfigjson secret`.
+        source_name: String,
+        /// Why they could not be read or parsed.
+        reason: String,
+    },
     /// The client could not be built from its options.
     #[error("invalid registry options: {reason}")]
-    Options { reason: String },
+    Options {
+        /// Which option is invalid and why.
+        reason: String,
+    },
 }
 
 impl RegistryError {

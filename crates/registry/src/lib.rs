@@ -11,6 +11,8 @@
 //! errors: credentials have a redacting Debug, Authorization header values are marked sensitive,
 //! and no error variant carries a credential.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod blob;
 mod client;

@@ -6,6 +6,8 @@
 //! one (EROFS through `mkfs.erofs`, or a plain directory where EROFS or loop devices are
 //! unavailable); [`Attacher`] attaches it read-only once per host and reference-counts its users.
 
+#![warn(missing_docs)]
+
 mod attach;
 mod builder;
 mod disk;

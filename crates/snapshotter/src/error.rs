@@ -10,37 +10,64 @@ use containerd_snapshots::tonic::{Code, Status};
 pub enum SnapshotterError {
     /// No snapshot has this key.
     #[error("snapshot {key:?} does not exist")]
-    NotFound { key: String },
+    NotFound {
+        /// The snapshot key containerd asked for.
+        key: String,
+    },
     /// The parent named in a request does not exist.
     #[error("parent snapshot {parent:?} does not exist")]
-    ParentNotFound { parent: String },
+    ParentNotFound {
+        /// The parent key the request named.
+        parent: String,
+    },
     /// A snapshot with this key already exists.
     #[error("snapshot {key:?} already exists")]
-    AlreadyExists { key: String },
+    AlreadyExists {
+        /// The key containerd asked to create.
+        key: String,
+    },
     /// The requested layer is already held by a cache disk: containerd need not unpack it.
     #[error("target snapshot {target:?} already exists (layer {diff_id} on cache disk {})", disk.display())]
     TargetFromCache {
+        /// The target snapshot key containerd's unpacker asked to prepare (its
+        /// `containerd.io/snapshot.ref` label).
         target: String,
+        /// The diffID of the layer the cache disk holds.
         diff_id: String,
+        /// The cache disk that holds it.
         disk: PathBuf,
     },
     /// The request is not valid for this snapshot's state.
     #[error("{reason}")]
-    FailedPrecondition { reason: String },
+    FailedPrecondition {
+        /// Why the snapshot's state does not allow the request.
+        reason: String,
+    },
     /// The request itself is malformed.
     #[error("{reason}")]
-    InvalidArgument { reason: String },
+    InvalidArgument {
+        /// What is malformed in the request.
+        reason: String,
+    },
     /// The metadata store failed.
     #[error("snapshot metadata store: {0}")]
     Store(#[from] rusqlite::Error),
     /// Stored metadata could not be decoded.
     #[error("snapshot metadata of {key:?} is corrupt: {reason}")]
-    Corrupt { key: String, reason: String },
+    Corrupt {
+        /// The key of the snapshot whose metadata is corrupt.
+        key: String,
+        /// Why the stored metadata could not be decoded.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("{action} {}: {cause}", path.display())]
     Io {
+        /// What was being done, e.g. `creating` or `removing`.
         action: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The I/O error of that operation.
         cause: std::io::Error,
     },
     /// Attaching or reading a cache disk failed.
@@ -50,8 +77,11 @@ pub enum SnapshotterError {
     /// still refers to it).
     #[error("layer {diff_id} of snapshot {key:?} is on cache disk {}, which is not available", disk.display())]
     CacheMissing {
+        /// The key of the snapshot that refers to the layer.
         key: String,
+        /// The diffID of the layer.
         diff_id: String,
+        /// The cache disk the layer was served from.
         disk: PathBuf,
     },
     /// A blocking task panicked or was cancelled.

@@ -9,6 +9,8 @@
 //! `DIR/snapshotter/metadata.db`, local layers and writable snapshots in
 //! `DIR/snapshotter/snapshots/<id>/`. See docs/snapshotter.md.
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod chain;
 pub mod cluster;

@@ -142,9 +142,19 @@ pub enum Kind {
     /// Hard link (`link` is the path of the entry linked to).
     Hardlink,
     /// Character device.
-    CharDevice { major: u32, minor: u32 },
+    CharDevice {
+        /// The device's major number.
+        major: u32,
+        /// The device's minor number.
+        minor: u32,
+    },
     /// Block device.
-    BlockDevice { major: u32, minor: u32 },
+    BlockDevice {
+        /// The device's major number.
+        major: u32,
+        /// The device's minor number.
+        minor: u32,
+    },
     /// FIFO.
     Fifo,
 }

@@ -2,6 +2,8 @@
 //! real component (Debian `docker-registry`, containerd) or sits in front of one (proxies); none
 //! fakes a result.
 
+#![warn(missing_docs)]
+
 pub mod apiserver;
 pub mod containerd;
 pub mod erofs;

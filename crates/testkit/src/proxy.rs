@@ -78,16 +78,34 @@ impl Shaping {
 pub enum Fault {
     /// Forward the response head and `bytes` body bytes, then close the connection (the client
     /// sees a truncated body), for the first `times` matching requests.
-    ResetAfter { bytes: u64, times: u32 },
+    ResetAfter {
+        /// How many body bytes to forward before closing the connection.
+        bytes: u64,
+        /// How many matching requests to cut short; later ones pass untouched.
+        times: u32,
+    },
     /// Answer with this HTTP status (e.g. 500, 429) without contacting upstream, for the first
     /// `times` matching requests.
-    Status { code: u16, times: u32 },
+    Status {
+        /// The HTTP status to answer with.
+        code: u16,
+        /// How many matching requests to answer so; later ones are forwarded.
+        times: u32,
+    },
     /// Invert every bit of the body byte at `offset` (0-based), for the first `times` matching
     /// requests whose body is that long.
-    FlipByte { offset: u64, times: u32 },
+    FlipByte {
+        /// The 0-based position in the body of the byte to invert.
+        offset: u64,
+        /// How many matching requests to corrupt; later ones pass untouched.
+        times: u32,
+    },
     /// Send matching response bodies at most this fast (on top of the link's bandwidth), for every
     /// matching request.
-    Slow { bytes_per_sec: u64 },
+    Slow {
+        /// The most body bytes per second sent for a matching request.
+        bytes_per_sec: u64,
+    },
 }
 
 /// One request the proxy saw, in arrival order.

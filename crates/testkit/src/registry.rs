@@ -32,10 +32,20 @@ pub enum Auth {
     /// Anyone may pull and push.
     None,
     /// htpasswd (bcrypt) Basic auth with one user.
-    Basic { user: String, password: String },
+    Basic {
+        /// The one user the registry's htpasswd file lists.
+        user: String,
+        /// That user's password.
+        password: String,
+    },
     /// Bearer token flow: the registry sends clients to our token server, which accepts this one
     /// user's Basic credentials.
-    Token { user: String, password: String },
+    Token {
+        /// The one user the token server accepts.
+        user: String,
+        /// That user's password.
+        password: String,
+    },
 }
 
 impl Auth {
