@@ -121,6 +121,10 @@ enum BenchCommand {
         /// Skip the pod without a cache (a ~50 s cold pull over the link).
         #[arg(long)]
         no_uncached: bool,
+        /// Pods use the host's network (no CNI set-up; also measures imc builds older than
+        /// pod networking, which get no pod network flags).
+        #[arg(long)]
+        host_network: bool,
         /// The imc binary to measure.
         #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
         imc: String,
@@ -282,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             latency,
             pods,
             no_uncached,
+            host_network,
             imc,
             work_dir,
             json,
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 latency,
                 pods,
                 uncached: !no_uncached,
+                host_network,
             };
             finish(&pod_bench::run(&options)?, json)
         }

@@ -41,9 +41,13 @@ pub struct PodOptions {
     pub pods: usize,
     /// Also measure a pod without a cache (a cold pull over the link) on a fresh server.
     pub uncached: bool,
+    /// Pods use the host's network (`hostNetwork: true`) and the server gets no pod network
+    /// flags: the start without the CNI set-up, and the way to measure builds older than pod
+    /// networking.
+    pub host_network: bool,
 }
 
-fn pod(name: &str, image: &str, cache_id: Option<&str>) -> anyhow::Result<Pod> {
+fn pod(name: &str, image: &str, cache_id: Option<&str>, host_network: bool) -> anyhow::Result<Pod> {
     let annotations = match cache_id {
         Some(id) => json!({ PINNED: id }),
         None => json!({}),
@@ -52,6 +56,7 @@ fn pod(name: &str, image: &str, cache_id: Option<&str>) -> anyhow::Result<Pod> {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations},
         "spec": {"restartPolicy": "Always", "terminationGracePeriodSeconds": 1,
+                 "hostNetwork": host_network,
                  "containers": [{"name": "app", "image": image, "command": ["/bin/sleep", "3600"]}]}
     }))
     .context("build a Pod")
@@ -108,6 +113,31 @@ fn server_args(proxy: &str) -> Vec<String> {
         .collect()
 }
 
+fn start_server(options: &PodOptions, proxy: &str) -> anyhow::Result<TestServer> {
+    if options.host_network {
+        TestServer::start_without_pod_network(&options.imc, &server_args(proxy))
+    } else {
+        TestServer::start_with_args(&options.imc, &server_args(proxy))
+    }
+}
+
+/// Pod Security Admission's `baseline` (the default) refuses `hostNetwork`: the benchmark's
+/// namespace is labelled `privileged` (builds older than Pod Security Admission ignore it).
+async fn allow_host_network(client: &kube::Client) -> anyhow::Result<()> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let patch =
+        json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}});
+    namespaces
+        .patch(
+            "default",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .context("label namespace default privileged")?;
+    Ok(())
+}
+
 /// Runs the whole pod benchmark.
 pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
     let load_before = load_average();
@@ -136,10 +166,12 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
 
     // Pods pinned to a Ready cache.
     let (pinned_wall, pinned_stamps, build_seconds) = {
-        let server = TestServer::start_with_args(&options.imc, &server_args(&proxy.host_port()))
-            .context("start imc server")?;
+        let server = start_server(options, &proxy.host_port()).context("start imc server")?;
         runtime.block_on(async {
             let client = server.client().await.context("kube client")?;
+            if options.host_network {
+                allow_host_network(&client).await?;
+            }
             let caches: Api<ImageCache> = Api::all(client.clone());
             let cache: ImageCache = serde_json::from_value(json!({
                 "apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
@@ -176,8 +208,16 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
             let pods: Api<Pod> = Api::namespaced(client, "default");
             let (mut wall, mut stamps) = (vec![], vec![]);
             for i in 0..options.pods {
-                let (w, s) =
-                    start_pod(&pods, &pod(&format!("pinned-{i}"), &reference, Some(&id))?).await?;
+                let (w, s) = start_pod(
+                    &pods,
+                    &pod(
+                        &format!("pinned-{i}"),
+                        &reference,
+                        Some(&id),
+                        options.host_network,
+                    )?,
+                )
+                .await?;
                 wall.push(w);
                 stamps.extend(s);
             }
@@ -192,13 +232,20 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
 
     // A pod with no cache: a fresh server pulls the image over the link.
     let (uncached_wall, uncached_stamps) = if options.uncached {
-        let server = TestServer::start_with_args(&options.imc, &server_args(&proxy.host_port()))
-            .context("start a second imc server")?;
+        let server =
+            start_server(options, &proxy.host_port()).context("start a second imc server")?;
         runtime.block_on(async {
             let client = server.client().await.context("kube client")?;
+            if options.host_network {
+                allow_host_network(&client).await?;
+            }
             let pods: Api<Pod> = Api::namespaced(client, "default");
             eprintln!("pod without a cache (cold pull over the {link})");
-            let (w, s) = start_pod(&pods, &pod("uncached", &reference, None)?).await?;
+            let (w, s) = start_pod(
+                &pods,
+                &pod("uncached", &reference, None, options.host_network)?,
+            )
+            .await?;
             let _ = pods.delete("uncached", &DeleteParams::default()).await;
             anyhow::Ok((vec![w], s.into_iter().collect::<Vec<_>>()))
         })?

@@ -31,6 +31,9 @@ pub struct TestServer {
     /// This server's pod network: (`--pod-cidr`, `--pod-bridge`), private to it so that servers
     /// of concurrent tests never share addresses or a bridge.
     network: (String, String),
+    /// Whether `--pod-cidr` and `--pod-bridge` are passed (not to builds older than pods
+    /// networks, see [`TestServer::start_without_pod_network`]).
+    pod_network_flags: bool,
 }
 
 /// A pod range and bridge name no other test server of this machine uses at the same time:
@@ -63,6 +66,7 @@ impl TestServer {
             stderr_log: None,
             child: None,
             network: private_network(),
+            pod_network_flags: true,
         };
         server.spawn()?;
         Ok(server)
@@ -79,6 +83,26 @@ impl TestServer {
             stderr_log: None,
             child: None,
             network: private_network(),
+            pod_network_flags: true,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Like [`TestServer::start_with_args`] without the pod network flags: for benchmarking
+    /// `imc` builds older than pod networking (their pods, and the benchmark's, use the host's
+    /// network).
+    pub fn start_without_pod_network(bin: impl AsRef<Path>, args: &[String]) -> Result<Self> {
+        let mut server = TestServer {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
+            addr: None,
+            watch_window: None,
+            extra_args: args.to_vec(),
+            stderr_log: None,
+            child: None,
+            network: private_network(),
+            pod_network_flags: false,
         };
         server.spawn()?;
         Ok(server)
@@ -96,6 +120,7 @@ impl TestServer {
             stderr_log: Some(log.to_path_buf()),
             child: None,
             network: private_network(),
+            pod_network_flags: true,
         };
         server.spawn()?;
         Ok(server)
@@ -113,6 +138,7 @@ impl TestServer {
             stderr_log: None,
             child: None,
             network: private_network(),
+            pod_network_flags: true,
         };
         server.spawn()?;
         Ok(server)
@@ -145,7 +171,7 @@ impl TestServer {
                 ),
                 None => Stdio::inherit(),
             });
-        if !self.extra_args.iter().any(|a| a == "--pod-cidr") {
+        if self.pod_network_flags && !self.extra_args.iter().any(|a| a == "--pod-cidr") {
             cmd.args([
                 "--pod-cidr",
                 &self.network.0,
