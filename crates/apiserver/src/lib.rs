@@ -44,9 +44,10 @@ pub mod table;
 pub mod token_request;
 
 pub use admission::{Admission, AdmissionFn};
+pub use connections::ConnectionConfig;
 pub use error::ApiError;
 pub use handler::{ApiServer, FieldValidation, MetricsFn, WriteOptions, Written};
 pub use logs::{LogOptions, PodLogs};
 pub use pod_security::{Level as PodSecurityLevel, PodSecurity};
 pub use resources::{ResourceDef, Resources};
-pub use server::{Server, ServerConfig, install_crypto_provider};
+pub use server::{Server, ServerConfig, install_crypto_provider, serve_tls};

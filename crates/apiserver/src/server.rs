@@ -256,79 +256,101 @@ impl Server {
             .with_state(state);
         let expiry = tokio::spawn(self.api.clone().expire_events(self.event_ttl));
         let lifecycle = tokio::spawn(self.api.clone().finalize_namespaces());
-        let table = ConnectionTable::new(self.connections.max_connections);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.connections.header_read_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            // kube-apiserver's: 250 streams, headers up to 1 MiB.
-            .max_concurrent_streams(250)
-            .max_header_list_size(1 << 20);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut accept_errors = Throttled::default();
-        let mut backoff = std::time::Duration::ZERO;
-        let mut tasks = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => accepted,
-                // Reap finished connection tasks as they end.
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin, and say so
-                    // once in a while rather than for every attempt.
-                    if let Some(held_back) = accept_errors.check(std::time::Instant::now()) {
-                        tracing::warn!(error = %e, held_back, "accepting connections failed");
-                    }
-                    backoff = (backoff * 2).clamp(
-                        std::time::Duration::from_millis(5),
-                        std::time::Duration::from_secs(1),
-                    );
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(backoff) => continue,
-                    }
-                }
-            };
-            backoff = std::time::Duration::ZERO;
-            let Some(conn) = table.admit() else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            tasks.spawn(serve_connection(
-                ActivityIo::new(tcp, conn.clone()),
-                peer,
-                conn,
-                Accept {
-                    acceptor: self.acceptor.clone(),
-                    builder: builder.clone(),
-                    app: app.clone(),
-                    table: table.clone(),
-                    config: self.connections,
-                },
-                stop_rx.clone(),
-            ));
-        }
-        tracing::info!("shutting down");
+        serve_tls(
+            self.listener,
+            self.acceptor,
+            app,
+            self.connections,
+            shutdown,
+        )
+        .await;
         expiry.abort();
         lifecycle.abort();
-        let _ = stop_tx.send(true);
-        let drained = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(std::time::Duration::from_secs(5), drained)
-            .await
-            .is_err()
-        {
-            tasks.abort_all();
-        }
         Ok(())
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting and
+/// drops open connections (watches included) within a few seconds: the API server's accept
+/// loop, shared with `imc webhook`. Connections are bounded as `connections` says (cap,
+/// handshake, header and idle timeouts); accept errors (out of file descriptors) are waited
+/// out with a back-off and logged at most once in a while.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    connections: ConnectionConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let table = ConnectionTable::new(connections.max_connections);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(connections.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // kube-apiserver's: 250 streams, headers up to 1 MiB.
+        .max_concurrent_streams(250)
+        .max_header_list_size(1 << 20);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut accept_errors = Throttled::default();
+    let mut backoff = std::time::Duration::ZERO;
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connection tasks as they end.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin, and say so
+                // once in a while rather than for every attempt.
+                if let Some(held_back) = accept_errors.check(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, held_back, "accepting connections failed");
+                }
+                backoff = (backoff * 2).clamp(
+                    std::time::Duration::from_millis(5),
+                    std::time::Duration::from_secs(1),
+                );
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        backoff = std::time::Duration::ZERO;
+        let Some(conn) = table.admit() else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tasks.spawn(serve_connection(
+            ActivityIo::new(tcp, conn.clone()),
+            peer,
+            conn,
+            Accept {
+                acceptor: acceptor.clone(),
+                builder: builder.clone(),
+                app: app.clone(),
+                table: table.clone(),
+                config: connections,
+            },
+            stop_rx.clone(),
+        ));
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drained)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
     }
 }
 

@@ -12,9 +12,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use imc_controllers::admission_hook::{CacheView, PodAdmission};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -84,30 +81,15 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "admission webhook listening");
     // Printed on stdout so scripts (and tests) can pick the address up.
     println!("listening on https://{addr}/mutate");
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
-            };
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
-            }
-        });
-    }
+    // The API server's accept loop: connection cap, handshake and idle timeouts, accept
+    // errors waited out and logged rarely.
+    imc_apiserver::serve_tls(
+        listener,
+        acceptor,
+        app,
+        imc_apiserver::ConnectionConfig::default(),
+        std::future::pending(),
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
 }
