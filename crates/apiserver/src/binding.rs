@@ -31,21 +31,42 @@ pub struct Binding {
 pub enum BindRefusal {
     /// The pod has a node already.
     #[error("pod {pod} is already assigned to node {node:?}")]
-    AlreadyAssigned { pod: String, node: String },
+    AlreadyAssigned {
+        /// The pod's name.
+        pod: String,
+        /// The node the pod is assigned to already (`spec.nodeName`).
+        node: String,
+    },
     /// The pod is being deleted.
     #[error("pod {pod} is being deleted, cannot be assigned to a host")]
-    Deleting { pod: String },
+    Deleting {
+        /// The pod's name.
+        pod: String,
+    },
     /// The pod still has scheduling gates.
     #[error("pod {pod} has non-empty .spec.schedulingGates")]
-    Gated { pod: String },
+    Gated {
+        /// The pod's name.
+        pod: String,
+    },
     /// `metadata.uid` of the binding is not the pod's.
     #[error("Precondition failed: UID in precondition: {wanted}, UID in object meta: {actual}")]
-    Uid { wanted: String, actual: String },
+    Uid {
+        /// The uid the binding requires.
+        wanted: String,
+        /// The pod's uid.
+        actual: String,
+    },
     /// `metadata.resourceVersion` of the binding is not the pod's.
     #[error(
         "Precondition failed: ResourceVersion in precondition: {wanted}, ResourceVersion in object meta: {actual}"
     )]
-    ResourceVersion { wanted: String, actual: String },
+    ResourceVersion {
+        /// The resourceVersion the binding requires.
+        wanted: String,
+        /// The pod's resourceVersion.
+        actual: String,
+    },
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {

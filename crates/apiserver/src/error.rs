@@ -20,29 +20,50 @@ pub struct Cause {
 pub enum ApiError {
     /// The object (or its namespace) does not exist.
     #[error("{kind} {name:?} not found")]
-    NotFound { kind: String, name: String },
+    NotFound {
+        /// The resource as messages name it, e.g. `pods` or `imagecaches.eci.alibabacloud.com`.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
     /// An object with that name exists already.
     #[error("{kind} {name:?} already exists")]
-    AlreadyExists { kind: String, name: String },
+    AlreadyExists {
+        /// The resource as messages name it, e.g. `pods` or `imagecaches.eci.alibabacloud.com`.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
     /// The write was based on a stale resourceVersion.
     #[error(
         "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
     )]
-    Conflict { kind: String, name: String },
+    Conflict {
+        /// The resource as messages name it, e.g. `pods` or `imagecaches.eci.alibabacloud.com`.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
     /// The write cannot be done in the object's current state; `reason` says why
     /// (`pod p is already assigned to node "n"`).
     #[error("Operation cannot be fulfilled on {kind} {name:?}: {reason}")]
     ConflictBecause {
+        /// The resource as messages name it, e.g. `pods` or `imagecaches.eci.alibabacloud.com`.
         kind: String,
+        /// The object's name.
         name: String,
+        /// Why the write cannot be done now.
         reason: String,
     },
     /// A server-side apply would change fields other managers own; each cause names a manager
     /// and a field.
     #[error("{message}")]
     ApplyConflict {
+        /// The resource as messages name it, e.g. `pods` or `imagecaches.eci.alibabacloud.com`.
         kind: String,
+        /// The object's name.
         name: String,
+        /// The whole answer: how many conflicts, and each manager with the fields it owns.
         message: String,
         /// (`conflict with "manager"`, `.field.path`)
         causes: Vec<(String, String)>,
@@ -50,8 +71,11 @@ pub enum ApiError {
     /// The object failed validation; one cause per bad field.
     #[error("{kind} {name:?} is invalid: {}", invalid_list(causes))]
     Invalid {
+        /// The object's kind, e.g. `Pod`.
         kind: String,
+        /// The object's name.
         name: String,
+        /// One entry per bad field.
         causes: Vec<Cause>,
     },
     /// The request is malformed.
@@ -83,30 +107,45 @@ pub enum ApiError {
     /// when the client should simply try again, `cause` a machine-readable reason.
     #[error("{message}")]
     Timeout {
+        /// The answer's message, as kube-apiserver words it.
         message: String,
+        /// Seconds after which the client should retry, when it simply should.
         retry_after: Option<u64>,
+        /// A `details.causes[]` entry: its reason (e.g. `ResourceVersionTooLarge`) and message.
         cause: Option<(&'static str, String)>,
     },
     /// The requested resourceVersion has been compacted away.
     #[error("too old resource version: {requested} ({oldest})")]
-    Gone { requested: u64, oldest: u64 },
+    Gone {
+        /// The resourceVersion the client asked to start from.
+        requested: u64,
+        /// The oldest resourceVersion still served (the current one when a watch fell behind).
+        oldest: u64,
+    },
     /// The state database failed.
     #[error("state database {path}: {source}")]
     Database {
+        /// The database file's path.
         path: String,
+        /// The SQLite error.
         #[source]
         source: rusqlite::Error,
     },
     /// Reading or writing a file of the data directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory the operation was on.
         path: String,
+        /// The error the operating system returned.
         #[source]
         source: std::io::Error,
     },
     /// Another server holds the data directory.
     #[error("{path} is in use by another imc server")]
-    DataDirInUse { path: String },
+    DataDirInUse {
+        /// The data directory's path.
+        path: String,
+    },
     /// Creating certificates failed.
     #[error("creating certificates: {0}")]
     Certificate(#[from] rcgen::Error),

@@ -4,6 +4,7 @@
 //! kube-rs rely on, for the kinds in the [`resources::Resources`] table. Controllers plug in
 //! admission through [`admission::Admission`]; the node serves pod logs through
 //! [`logs::PodLogs`].
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod authn;

@@ -26,8 +26,11 @@ pub struct Key {
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
+    /// The object was created (`ADDED`).
     Added,
+    /// The object was changed (`MODIFIED`).
     Modified,
+    /// The object was removed (`DELETED`).
     Deleted,
 }
 

@@ -7,8 +7,11 @@ use crate::resources::ResourceDef;
 /// What each row carries besides its cells (`includeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Include {
+    /// Cells only (`includeObject=None`).
     None,
+    /// The object's metadata, as a `PartialObjectMetadata` (the default).
     Metadata,
+    /// The whole object (`includeObject=Object`).
     Object,
 }
 

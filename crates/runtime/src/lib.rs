@@ -9,6 +9,7 @@
 //! Every name that becomes a path or a runc id is checked again here ([`check_component`]),
 //! and every blocking system call (mounts, loop ioctls, flock, file reads of image content,
 //! tree removal) runs on tokio's blocking pool, never on an async worker thread.
+#![warn(missing_docs)]
 
 mod cgroups;
 mod cni;
