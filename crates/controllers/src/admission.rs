@@ -29,13 +29,17 @@ pub enum Selection {
 pub enum Decision {
     /// Admit; when a cache was chosen, annotate the pod with it.
     Admit {
+        /// The chosen cache's `imageCacheId` and how it was chosen; `None` when none was.
         matched: Option<(String, Selection)>,
         /// Automatic matching was asked for and nothing qualified: the node pulls and creates an
         /// auto cache afterwards.
         missed: bool,
     },
     /// Refuse the pod; the message says which cache and why.
-    Deny { message: String },
+    Deny {
+        /// Why the pod is refused, as the API answers it.
+        message: String,
+    },
 }
 
 /// The pinned cache id, if the pod names one (the first annotation wins over its alias).

@@ -1,6 +1,7 @@
 //! imc-controllers: the logic that runs as kube-rs controllers, in `imc server` and against a
 //! real cluster alike: pod admission (cache choice), cache lifecycle, the scheduler (pod
 //! placement), the node, and (in `imc server` only) the `kube-root-ca.crt` publisher.
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod admission_hook;

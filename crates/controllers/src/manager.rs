@@ -52,9 +52,13 @@ impl Settings {
 
 /// What every reconcile gets.
 pub struct Context {
+    /// The client of the Kubernetes API the controllers run against.
     pub client: kube::Client,
+    /// The controllers' configuration.
     pub settings: Settings,
+    /// The node's layer store, shared by cache builds and pods.
     pub layers: LayerStore,
+    /// The Prometheus metrics every controller records into.
     pub metrics: Arc<Metrics>,
     /// Set by [`Context::stop_builds`] when the process stops.
     stopping: Arc<AtomicBool>,

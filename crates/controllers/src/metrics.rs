@@ -9,8 +9,11 @@ use prometheus_client::registry::Registry;
 /// Outcome of one cache build.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum BuildOutcome {
+    /// The build succeeded: the cache is Ready.
     Ready,
+    /// A first build failed: the cache is Failed.
     Failed,
+    /// A rebuild failed: the cache is UpdateFailed.
     UpdateFailed,
 }
 
@@ -22,7 +25,9 @@ struct OutcomeLabels {
 /// Whether a pod started from a cache.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum CacheUse {
+    /// The pod's images came from an image cache.
     Hit,
+    /// The pod started without an image cache.
     Miss,
 }
 
@@ -97,21 +102,27 @@ impl Metrics {
         }
     }
 
+    /// Counts a pod started from an image cache (`cache_hits`).
     pub fn cache_hit(&self) {
         self.cache_hits.inc();
     }
+    /// Counts a pod that asked for a cache and found none (`cache_misses`).
     pub fn cache_miss(&self) {
         self.cache_misses.inc();
     }
+    /// Counts a finished cache build under its outcome (`cache_builds`).
     pub fn build_finished(&self, outcome: BuildOutcome) {
         self.builds.get_or_create(&OutcomeLabels { outcome }).inc();
     }
+    /// Adds layer bytes downloaded from a registry (`downloaded_bytes`).
     pub fn downloaded(&self, bytes: u64) {
         self.downloaded_bytes.inc_by(bytes);
     }
+    /// Adds layer bytes a pod took from a cache disk instead of downloading (`cache_served_bytes`).
     pub fn served_from_cache(&self, bytes: u64) {
         self.cache_served_bytes.inc_by(bytes);
     }
+    /// Records a pod's start latency, from API create to container started (`pod_start_seconds`).
     pub fn pod_started(&self, cache: CacheUse, seconds: f64) {
         self.pod_start
             .get_or_create(&CacheLabels { cache })

@@ -32,8 +32,11 @@ pub enum PublishError {
     /// The API refused or failed.
     #[error("{action} {NAME} in namespace {namespace}: {source}")]
     Api {
+        /// What the publisher was doing: "reading", "creating" or "updating".
         action: &'static str,
+        /// The namespace of the ConfigMap.
         namespace: String,
+        /// The error of the API call.
         #[source]
         source: kube::Error,
     },

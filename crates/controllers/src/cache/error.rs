@@ -9,32 +9,49 @@ pub enum CacheError {
     /// A call to the Kubernetes API failed.
     #[error("ImageCache {cache}: {action}: {source}")]
     Kube {
+        /// The ImageCache's name.
         cache: String,
+        /// What the controller was doing, e.g. "reading a pull secret".
         action: &'static str,
+        /// The error of the API call.
         source: kube::Error,
     },
     /// A pull secret named in `imagePullSecrets` does not exist.
     #[error("pull secret {secret} (namespace:name) of ImageCache {cache} not found")]
-    MissingSecret { cache: String, secret: String },
+    MissingSecret {
+        /// The ImageCache's name.
+        cache: String,
+        /// The secret, as `namespace:name`.
+        secret: String,
+    },
     /// A pull secret exists but is not a usable `kubernetes.io/dockerconfigjson` Secret.
     #[error("pull secret {secret} of ImageCache {cache}: {reason}")]
     BadSecret {
+        /// The ImageCache's name.
         cache: String,
+        /// The secret, as `namespace:name`.
         secret: String,
+        /// What is wrong with the secret.
         reason: String,
     },
     /// An image of the spec is not a valid reference.
     #[error("image {image:?} of ImageCache {cache}: {reason}")]
     BadImage {
+        /// The ImageCache's name.
         cache: String,
+        /// The image as the spec gives it.
         image: String,
+        /// Why the reference does not parse.
         reason: String,
     },
     /// The `imc-cpu-arch` annotation is not a platform.
     #[error("annotation k8s.aliyun.com/imc-cpu-arch={value:?} of ImageCache {cache}: {reason}")]
     BadPlatform {
+        /// The ImageCache's name.
         cache: String,
+        /// The annotation's value.
         value: String,
+        /// Why the value is not a platform.
         reason: String,
     },
     /// The registry client could not be set up, or the registry refused or failed.
@@ -43,7 +60,9 @@ pub enum CacheError {
     /// Pulling an image into the layer store failed.
     #[error("pulling {image}: {source}")]
     Pull {
+        /// The image reference.
         image: String,
+        /// Why the layer store could not pull it.
         source: Box<imc_layers::LayerError>,
     },
     /// The layer store could not be read.
@@ -55,20 +74,31 @@ pub enum CacheError {
     /// A file of the data directory could not be handled.
     #[error("{action} {}: {cause}", path.display())]
     Io {
+        /// What the controller was doing, e.g. "creating" or "removing cache disk".
         action: &'static str,
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The error the operating system returned.
         cause: std::io::Error,
     },
     /// The cache is being deleted but pods still use its disk; deletion waits for them.
     #[error("ImageCache {cache}: disk {} is still used by {users} pod(s)", disk.display())]
     DiskInUse {
+        /// The ImageCache's name.
         cache: String,
+        /// The path of the cache's disk.
         disk: PathBuf,
+        /// How many pods still use the disk.
         users: usize,
     },
     /// A blocking task of the build died.
     #[error("ImageCache {cache}: build task failed: {reason}")]
-    Task { cache: String, reason: String },
+    Task {
+        /// The ImageCache's name.
+        cache: String,
+        /// Why the task failed: its panic or cancellation, or what it found missing.
+        reason: String,
+    },
     /// The finalizer helper failed (adding or removing the finalizer, or apply/cleanup).
     #[error(transparent)]
     Finalizer(#[from] Box<kube::runtime::finalizer::Error<CacheError>>),

@@ -68,11 +68,13 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
 /// What one build observed, in the controller's terms.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOutcome {
+    /// Each image built into the cache, in spec order.
     pub images: Vec<CachedImage>,
     /// Bytes on the cache disk.
     pub disk_bytes: u64,
     /// Layers taken from the layer store or other caches instead of downloaded.
     pub reused_layers: u32,
+    /// Layer bytes downloaded from registries for this build.
     pub downloaded_bytes: u64,
 }
 

@@ -18,15 +18,26 @@ pub enum Step {
     /// this spec was under way (after a restart nothing runs it; in a running process it
     /// already runs, unless the spec changed, which cancels it for a new build).
     Build {
+        /// The cache's `imageCacheId`.
         id: CacheId,
+        /// The phase of the build: `Creating` for a first build, `Updating` for a rebuild.
         phase: Phase,
+        /// Whether a build of this spec was already under way.
         resume: bool,
     },
     /// The spec changed in a way that needs no build (`retentionDays`, or the pull secrets of
     /// a Ready cache): record the generation as observed.
-    Adopt { id: CacheId },
+    Adopt {
+        /// The cache's `imageCacheId`.
+        id: CacheId,
+    },
     /// Nothing to build. `prune` when older generations' disks may be left (rebuilt caches).
-    Idle { id: CacheId, prune: bool },
+    Idle {
+        /// The cache's `imageCacheId`.
+        id: CacheId,
+        /// Whether disks of older generations may be left.
+        prune: bool,
+    },
 }
 
 /// Decides the next step for `cache` at `now`.

@@ -8,31 +8,43 @@ pub enum NodeError {
     /// The Kubernetes API refused or failed a request.
     #[error("{action}: {source}")]
     Api {
+        /// What the node was doing, e.g. "creating node n1".
         action: String,
+        /// The error of the API call.
         #[source]
         source: kube::Error,
     },
     /// A container image reference does not parse.
     #[error("container {container}: invalid image reference {image:?}: {reason}")]
     InvalidImage {
+        /// The container's name.
         container: String,
+        /// The image as the container spec gives it.
         image: String,
+        /// Why the reference does not parse.
         reason: String,
     },
     /// `imagePullPolicy: Never` and the image is not on this node.
     #[error("container image {image:?} is not present with pull policy of Never")]
-    ImageNeverPull { image: String },
+    ImageNeverPull {
+        /// The image reference.
+        image: String,
+    },
     /// Pulling an image failed.
     #[error("failed to pull image {image:?}: {source}")]
     Pull {
+        /// The image reference.
         image: String,
+        /// Why the layer store could not pull it.
         #[source]
         source: Box<imc_layers::LayerError>,
     },
     /// The registry client could not be set up.
     #[error("registry client for {image:?}: {source}")]
     Registry {
+        /// The image reference.
         image: String,
+        /// Why the client could not be set up.
         #[source]
         source: Box<imc_registry::RegistryError>,
     },
@@ -45,18 +57,28 @@ pub enum NodeError {
     /// A log file cannot be read.
     #[error("reading logs of container {container:?} ({path}): {source}")]
     Logs {
+        /// The container's name.
         container: String,
+        /// The log file's path.
         path: PathBuf,
+        /// The error the operating system returned.
         #[source]
         source: std::io::Error,
     },
     /// `--previous` on a container that has not been restarted.
     #[error("previous terminated container {container:?} in pod {pod:?} not found")]
-    NoPrevious { pod: String, container: String },
+    NoPrevious {
+        /// The pod's name.
+        pod: String,
+        /// The container's name.
+        container: String,
+    },
     /// A blocking task of the node panicked or was cancelled.
     #[error("{action}: the worker thread failed: {reason}")]
     Worker {
+        /// What the blocking task was doing.
         action: &'static str,
+        /// The join error: the panic or the cancellation.
         reason: String,
     },
     /// The container cannot be run as its spec asks (the kubelet's
@@ -65,7 +87,12 @@ pub enum NodeError {
     Config(String),
     /// The container has no log yet (it never started).
     #[error("container {container:?} in pod {pod:?} is waiting to start")]
-    NotStarted { pod: String, container: String },
+    NotStarted {
+        /// The pod's name.
+        pod: String,
+        /// The container's name.
+        container: String,
+    },
 }
 
 impl NodeError {

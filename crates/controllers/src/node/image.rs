@@ -15,8 +15,11 @@ use super::NodeError;
 /// `imagePullPolicy`, defaulted as Kubernetes does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {
+    /// Ask the registry even when the image is on the node.
     Always,
+    /// Ask the registry only when the image is not on the node.
     IfNotPresent,
+    /// Never ask the registry: the image must be on the node.
     Never,
 }
 
@@ -49,9 +52,11 @@ pub enum Source {
 /// A prepared image and how it was obtained.
 #[derive(Debug)]
 pub struct Obtained {
+    /// The image's config and layers, ready for the runtime.
     pub image: PreparedImage,
     /// The manifest digest (the container status' `imageID`).
     pub manifest_digest: Digest,
+    /// Where the image came from.
     pub source: Source,
     /// Layer bytes downloaded from the registry.
     pub downloaded_bytes: u64,

@@ -16,20 +16,29 @@ pub(super) const LOOPBACK: &str = "127.0.0.1";
 pub enum Observed {
     /// Not running: being created, backing off, or failing to start.
     Waiting {
+        /// Why it waits, e.g. `ContainerCreating` or `CrashLoopBackOff`.
         reason: String,
+        /// What the node knows beyond the reason (e.g. the start error), if anything.
         message: Option<String>,
     },
     /// Its process runs.
-    Running { started_at: Timestamp },
+    Running {
+        /// When its process started.
+        started_at: Timestamp,
+    },
     /// Its process ended.
     Terminated {
+        /// The process's exit code.
         exit_code: i32,
+        /// The signal that ended the process, when one did and it is known.
         signal: Option<i32>,
         /// `Completed`, `Error`, `OOMKilled`, `StartError`; by the exit code when `None`.
         reason: Option<String>,
         /// Why, when the node knows more than the exit code says.
         message: Option<String>,
+        /// When its process started.
         started_at: Timestamp,
+        /// When its process ended.
         finished_at: Timestamp,
     },
 }
@@ -37,13 +46,17 @@ pub enum Observed {
 /// One container of a pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerView {
+    /// The container's name.
     pub name: String,
+    /// The image as the container spec gives it.
     pub image: String,
     /// The manifest digest (`sha256:…`) once the image is known.
     pub image_id: String,
+    /// Its current state.
     pub state: Observed,
     /// The previous instance's end, after a restart.
     pub last_state: Option<Observed>,
+    /// How many times it has been restarted.
     pub restart_count: i32,
     /// Whether a terminated container will be started again (restart policy).
     pub will_restart: bool,
@@ -107,6 +120,7 @@ impl ContainerView {
 pub struct PodView {
     /// Its init containers, in order (sidecars among them).
     pub init_containers: Vec<ContainerView>,
+    /// Its regular containers, in spec order.
     pub containers: Vec<ContainerView>,
     /// When the node accepted the pod.
     pub start_time: Timestamp,
