@@ -134,7 +134,10 @@ impl CacheView {
                     }
                     Ok(watcher::Event::Apply(cache)) => updated.apply(cache),
                     Ok(watcher::Event::Delete(cache)) => updated.delete(&cache.name_any()),
-                    Err(e) => warn!(error = %e, "watching image caches"),
+                    Err(e) if !crate::stopping::underway() => {
+                        warn!(error = %e, "watching image caches")
+                    }
+                    Err(_) => {}
                 }
             }
         });

@@ -12,3 +12,4 @@ pub mod node;
 pub mod quantity;
 pub mod root_ca_publisher;
 pub mod scheduler;
+pub mod stopping;

@@ -365,4 +365,10 @@ fn the_server_log_in_a_file_has_no_colour_no_stop_noise_and_says_each_cause_once
         !text.lines().any(|l| l.contains(" ERROR ")),
         "errors on a clean stop:\n{text}"
     );
+    // The controllers' watches and event writes cut by the stop are expected, not warnings.
+    assert!(
+        !text.lines().any(|l| l.contains(" WARN ")
+            && (l.contains("watching") || l.contains("publishing an event"))),
+        "the stop cut the controllers' watches with warnings:\n{text}"
+    );
 }

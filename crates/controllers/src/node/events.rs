@@ -54,8 +54,10 @@ impl EventSink {
             let mut written: HashMap<Key, Written> = HashMap::new();
             while let Some((regarding, key)) = rx.recv().await {
                 let reason = key.reason.clone();
-                if let Err(e) =
-                    publish(&client, &instance, &mut written, regarding.clone(), key).await
+                let published =
+                    publish(&client, &instance, &mut written, regarding.clone(), key).await;
+                if let Err(e) = published
+                    && !crate::stopping::underway()
                 {
                     warn!(pod = ?regarding.name, %reason, error = %e, "publishing an event");
                 }

@@ -192,7 +192,10 @@ impl Node {
                 Ok(watcher::Event::Init) => listed.clear(),
                 Ok(watcher::Event::InitDone) => self.clone().remove_stray_logs(&listed),
                 Ok(watcher::Event::Delete(p)) => self.on_gone(&p),
-                Err(e) => warn!(error = %e, "watching pods of this node"),
+                Err(e) if !crate::stopping::underway() => {
+                    warn!(error = %e, "watching pods of this node")
+                }
+                Err(_) => {}
             }
         }
     }

@@ -272,7 +272,9 @@ async fn feed<K>(
             }
             Ok(_) => continue,
             Err(e) => {
-                warn!(kind = ?kind, error = %e, "watching the objects pods read");
+                if !crate::stopping::underway() {
+                    warn!(kind = ?kind, error = %e, "watching the objects pods read");
+                }
                 continue;
             }
         };

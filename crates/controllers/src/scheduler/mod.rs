@@ -414,7 +414,9 @@ async fn watch_nodes(s: Arc<Scheduler>, ready: watch::Sender<bool>) {
                 Changed::No
             }
             Err(e) => {
-                warn!(error = %e, "watching nodes");
+                if !crate::stopping::underway() {
+                    warn!(error = %e, "watching nodes");
+                }
                 Changed::No
             }
         };
@@ -471,7 +473,9 @@ async fn watch_pods(s: Arc<Scheduler>, ready: watch::Sender<bool>) {
                     .delete(&p)
             }
             Err(e) => {
-                warn!(error = %e, "watching pods");
+                if !crate::stopping::underway() {
+                    warn!(error = %e, "watching pods");
+                }
                 Freed::No
             }
         };

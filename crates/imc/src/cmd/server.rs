@@ -375,6 +375,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             shutdown_signal().await;
             // Closing every connection cuts the in-process controllers' watches: expected now.
             crate::logging::stopping();
+            imc_controllers::stopping::begin();
             let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
         })
