@@ -57,88 +57,63 @@ impl TestServer {
     /// Like [`TestServer::start`], keeping only `window` changes for watch resume (so tests
     /// can force 410 Gone).
     pub fn start_with_window(bin: impl AsRef<Path>, window: Option<u64>) -> Result<Self> {
-        let mut server = TestServer {
-            bin: bin.as_ref().to_path_buf(),
-            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
-            addr: None,
-            watch_window: window,
-            extra_args: Vec::new(),
-            stderr_log: None,
-            child: None,
-            network: private_network(),
-            pod_network_flags: true,
-        };
-        server.spawn()?;
-        Ok(server)
+        Self::launch(bin.as_ref(), Vec::new(), window, None, true)
     }
 
     /// Like [`TestServer::start`], with extra `imc server` arguments (e.g. `--registry-mirror`).
     pub fn start_with_args(bin: impl AsRef<Path>, args: &[String]) -> Result<Self> {
-        let mut server = TestServer {
-            bin: bin.as_ref().to_path_buf(),
-            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
-            addr: None,
-            watch_window: None,
-            extra_args: args.to_vec(),
-            stderr_log: None,
-            child: None,
-            network: private_network(),
-            pod_network_flags: true,
-        };
-        server.spawn()?;
-        Ok(server)
+        Self::launch(bin.as_ref(), args.to_vec(), None, None, true)
     }
 
     /// Like [`TestServer::start_with_args`] without the pod network flags: for benchmarking
     /// `imc` builds older than pod networking (their pods, and the benchmark's, use the host's
     /// network).
     pub fn start_without_pod_network(bin: impl AsRef<Path>, args: &[String]) -> Result<Self> {
-        let mut server = TestServer {
-            bin: bin.as_ref().to_path_buf(),
-            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
-            addr: None,
-            watch_window: None,
-            extra_args: args.to_vec(),
-            stderr_log: None,
-            child: None,
-            network: private_network(),
-            pod_network_flags: false,
-        };
-        server.spawn()?;
-        Ok(server)
+        Self::launch(bin.as_ref(), args.to_vec(), None, None, false)
     }
 
     /// Like [`TestServer::start_with_args`], with the server's stderr (its log) appended to the
     /// file `log` instead of the test's stderr, as when an operator redirects it.
     pub fn start_logging_to(bin: impl AsRef<Path>, args: &[String], log: &Path) -> Result<Self> {
-        let mut server = TestServer {
-            bin: bin.as_ref().to_path_buf(),
-            dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
-            addr: None,
-            watch_window: None,
-            extra_args: args.to_vec(),
-            stderr_log: Some(log.to_path_buf()),
-            child: None,
-            network: private_network(),
-            pod_network_flags: true,
-        };
-        server.spawn()?;
-        Ok(server)
+        Self::launch(
+            bin.as_ref(),
+            args.to_vec(),
+            None,
+            Some(log.to_path_buf()),
+            true,
+        )
     }
 
     /// Starts `bin server --api-only` (the API server alone: no controllers, no node), keeping
     /// `window` changes for watch resume when given (so tests can force 410 Gone).
     pub fn start_api_only(bin: impl AsRef<Path>, window: Option<u64>) -> Result<Self> {
+        Self::launch(
+            bin.as_ref(),
+            vec!["--api-only".to_owned()],
+            window,
+            None,
+            true,
+        )
+    }
+
+    /// A server in a fresh data dir with a private pod network, started.
+    fn launch(
+        bin: &Path,
+        extra_args: Vec<String>,
+        watch_window: Option<u64>,
+        stderr_log: Option<PathBuf>,
+        pod_network_flags: bool,
+    ) -> Result<Self> {
         let mut server = TestServer {
-            bin: bin.as_ref().to_path_buf(),
+            bin: bin.to_path_buf(),
             dir: tempfile::Builder::new().prefix("imc-server-").tempdir()?,
             addr: None,
-            watch_window: window,
-            extra_args: vec!["--api-only".to_owned()],
-            stderr_log: None,
+            watch_window,
+            extra_args,
+            stderr_log,
             child: None,
             network: private_network(),
-            pod_network_flags: true,
+            pod_network_flags,
         };
         server.spawn()?;
         Ok(server)
