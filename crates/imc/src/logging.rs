@@ -2,15 +2,11 @@
 //! graceful stop left out, and errors printed with each cause once.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::filter::{EnvFilter, FilterExt, dynamic_filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
-
-/// Set once the process stops gracefully (see [`stopping`]).
-static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// The targets of kube-client's own messages about its connections (`kube_client::client`,
 /// `kube_client::client::builder`).
@@ -27,7 +23,7 @@ pub fn init(verbose: u8) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let quiet_stop = dynamic_filter_fn(|meta, _| {
         !is_stop_noise(
-            STOPPING.load(Ordering::Relaxed),
+            imc_controllers::stopping::underway(),
             *meta.level(),
             meta.target(),
         )
@@ -39,15 +35,11 @@ pub fn init(verbose: u8) {
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
-/// Marks the start of a graceful stop. The API server then closes every connection, the
-/// in-process controllers' watches among them: kube-client warns `eof in poll … peer closed
-/// connection without sending TLS close_notify` for each, and reports the reconnects that fail
-/// (`failed with error client error (Connect)`). Expected from here on, so not logged.
-pub fn stopping() {
-    STOPPING.store(true, Ordering::SeqCst);
-}
-
-/// A kube-client warning or error about its connections, once the process stops.
+/// A kube-client warning or error about its connections, once the process stops: the API
+/// server then closes every connection, the in-process controllers' watches among them, and
+/// kube-client warns `eof in poll … peer closed connection without sending TLS close_notify`
+/// for each and reports the reconnects that fail (`failed with error client error (Connect)`).
+/// The stop is the one `imc_controllers::stopping` records.
 fn is_stop_noise(stopping: bool, level: tracing::Level, target: &str) -> bool {
     let kube_client = target == KUBE_CLIENT || target.starts_with("kube_client::");
     stopping && level <= tracing::Level::WARN && kube_client

@@ -373,8 +373,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     server
         .serve(async {
             shutdown_signal().await;
-            // Closing every connection cuts the in-process controllers' watches: expected now.
-            crate::logging::stopping();
+            // Closing every connection cuts the in-process controllers' watches: expected now
+            // (neither they nor the log warn about it).
             imc_controllers::stopping::begin();
             let _ = signalled.set(Instant::now());
             exit_after(SHUTDOWN_BOUND);
