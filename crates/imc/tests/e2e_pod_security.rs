@@ -353,8 +353,9 @@ fn a_container_over_its_ephemeral_storage_limit_gets_its_pod_evicted() {
             {"name": "sidecar", "image": reg.busybox, "command": ["sleep", "3600"]}
         ]}),
     ));
-    let p = server.wait_for("pod", "filler", "evicted", |p| {
-        p["status"]["phase"] == "Failed"
+    // The phase turns Failed as the eviction begins; each container's end follows as it stops.
+    let p = server.wait_for("pod", "filler", "evicted, every container stopped", |p| {
+        p["status"]["phase"] == "Failed" && (0..2).all(|idx| terminated(p, idx).is_object())
     });
     assert_eq!(p["status"]["reason"], "Evicted", "{p:#}");
     assert_eq!(
