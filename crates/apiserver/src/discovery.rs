@@ -77,6 +77,9 @@ pub fn resource_list(resources: &Resources, group: &str, version: &str) -> Optio
         if d.log_subresource {
             list.push(json!({"name": format!("{}/log", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get"]}));
         }
+        if d.scale.is_some() {
+            list.push(json!({"name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
         if d.binding_subresource {
             list.push(json!({"name": format!("{}/binding", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": "Binding", "verbs": ["create"]}));
         }
@@ -129,6 +132,9 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
                             }
                             if d.log_subresource {
                                 subs.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "", "kind": ""}, "verbs": ["get"]}));
+                            }
+                            if d.scale.is_some() {
+                                subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
                             }
                             if d.binding_subresource {
                                 subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));

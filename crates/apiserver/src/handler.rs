@@ -1109,8 +1109,9 @@ impl ApiServer {
                     Box::pin(self.follow_up(follow_up)).await?;
                 }
             }
-            let orphan = options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
-                || options.get("orphanDependents") == Some(&json!(true));
+            let propagation =
+                crate::garbage_collector::Propagation::of(options).map_err(ApiError::BadRequest)?;
+            let orphan = propagation == crate::garbage_collector::Propagation::Orphan;
             // An object someone must finish (a pod bound to a node) is only marked; whoever runs
             // it deletes it again with grace period 0 (as kubelet and virtual-kubelet do).
             let grace = def.strategy.grace_period(&current, options);
@@ -1124,6 +1125,33 @@ impl ApiServer {
                 let mut marked = prepared;
                 marked["metadata"]["deletionTimestamp"] = json!(clock::time_after(grace));
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                self.store
+                    .write(
+                        key.clone(),
+                        Some(marked),
+                        Expect::Version(rv_of(&current)),
+                        &def.qualified(),
+                    )
+                    .await
+            } else if let Some(finalizer) = propagation
+                .finalizer()
+                .filter(|_| current.pointer("/metadata/deletionTimestamp").is_none())
+            {
+                // Foreground and orphan deletion: the owner stays, held by the policy's
+                // finalizer, until the garbage collector has dealt with its dependents.
+                let mut marked = prepared;
+                let finalizers = marked["metadata"]
+                    .as_object_mut()
+                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?
+                    .entry("finalizers")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = finalizers.as_array_mut()
+                    && !list.iter().any(|f| f == finalizer)
+                {
+                    list.push(json!(finalizer));
+                }
+                marked["metadata"]["deletionTimestamp"] = json!(clock::now_time());
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 self.store
                     .write(
                         key.clone(),
@@ -1200,17 +1228,7 @@ impl ApiServer {
         let Some(this) = self.weak_self() else {
             return;
         };
-        tokio::spawn(async move {
-            for (key, obj) in this.store.all() {
-                let owned = obj
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == json!(uid)));
-                if owned {
-                    this.delete_key(&key).await;
-                }
-            }
-        });
+        tokio::spawn(async move { this.collect_dependents(&uid).await });
     }
 
     fn weak_self(&self) -> Option<Arc<ApiServer>> {

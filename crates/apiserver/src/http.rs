@@ -406,6 +406,7 @@ async fn resource(
         Some("log") if def.log_subresource => {}
         Some("binding") if def.binding_subresource => {}
         Some("token") if def.token_subresource => {}
+        Some("scale") if def.scale.is_some() => {}
         Some(_) => return Ok(page_not_found()),
     }
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
@@ -533,6 +534,27 @@ async fn resource(
                 "the server does not allow this method on the requested resource: {method}"
             )))
         }
+        (&Method::GET, Some(name)) if sub == Some("scale") => {
+            Ok(ok(api.get_scale(&def, ns, name)?))
+        }
+        (&Method::PUT, Some(name)) if sub == Some("scale") => {
+            let scale = object_body(&raw)?;
+            let options = write_options(None);
+            Ok(ok(api
+                .update_scale(&def, ns, name, &scale, options)
+                .await?))
+        }
+        (&Method::PATCH, Some(name)) if sub == Some("scale") => {
+            let patch_type = PatchType::from_content_type(&body::media_type(&headers))?;
+            let options = write_options(None);
+            let scale = api
+                .patch_scale(&def, ns, name, patch_type, &raw, options)
+                .await?;
+            Ok(ok(scale))
+        }
+        (_, Some(_)) if sub == Some("scale") => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {method}"
+        ))),
         (&Method::GET, Some(name)) if sub == Some("log") => {
             let options = LogOptions::from_query(&query, name)?;
             let body = api.pod_logs(&def, ns, name, options).await?;

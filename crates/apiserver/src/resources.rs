@@ -92,6 +92,17 @@ pub struct SharedStorage {
     pub from_storage: ConvertFn,
 }
 
+/// Where a kind's `scale` subresource (autoscaling/v1 Scale) reads and writes.
+#[derive(Clone, Debug)]
+pub struct ScalePaths {
+    /// JSON path of the desired replicas, e.g. `.spec.replicas`.
+    pub spec_replicas: String,
+    /// JSON path of the observed replicas, e.g. `.status.replicas`.
+    pub status_replicas: String,
+    /// JSON path of the label selector as a string, e.g. `.status.selector`.
+    pub label_selector: Option<String>,
+}
+
 /// One served kind.
 #[derive(Clone)]
 pub struct ResourceDef {
@@ -119,6 +130,8 @@ pub struct ResourceDef {
     pub binding_subresource: bool,
     /// Has a `token` subresource (service accounts): `POST` a TokenRequest for a token.
     pub token_subresource: bool,
+    /// Has a `scale` subresource (autoscaling/v1 Scale) reading and writing these paths.
+    pub scale: Option<ScalePaths>,
     /// A create-only kind answered by the server and never stored (the self reviews).
     pub review: bool,
     /// The verbs discovery lists.
@@ -155,6 +168,7 @@ impl ResourceDef {
             log_subresource: false,
             binding_subresource: false,
             token_subresource: false,
+            scale: None,
             review: false,
             verbs: VERBS.to_vec(),
             custom: false,
@@ -317,6 +331,9 @@ impl Resources {
             }
             if d.log_subresource {
                 out.push(format!("{}/log", d.plural));
+            }
+            if d.scale.is_some() {
+                out.push(format!("{}/scale", d.plural));
             }
         }
         out.sort();

@@ -256,6 +256,7 @@ impl Server {
             .with_state(state);
         let expiry = tokio::spawn(self.api.clone().expire_events(self.event_ttl));
         let lifecycle = tokio::spawn(self.api.clone().finalize_namespaces());
+        let collector = tokio::spawn(self.api.clone().collect_garbage());
         serve_tls(
             self.listener,
             self.acceptor,
@@ -266,6 +267,7 @@ impl Server {
         .await;
         expiry.abort();
         lifecycle.abort();
+        collector.abort();
         Ok(())
     }
 }

@@ -5,15 +5,19 @@
 //! subresources).
 
 pub mod config_map;
+pub mod deployment;
 pub mod event;
 pub mod image_cache;
+pub mod job;
 pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
 pub mod rbac;
+pub mod replica_set;
 pub mod secret;
 pub mod service_account;
+pub mod workload;
 
 use serde_json::Value;
 
@@ -133,6 +137,9 @@ pub fn builtin() -> Vec<ResourceDef> {
         service_account::def(),
         lease::def(),
         image_cache::def(),
+        deployment::def(),
+        replica_set::def(),
+        job::def(),
     ]
     .into_iter()
     .chain(rbac::defs())
