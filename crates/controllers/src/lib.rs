@@ -13,3 +13,4 @@ pub mod quantity;
 pub mod root_ca_publisher;
 pub mod scheduler;
 pub mod stopping;
+pub mod workloads;

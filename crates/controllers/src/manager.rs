@@ -80,6 +80,7 @@ pub async fn run(ctx: Arc<Context>) {
     let mut tasks = vec![
         tokio::spawn(crate::cache::run(ctx.clone())),
         tokio::spawn(crate::scheduler::run(ctx.client.clone(), scheduler)),
+        tokio::spawn(crate::workloads::run(ctx.client.clone())),
     ];
     if let Some(ca) = ctx.settings.root_ca.clone() {
         tasks.push(tokio::spawn(crate::root_ca_publisher::run(
