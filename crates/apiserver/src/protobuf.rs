@@ -1,6 +1,6 @@
 //! Decoding of the protobuf request bodies kubectl's typed clients send
-//! (`kubectl create namespace|configmap|secret|serviceaccount|token`, `kubectl auth can-i` and
-//! `whoami`) into JSON objects.
+//! (`kubectl create namespace|configmap|secret|serviceaccount|token|deployment|job`, `kubectl
+//! auth can-i` and `whoami`) into JSON objects.
 //!
 //! The body is `k8s\0` + `runtime.Unknown{typeMeta, raw}`, where `raw` is the object's own
 //! protobuf message. Only the messages of the kinds listed in [`schema_for`] are known; unknown
@@ -128,6 +128,89 @@ const TOKEN_REQUEST: &[Field] = &[
         ]),
     ),
 ];
+const LABEL_SELECTOR: &[Field] = &[
+    (1, "matchLabels", Kind::MapStr),
+    (
+        2,
+        "matchExpressions",
+        Kind::RepeatedMsg(&[
+            (1, "key", Kind::Str),
+            (2, "operator", Kind::Str),
+            (3, "values", Kind::RepeatedStr),
+        ]),
+    ),
+];
+const CONTAINER_PORT: &[Field] = &[
+    (1, "name", Kind::Str),
+    (2, "hostPort", Kind::Int),
+    (3, "containerPort", Kind::Int),
+    (4, "protocol", Kind::Str),
+    (5, "hostIP", Kind::Str),
+];
+const ENV_VAR: &[Field] = &[(1, "name", Kind::Str), (2, "value", Kind::Str)];
+const CONTAINER: &[Field] = &[
+    (1, "name", Kind::Str),
+    (2, "image", Kind::Str),
+    (3, "command", Kind::RepeatedStr),
+    (4, "args", Kind::RepeatedStr),
+    (5, "workingDir", Kind::Str),
+    (6, "ports", Kind::RepeatedMsg(CONTAINER_PORT)),
+    (7, "env", Kind::RepeatedMsg(ENV_VAR)),
+    (13, "terminationMessagePath", Kind::Str),
+    (14, "imagePullPolicy", Kind::Str),
+    (20, "terminationMessagePolicy", Kind::Str),
+];
+/// The fields of a PodSpec that kubectl's generators (`create deployment|job`) fill.
+const POD_SPEC: &[Field] = &[
+    (2, "containers", Kind::RepeatedMsg(CONTAINER)),
+    (3, "restartPolicy", Kind::Str),
+    (4, "terminationGracePeriodSeconds", Kind::Int),
+    (5, "activeDeadlineSeconds", Kind::Int),
+    (6, "dnsPolicy", Kind::Str),
+    (7, "nodeSelector", Kind::MapStr),
+    (8, "serviceAccountName", Kind::Str),
+    (20, "initContainers", Kind::RepeatedMsg(CONTAINER)),
+];
+const POD_TEMPLATE_SPEC: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "spec", Kind::Msg(POD_SPEC)),
+];
+const DEPLOYMENT: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "replicas", Kind::Int),
+            (2, "selector", Kind::Msg(LABEL_SELECTOR)),
+            (3, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+            (4, "strategy", Kind::Msg(&[(1, "type", Kind::Str)])),
+            (5, "minReadySeconds", Kind::Int),
+            (6, "revisionHistoryLimit", Kind::Int),
+            (7, "paused", Kind::Bool),
+            (9, "progressDeadlineSeconds", Kind::Int),
+        ]),
+    ),
+];
+const JOB: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "parallelism", Kind::Int),
+            (2, "completions", Kind::Int),
+            (3, "activeDeadlineSeconds", Kind::Int),
+            (4, "selector", Kind::Msg(LABEL_SELECTOR)),
+            (5, "manualSelector", Kind::Bool),
+            (6, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+            (7, "backoffLimit", Kind::Int),
+            (8, "ttlSecondsAfterFinished", Kind::Int),
+            (9, "completionMode", Kind::Str),
+            (10, "suspend", Kind::Bool),
+        ]),
+    ),
+];
 const TYPE_META: &[Field] = &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)];
 const UNKNOWN: &[Field] = &[
     (1, "typeMeta", Kind::Msg(TYPE_META)),
@@ -144,6 +227,8 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(SELF_SUBJECT_RULES_REVIEW),
         ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(SELF_SUBJECT_REVIEW),
         ("authentication.k8s.io/v1", "TokenRequest") => Some(TOKEN_REQUEST),
+        ("apps/v1", "Deployment") => Some(DEPLOYMENT),
+        ("batch/v1", "Job") => Some(JOB),
         _ => None,
     }
 }
@@ -237,7 +322,12 @@ fn decode(buf: &[u8], schema: &[Field]) -> Result<Map<String, Value>, ApiError> 
         let name = (*name).to_owned();
         match (kind, wire) {
             (Kind::Str, 2) => {
-                out.insert(name, json!(utf8(r.bytes()?)?));
+                // Go's marshalling writes unset (non-pointer) strings as ""; in JSON they are
+                // omitted, and defaulting must see them as unset.
+                let v = utf8(r.bytes()?)?;
+                if !v.is_empty() {
+                    out.insert(name, json!(v));
+                }
             }
             (Kind::Bytes, 2) => {
                 out.insert(
@@ -299,7 +389,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("");
     let schema = schema_for(api_version, kind).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, TokenRequest and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, TokenRequest, Deployment, Job and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
         ))
     })?;
     let raw = unknown

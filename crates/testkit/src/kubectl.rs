@@ -182,6 +182,35 @@ impl TestServer {
         })
     }
 
+    /// The pods matching label selector `selector` (`kubectl get pods -l`), as JSON objects.
+    pub fn pods_with(&self, selector: &str) -> Vec<Value> {
+        let out = self.kubectl_ok(&["get", "pods", "-l", selector, "-o", "json"]);
+        let list: Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls the pods matching `selector` until `done` holds for the list (within
+    /// [`PATIENCE`]); the pods then. Panics with the last list seen otherwise.
+    pub fn wait_for_pods(
+        &self,
+        selector: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut last = Vec::new();
+        eventually(&format!("the pods {selector} are {what}"), || {
+            last = self.pods_with(selector);
+            done(&last).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("the pods {selector} never became {what}; last seen: {last:#?}"))
+    }
+
+    /// `kubectl rollout status KIND/NAME` within [`PATIENCE`], which must succeed; its output.
+    pub fn rollout_status(&self, target: &str) -> String {
+        let timeout = format!("--timeout={}s", PATIENCE.as_secs());
+        self.kubectl_ok(&["rollout", "status", target, &timeout])
+    }
+
     /// Polls until `kind/name` no longer exists (within [`PATIENCE`]).
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + PATIENCE;
@@ -241,4 +270,13 @@ pub fn wait_past_second(timestamp: &str) {
 pub fn pod_running(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running"
         && pod["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+/// Whether a pod (as JSON) has its `Ready` condition True and is not being deleted.
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }

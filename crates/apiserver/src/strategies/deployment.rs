@@ -27,7 +27,11 @@ impl Strategy for DeploymentStrategy {
             .pointer_mut("/spec/strategy")
             .and_then(Value::as_object_mut)
         {
-            if strategy.get("type").is_none_or(Value::is_null) {
+            // Protobuf bodies carry an unset type as "" (the Go zero value upstream defaults).
+            if strategy
+                .get("type")
+                .is_none_or(|t| t.is_null() || t == "")
+            {
                 strategy.insert("type".into(), json!("RollingUpdate"));
             }
             if strategy.get("type") == Some(&json!("RollingUpdate")) {

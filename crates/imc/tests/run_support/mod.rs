@@ -168,6 +168,13 @@ pub fn non_root_image(cmd: &[&str]) -> BuiltImage {
         .build()
 }
 
+/// A busybox image serving forever (for Deployments): prints `message`, then sleeps until
+/// SIGTERM, on which it exits at once (so rollouts do not wait out grace periods).
+pub fn server_image(message: &str) -> BuiltImage {
+    let script = format!("echo {message}; trap 'exit 0' TERM; while true; do sleep 1; done");
+    image(&[&busybox_layer()], &["sh", "-c", &script])
+}
+
 /// Starts a registry and pushes the test images.
 pub fn registry_with_images() -> Registry {
     let registry = TestRegistry::start(Auth::None);
