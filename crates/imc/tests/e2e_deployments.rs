@@ -80,7 +80,12 @@ fn table_row(table: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn create_scale_set_image_undo_and_history() {
-    let Setup { server, v1, v2, reg: _reg } = setup();
+    let Setup {
+        server,
+        v1,
+        v2,
+        reg: _reg,
+    } = setup();
     server.kubectl_ok(&[
         "create",
         "deployment",
@@ -229,7 +234,12 @@ fn create_scale_set_image_undo_and_history() {
 
 #[test]
 fn apply_validates_and_serves_replica_sets() {
-    let Setup { server, v1, reg: _reg, .. } = setup();
+    let Setup {
+        server,
+        v1,
+        reg: _reg,
+        ..
+    } = setup();
     let manifest = |selector: &str, restart: &str| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": selector}},
@@ -299,16 +309,27 @@ async fn watch_pods(
 ) {
     let api: kube::Api<Pod> = kube::Api::default_namespaced(client);
     let mut stream = watcher(api, watcher::Config::default().labels(&selector)).boxed();
+    // The state is recorded once the initial list is complete, then after every change.
     let mut current: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut listing = BTreeMap::new();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+            Ok(watcher::Event::Apply(p)) => {
                 current.insert(p.metadata.name.clone().unwrap_or_default(), p);
             }
             Ok(watcher::Event::Delete(p)) => {
                 current.remove(&p.metadata.name.clone().unwrap_or_default());
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => continue,
+            Ok(watcher::Event::Init) => {
+                listing.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(p)) => {
+                listing.insert(p.metadata.name.clone().unwrap_or_default(), p);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => current = std::mem::take(&mut listing),
+            Err(_) => continue,
         }
         log.lock().expect("the log").push(current.clone());
     }
@@ -324,7 +345,12 @@ fn typed_ready(p: &Pod) -> bool {
 
 #[test]
 fn rolling_update_keeps_max_unavailable() {
-    let Setup { server, v1, v2, reg: _reg } = setup();
+    let Setup {
+        server,
+        v1,
+        v2,
+        reg: _reg,
+    } = setup();
     server.create_ok(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
         "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "roll"}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
@@ -379,7 +405,12 @@ fn rolling_update_keeps_max_unavailable() {
 
 #[test]
 fn recreate_stops_old_pods_before_new_ones_start() {
-    let Setup { server, v1, v2, reg: _reg } = setup();
+    let Setup {
+        server,
+        v1,
+        v2,
+        reg: _reg,
+    } = setup();
     server.create_ok(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "batch"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "batch"}}, "strategy": {"type": "Recreate"},
             "template": {"metadata": {"labels": {"app": "batch"}},
@@ -464,16 +495,4 @@ fn deployment_pods_start_from_the_image_cache() {
             "started from the cache, not pulled: {describe}"
         );
     }
-}
-
-#[test]
-fn zz_debug() {
-    let Setup { server, v1, reg: _reg, .. } = setup();
-    server.kubectl_ok(&["create", "deployment", "web", &format!("--image={v1}"), "--replicas=2"]);
-    std::thread::sleep(std::time::Duration::from_secs(15));
-    eprintln!("{}", server.kubectl_ok(&["get", "pods", "-o", "wide"]));
-    eprintln!("{}", server.kubectl_ok(&["get", "rs", "-o", "yaml"]));
-    eprintln!("{}", server.kubectl_ok(&["get", "deploy", "-o", "yaml"]));
-    eprintln!("{}", server.kubectl_ok(&["get", "pods", "-o", "yaml"]));
-    panic!("debug");
 }

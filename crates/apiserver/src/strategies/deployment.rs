@@ -28,10 +28,7 @@ impl Strategy for DeploymentStrategy {
             .and_then(Value::as_object_mut)
         {
             // Protobuf bodies carry an unset type as "" (the Go zero value upstream defaults).
-            if strategy
-                .get("type")
-                .is_none_or(|t| t.is_null() || t == "")
-            {
+            if strategy.get("type").is_none_or(|t| t.is_null() || t == "") {
                 strategy.insert("type".into(), json!("RollingUpdate"));
             }
             if strategy.get("type") == Some(&json!("RollingUpdate")) {

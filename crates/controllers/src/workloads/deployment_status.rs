@@ -49,12 +49,12 @@ fn condition(
 /// Puts `new` in `list`, keeping the old transition time when the status did not change and
 /// the old update time when nothing but the times changed.
 fn set_condition(list: &mut Vec<DeploymentCondition>, mut new: DeploymentCondition) {
-    if let Some(old) = list.iter().find(|c| c.type_ == new.type_) {
-        if old.status == new.status {
-            new.last_transition_time = old.last_transition_time.clone();
-            if old.reason == new.reason && old.message == new.message {
-                new.last_update_time = old.last_update_time.clone();
-            }
+    if let Some(old) = list.iter().find(|c| c.type_ == new.type_)
+        && old.status == new.status
+    {
+        new.last_transition_time = old.last_transition_time.clone();
+        if old.reason == new.reason && old.message == new.message {
+            new.last_update_time = old.last_update_time.clone();
         }
     }
     list.retain(|c| c.type_ != new.type_);
