@@ -2,6 +2,7 @@
 //! same run and prints figure, baseline, ratio and target. See docs/benchmarks.md.
 
 mod api_bench;
+mod deploy_bench;
 mod machine;
 mod measure;
 mod oci_layout;
@@ -130,6 +131,11 @@ enum BenchCommand {
         /// (0: skip).
         #[arg(long, default_value_t = 0, value_name = "PODS")]
         burst: usize,
+        /// After the burst, a Deployment whose template is pinned to the Ready cache is scaled
+        /// 0 -> the burst's count: time until all its pods run, against the burst (needs
+        /// --burst).
+        #[arg(long, requires = "burst")]
+        deploy: bool,
         /// The imc binary to measure.
         #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
         imc: String,
@@ -293,11 +299,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_uncached,
             host_network,
             burst,
+            deploy,
             imc,
             work_dir,
             json,
         } => {
             let options = pod_bench::PodOptions {
+                deploy,
                 cache_dir,
                 work_dir,
                 imc: absolute(&imc)?,

@@ -47,6 +47,8 @@ pub struct PodOptions {
     pub host_network: bool,
     /// Pods created at once from the Ready cache after the one-by-one starts (0: none).
     pub burst: usize,
+    /// After the burst, as many pods from a Deployment pinned to the cache, scaled 0 -> N.
+    pub deploy: bool,
 }
 
 fn pod(name: &str, image: &str, cache_id: Option<&str>, host_network: bool) -> anyhow::Result<Pod> {
@@ -228,10 +230,18 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
                     .delete(&format!("pinned-{i}"), &DeleteParams::default())
                     .await;
             }
-            let burst = match options.burst {
+            let mut burst = match options.burst {
                 0 => None,
                 n => Some(burst(&server, &pods, n, &reference, &id, options.host_network).await?),
             };
+            if let Some(b) = burst.as_mut().filter(|_| options.deploy) {
+                let template = pod("template", &reference, Some(&id), options.host_network)?;
+                let client = server.client().await.context("kube client")?;
+                b.deploy = Some(
+                    crate::deploy_bench::scale_up(client, b.pods, &template, is_running, PATIENCE)
+                        .await?,
+                );
+            }
             anyhow::Ok((wall, stamps, build_seconds, burst))
         })?
     };
@@ -396,6 +406,22 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
             imc_runs: b.busy_ms.clone(),
             baseline_runs: b.idle_ms.clone(),
         });
+        if let Some(d) = b.deploy {
+            figures.push(Figure {
+                name: format!(
+                    "Deployment pinned to the Ready cache scaled 0 -> {}: all running",
+                    b.pods
+                ),
+                unit: "s",
+                imc: Some(d),
+                baseline_name: "the same pods created directly (the burst above)".into(),
+                baseline: Some(b.all_running),
+                target: Target::AtMost(5.0),
+                aggregate: "once",
+                imc_runs: vec![d],
+                baseline_runs: vec![b.all_running],
+            });
+        }
         burst_notes.push(format!(
             "burst: API GET p50 {:.1} ms during (vs {:.1} ms before), {} GETs; most loop devices of the data dir attached at once: {} (one cache disk for every pod)",
             median(&b.busy_ms).unwrap_or(f64::NAN),
@@ -448,6 +474,8 @@ struct Burst {
     idle_ms: Vec<f64>,
     /// Most loop devices backed by files of the server's data dir seen attached at once.
     peak_loops: usize,
+    /// Seconds until the same number of pods of a Deployment scaled 0 -> N all ran.
+    deploy: Option<f64>,
 }
 
 /// Loop devices whose backing file is under `dir` (`losetup --list`).
@@ -556,5 +584,6 @@ async fn burst(
         busy_ms,
         idle_ms,
         peak_loops,
+        deploy: None,
     })
 }
