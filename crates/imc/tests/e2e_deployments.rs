@@ -297,6 +297,28 @@ fn apply_validates_and_serves_replica_sets() {
         rs["status"]["observedGeneration"],
         rs["metadata"]["generation"]
     );
+    // PUT of the scale subresource (what an autoscaler writes), through kube-rs.
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let scale = rt.block_on(async {
+        let client = server.client().await.expect("a client");
+        let sets: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+            kube::Api::default_namespaced(client);
+        let mut scale = sets.get_scale("cache").await.expect("GET scale");
+        assert_eq!(
+            scale
+                .status
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .as_deref(),
+            Some("tier=cache")
+        );
+        scale.spec.get_or_insert_with(Default::default).replicas = Some(2);
+        sets.replace_scale("cache", &kube::api::PostParams::default(), &scale)
+            .await
+            .expect("PUT scale")
+    });
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    server.wait_for_pods("tier=cache", "down to 2", |p| live(p).len() == 2);
     server.kubectl_ok(&["scale", "rs", "cache", "--replicas=1"]);
     server.wait_for_pods("tier=cache", "down to 1", |p| p.len() == 1);
 }
