@@ -518,3 +518,37 @@ fn deployment_pods_start_from_the_image_cache() {
         );
     }
 }
+
+#[test]
+fn a_stuck_rollout_passes_its_progress_deadline() {
+    let Setup { server, reg, .. } = setup();
+    let missing = format!("{}/imc/missing:1", reg.registry.host());
+    server.create_ok(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stuck"},
+        "spec": {"replicas": 1, "progressDeadlineSeconds": 2, "selector": {"matchLabels": {"app": "stuck"}},
+            "template": {"metadata": {"labels": {"app": "stuck"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": missing}]}}}}));
+    let d = server.wait_for("deploy", "stuck", "past its deadline", |d| {
+        d["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Progressing"
+                    && c["status"] == "False"
+                    && c["reason"] == "ProgressDeadlineExceeded"
+            })
+    });
+    let available = d["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Available")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(available["reason"], "MinimumReplicasUnavailable", "{d:#}");
+    let out = server.kubectl_err(
+        &["rollout", "status", "deployment/stuck", "--timeout=60s"],
+        None,
+    );
+    assert!(out.contains("exceeded its progress deadline"), "{out}");
+}
