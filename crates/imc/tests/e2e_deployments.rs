@@ -552,3 +552,23 @@ fn a_stuck_rollout_passes_its_progress_deadline() {
     );
     assert!(out.contains("exceeded its progress deadline"), "{out}");
 }
+
+#[test]
+fn pods_count_as_available_only_after_min_ready_seconds() {
+    let Setup {
+        server,
+        v1,
+        reg: _reg,
+        ..
+    } = setup();
+    server.create_ok(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "slow"},
+        "spec": {"replicas": 2, "minReadySeconds": 3600, "selector": {"matchLabels": {"tier": "slow"}},
+            "template": {"metadata": {"labels": {"tier": "slow"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": v1}]}}}}));
+    let rs = server.wait_for("rs", "slow", "Ready", |r| r["status"]["readyReplicas"] == 2);
+    assert_eq!(rs["status"]["replicas"], 2);
+    assert_eq!(
+        rs["status"]["availableReplicas"], 0,
+        "Ready for less than an hour: {rs:#}"
+    );
+}
