@@ -99,7 +99,7 @@ pub struct ServerArgs {
 }
 
 /// A Go-style duration (`60s`, `2m`, `1h30m`) for a flag.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     imc_apiserver::inflight::parse_go_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration (e.g. 60s, 2m, 1h30m)"))
