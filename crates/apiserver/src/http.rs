@@ -61,8 +61,9 @@ pub async fn authenticate(
     if let Some(c) = &conn {
         c.prove();
     }
-    req.extensions_mut().insert(user);
-    let response = next.run(req).await;
+    req.extensions_mut().insert(user.clone());
+    // Admission webhooks are told who the caller is.
+    let response = crate::webhooks::as_caller(user, next.run(req)).await;
     match _open {
         Some(open) => crate::guarded_body::guard(response, open),
         None => response,

@@ -13,3 +13,4 @@ pub mod kubectl;
 pub mod leftovers;
 pub mod proxy;
 pub mod registry;
+pub mod webhook;
