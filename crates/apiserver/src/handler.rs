@@ -589,6 +589,7 @@ impl ApiServer {
                 namespace: ns.as_deref(),
                 dry_run,
                 options: write_options("CreateOptions", target.manager, dry_run),
+                object_kind: None,
             };
             let mut hook_warnings = webhooks::mutate(self, &hook_write, &mut o, None).await?;
             def.strategy.default(&mut o);
@@ -791,6 +792,7 @@ impl ApiServer {
             namespace: meta_str(old, "namespace"),
             dry_run: target.dry_run,
             options: write_options("UpdateOptions", target.manager, target.dry_run),
+            object_kind: None,
         };
         let mut hook_warnings = webhooks::mutate(self, &hook_write, &mut new, Some(old)).await?;
         let mut warnings = Vec::new();
@@ -1134,6 +1136,7 @@ impl ApiServer {
                 namespace: ns,
                 dry_run,
                 options: delete_options,
+                object_kind: None,
             };
             webhooks::validate(self, &hook_write, None, Some(&old)).await?;
             if dry_run {

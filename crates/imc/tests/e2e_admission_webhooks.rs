@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use imc_testkit::apiserver::TestServer;
+use imc_testkit::https::RawRequest;
 use imc_testkit::kubectl::eventually;
 use imc_testkit::webhook::{
     TestCa, TestWebhook, allow, configuration, core_rule, deny, hook, patch,
@@ -260,7 +261,8 @@ fn a_validating_webhook_denies_in_kubes_words() {
 fn failure_policy_fail_refuses_and_ignore_admits() {
     let server = api_server();
     let down = json!({"url": closed_url()});
-    let rules = json!([core_rule(&["*"], &["*"])]);
+    // Every group, the webhook configuration kinds' own included.
+    let rules = json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]);
     server.create_ok(configuration(
         false,
         "down",
@@ -390,6 +392,80 @@ fn subresource_rules_match_status_writes_only_when_named() {
         })
         .collect();
     assert_eq!(main, ["CREATE -"]);
+}
+
+#[test]
+fn pod_bindings_are_sent_as_a_create_of_pods_binding() {
+    let server = api_server();
+    let webhook = TestWebhook::start(|req| {
+        if req["object"]["target"]["name"] == "forbidden-node" {
+            deny(403, "not on that node")
+        } else {
+            allow()
+        }
+    })
+    .unwrap();
+    server.create_ok(configuration(
+        false,
+        "bindings",
+        vec![hook(
+            "bind.imc.test",
+            webhook.client_config("/"),
+            json!([core_rule(&["CREATE"], &["pods/binding"])]),
+        )],
+    ));
+    server.create_ok(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/app:1"}]}}));
+    let bind = |node: &str| {
+        let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let req = RawRequest::admin(&server, "POST", "/api/v1/namespaces/default/pods/p/binding")
+            .unwrap()
+            .with_body("application/json", body.to_string());
+        server.raw(&req).unwrap()
+    };
+    let refused = bind("forbidden-node");
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.json()["message"],
+        "admission webhook \"bind.imc.test\" denied the request: not on that node"
+    );
+    let bound = bind("node-a");
+    assert_eq!(bound.status, 201, "{}", bound.body);
+    assert_eq!(
+        server.get_json("pod", "p").unwrap()["spec"]["nodeName"],
+        "node-a"
+    );
+    let requests = webhook.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0]["operation"], "CREATE");
+    assert_eq!(requests[0]["subResource"], "binding");
+    assert_eq!(requests[0]["kind"]["kind"], "Binding");
+    assert_eq!(requests[0]["resource"]["resource"], "pods");
+}
+
+#[test]
+fn a_service_reference_without_services_must_resolve_through_dns() {
+    let server = api_server();
+    server.create_ok(configuration(
+        false,
+        "by-service",
+        vec![hook(
+            "svc.imc.test",
+            json!({"service": {"namespace": "hooks", "name": "nowhere", "path": "/check"}}),
+            json!([core_rule(&["CREATE"], &["configmaps"])]),
+        )],
+    ));
+    let err = server.kubectl_err(
+        &["create", "-f", "-"],
+        Some(&config_map("x", "default", json!({})).to_string()),
+    );
+    assert!(
+        err.contains("failed calling webhook \"svc.imc.test\": failed to call webhook: Post \"https://nowhere.hooks.svc:443/check?timeout=10s\""),
+        "{err}"
+    );
+    assert!(err.contains("must resolve through DNS"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct Write<'a> {
     pub dry_run: bool,
     /// The request's options (CreateOptions, UpdateOptions, DeleteOptions).
     pub options: Value,
+    /// The kind of the object sent when it is not the resource's own (`Binding` for
+    /// `pods/binding`); None for the resource's kind.
+    pub object_kind: Option<&'a str>,
 }
 
 impl Write<'_> {
@@ -251,7 +254,8 @@ fn user_info() -> Value {
 
 fn review(w: &Write<'_>, uid: &str, object: Option<&Value>, old: Option<&Value>) -> Value {
     let def = w.def;
-    let kind = json!({"group": def.group, "version": def.version, "kind": def.kind});
+    let kind = json!({"group": def.group, "version": def.version,
+        "kind": w.object_kind.unwrap_or(&def.kind)});
     let resource = json!({"group": def.group, "version": def.version, "resource": def.plural});
     let mut request = json!({
         "uid": uid,
