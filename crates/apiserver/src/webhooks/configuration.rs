@@ -432,3 +432,136 @@ pub fn defs() -> Vec<ResourceDef> {
 pub fn is_configuration(def: &ResourceDef) -> bool {
     def.group == GROUP && (def.plural == MUTATING || def.plural == VALIDATING)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Value {
+        json!({
+            "name": "a.imc.test",
+            "clientConfig": {"url": "https://hooks.example:8443/mutate"},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1", "v1beta1"],
+        })
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut w = good();
+        if value.is_null() {
+            w.as_object_mut().unwrap().remove(key);
+        } else {
+            w[key] = value;
+        }
+        w
+    }
+
+    #[test]
+    fn webhook_entries_are_validated_as_upstream() {
+        // (webhook entry, the fields named; empty = valid)
+        let table: Vec<(Value, Vec<&str>)> = vec![
+            (good(), vec![]),
+            (with("name", json!("two.parts")), vec!["webhooks[0].name"]),
+            (
+                with("name", json!("UPPER.case.name")),
+                vec!["webhooks[0].name"],
+            ),
+            (
+                with("clientConfig", json!({})),
+                vec!["webhooks[0].clientConfig"],
+            ),
+            (
+                with("clientConfig", json!({"url": "https://h/x?q=1"})),
+                vec!["webhooks[0].clientConfig.url"],
+            ),
+            (
+                with("clientConfig", json!({"url": "https://user@h/x"})),
+                vec!["webhooks[0].clientConfig.url"],
+            ),
+            (
+                with(
+                    "clientConfig",
+                    json!({"service": {"namespace": "ns", "name": "svc", "port": 70000}}),
+                ),
+                vec!["webhooks[0].clientConfig.service.port"],
+            ),
+            (
+                with(
+                    "clientConfig",
+                    json!({"service": {"name": "../x", "path": "no-slash"}}),
+                ),
+                vec![
+                    "webhooks[0].clientConfig.service.namespace",
+                    "webhooks[0].clientConfig.service.name",
+                    "webhooks[0].clientConfig.service.path",
+                ],
+            ),
+            (
+                with("sideEffects", Value::Null),
+                vec!["webhooks[0].sideEffects"],
+            ),
+            (
+                with("sideEffects", json!("Unknown")),
+                vec!["webhooks[0].sideEffects"],
+            ),
+            (
+                with("admissionReviewVersions", json!([])),
+                vec!["webhooks[0].admissionReviewVersions"],
+            ),
+            (
+                with("timeoutSeconds", json!(0)),
+                vec!["webhooks[0].timeoutSeconds"],
+            ),
+            (with("timeoutSeconds", json!(30)), vec![]),
+            (
+                with("matchPolicy", json!("Loose")),
+                vec!["webhooks[0].matchPolicy"],
+            ),
+            (
+                with("reinvocationPolicy", json!("Always")),
+                vec!["webhooks[0].reinvocationPolicy"],
+            ),
+            (
+                with(
+                    "rules",
+                    json!([{"operations": ["PATCH"], "apiGroups": [], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Galaxy"}]),
+                ),
+                vec![
+                    "webhooks[0].rules[0].operations[0]",
+                    "webhooks[0].rules[0].apiGroups",
+                    "webhooks[0].rules[0].scope",
+                ],
+            ),
+            (
+                with(
+                    "objectSelector",
+                    json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+                ),
+                vec!["webhooks[0].objectSelector.matchExpressions[0].values"],
+            ),
+        ];
+        for (i, (w, fields)) in table.into_iter().enumerate() {
+            let causes = validate(&json!({"webhooks": [w]}), true);
+            let named: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+            assert_eq!(named, fields, "case {i}: {causes:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_as_upstream() {
+        let mut obj = json!({"webhooks": [{"name": "a.imc.test",
+            "clientConfig": {"service": {"namespace": "ns", "name": "svc"}},
+            "rules": [{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]}]});
+        WebhookConfigurationStrategy { mutating: false }.default(&mut obj);
+        let w = &obj["webhooks"][0];
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["matchPolicy"], "Equivalent");
+        assert_eq!(w["timeoutSeconds"], 10);
+        assert_eq!(w["namespaceSelector"], json!({}));
+        assert_eq!(w["objectSelector"], json!({}));
+        assert_eq!(w["clientConfig"]["service"]["port"], 443);
+        assert_eq!(w["rules"][0]["scope"], "*");
+        assert!(w.get("reinvocationPolicy").is_none(), "validating: none");
+    }
+}
