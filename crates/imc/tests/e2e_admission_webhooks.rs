@@ -259,7 +259,11 @@ fn a_validating_webhook_denies_in_kubes_words() {
 
 #[test]
 fn failure_policy_fail_refuses_and_ignore_admits() {
-    let server = api_server();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("server.log");
+    let server =
+        TestServer::start_logging_to(env!("CARGO_BIN_EXE_imc"), &["--api-only".to_owned()], &log)
+            .unwrap();
     let down = json!({"url": closed_url()});
     // Every group, the webhook configuration kinds' own included.
     let rules = json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]);
@@ -285,6 +289,14 @@ fn failure_policy_fail_refuses_and_ignore_admits() {
     server.create_ok(configuration(false, "down-ignored", vec![ignore]));
     server.create_ok(config_map("admitted", "default", json!({})));
     assert!(server.get_json("configmap", "admitted").is_some());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("failing open (failurePolicy Ignore)")
+                && l.contains("down.imc.test")),
+        "{logged}"
+    );
 }
 
 #[test]
@@ -529,6 +541,51 @@ fn reinvocation_if_needed_reruns_an_earlier_webhook() {
 }
 
 #[test]
+fn webhook_answers_and_patches_stay_within_the_api_limits() {
+    let server = api_server();
+    // A patch whose result is nested past the 100 levels the server stores.
+    let webhook = TestWebhook::start(|req| {
+        if req["name"] == "huge" {
+            let mut a = allow();
+            a["filler"] = json!("x".repeat(4 << 20));
+            return a;
+        }
+        let mut deep = json!("bottom");
+        for _ in 0..98 {
+            deep = json!({"a": deep});
+        }
+        patch(json!([{"op": "add", "path": "/metadata/annotations/deep", "value": deep}]))
+    })
+    .unwrap();
+    server.create_ok(configuration(
+        true,
+        "bounded",
+        vec![hook(
+            "bounded.imc.test",
+            webhook.client_config("/"),
+            json!([core_rule(&["CREATE"], &["configmaps"])]),
+        )],
+    ));
+    let mut deep = config_map("deep", "default", json!({}));
+    deep["metadata"]["annotations"] = json!({"seed": "1"});
+    let err = server.kubectl_err(&["create", "-f", "-"], Some(&deep.to_string()));
+    assert!(
+        err.contains("the result would be nested deeper than 100 levels"),
+        "{err}"
+    );
+    assert!(server.get_json("configmap", "deep").is_none());
+    let err = server.kubectl_err(
+        &["create", "-f", "-"],
+        Some(&config_map("huge", "default", json!({})).to_string()),
+    );
+    assert!(
+        err.contains("failed calling webhook \"bounded.imc.test\": received invalid webhook response: the response is larger than 3145728 bytes"),
+        "{err}"
+    );
+    assert!(server.get_json("configmap", "huge").is_none());
+}
+
+#[test]
 fn warnings_reach_kubectl() {
     let server = api_server();
     let webhook = TestWebhook::start(|_| {
@@ -733,6 +790,25 @@ fn disable_refuses_unknown_parts() {
         err.contains(
             "\"scheduler\" cannot be disabled: the parts are admission, controllers and node"
         ),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imc"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--disable",
+            "controllers",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--disable: controllers and node can only be disabled together"),
         "{err}"
     );
 }
