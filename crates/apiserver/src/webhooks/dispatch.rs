@@ -196,6 +196,13 @@ fn applies(
 fn endpoint(api: &ApiServer, hook: &Webhook) -> std::result::Result<Endpoint, CallError> {
     let config = hook.spec.get("clientConfig").unwrap_or(&Value::Null);
     if let Some(url) = config.get("url").and_then(Value::as_str) {
+        // Validated on create; checked again where it is used.
+        if let Some(problem) = configuration::url_problem(url) {
+            return Err(CallError::Transport {
+                url: url.to_owned(),
+                reason: problem.to_owned(),
+            });
+        }
         return Ok(Endpoint {
             url: url.to_owned(),
             resolve: None,
