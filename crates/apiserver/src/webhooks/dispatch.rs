@@ -500,7 +500,8 @@ async fn run_mutating(
 }
 
 /// Calls the validating webhooks (all at once) for a write; `object` is None for a delete.
-/// Mutating webhooks are called for deletes as well (their patches have nothing to apply to).
+/// For a delete the mutating webhooks are called first, one after the other, as upstream
+/// (their patches have nothing to apply to).
 pub async fn validate(
     api: &ApiServer,
     w: &Write<'_>,
@@ -510,23 +511,30 @@ pub async fn validate(
     if configuration::is_configuration(w.def) {
         return Ok(Vec::new());
     }
-    let mut hooks = configured(api, VALIDATING);
-    if object.is_none() {
-        let mut mutating = configured(api, MUTATING);
-        mutating.append(&mut hooks);
-        hooks = mutating;
-    }
-    if hooks.is_empty() {
+    let mutating = if object.is_none() {
+        configured(api, MUTATING)
+    } else {
+        Vec::new()
+    };
+    let validating = configured(api, VALIDATING);
+    if mutating.is_empty() && validating.is_empty() {
         return Ok(Vec::new());
     }
     let ns_labels = namespace_labels(api, w, object, old);
+    let mut warnings = Vec::new();
+    for hook in &mutating {
+        if applies(hook, w, ns_labels.as_ref(), object, old)?
+            && let Some(a) = call_one(api, hook, w, object, old).await?
+        {
+            warnings.extend(a.warnings);
+        }
+    }
     let mut calls = Vec::new();
-    for hook in &hooks {
+    for hook in &validating {
         if applies(hook, w, ns_labels.as_ref(), object, old)? {
             calls.push(call_one(api, hook, w, object, old));
         }
     }
-    let mut warnings = Vec::new();
     for answer in futures::future::join_all(calls).await {
         if let Some(a) = answer? {
             warnings.extend(a.warnings);
