@@ -697,6 +697,11 @@ impl ApiServer {
             return Ok(());
         };
         for name in ["default", "kube-system", "kube-public"] {
+            // Those present are not created again: a start never goes through admission (a
+            // webhook that is down would otherwise stop the server from starting).
+            if self.store.get(&Self::key(&ns, None, name)).is_some() {
+                continue;
+            }
             match self
                 .create(&ns, None, json!({"metadata": {"name": name}}))
                 .await

@@ -300,6 +300,25 @@ fn failure_policy_fail_refuses_and_ignore_admits() {
 }
 
 #[test]
+fn a_webhook_that_is_down_does_not_stop_a_restart() {
+    let mut server = api_server();
+    let rules = json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*/*"]}]);
+    server.create_ok(configuration(
+        true,
+        "down-everywhere",
+        vec![hook("down.imc.test", json!({"url": closed_url()}), rules)],
+    ));
+    server.restart().expect("the server starts again");
+    let err = server.kubectl_err(&["create", "namespace", "blocked"], None);
+    assert!(
+        err.contains("failed calling webhook \"down.imc.test\""),
+        "{err}"
+    );
+    server.kubectl_ok(&["delete", "mutatingwebhookconfiguration", "down-everywhere"]);
+    server.kubectl_ok(&["create", "namespace", "admitted"]);
+}
+
+#[test]
 fn timeout_seconds_is_enforced() {
     let server = api_server();
     let webhook = TestWebhook::start(|_| allow()).unwrap();
