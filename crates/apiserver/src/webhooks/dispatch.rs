@@ -308,6 +308,7 @@ async fn call_one(
     w: &Write<'_>,
     object: Option<&Value>,
     old: Option<&Value>,
+    mutating: bool,
 ) -> Result<Option<Answer>> {
     let name = hook.name().to_owned();
     if w.dry_run && !hook.supports_dry_run() {
@@ -357,7 +358,9 @@ async fn call_one(
     if response.get("allowed") != Some(&Value::Bool(true)) {
         return Err(denied(&name, response.get("status")));
     }
+    // A patch matters from a mutating webhook on an object only (ignored otherwise, as upstream).
     let patch = match response.get("patch").and_then(Value::as_str) {
+        _ if !mutating || object.is_none() => None,
         None => None,
         Some(encoded) => {
             match response.get("patchType").and_then(Value::as_str) {
@@ -487,7 +490,7 @@ async fn run_mutating(
     old: Option<&Value>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let Some(answer) = call_one(api, hook, w, Some(object), old).await? else {
+    let Some(answer) = call_one(api, hook, w, Some(object), old, true).await? else {
         return Ok(());
     };
     warnings.extend(answer.warnings);
@@ -524,7 +527,7 @@ pub async fn validate(
     let mut warnings = Vec::new();
     for hook in &mutating {
         if applies(hook, w, ns_labels.as_ref(), object, old)?
-            && let Some(a) = call_one(api, hook, w, object, old).await?
+            && let Some(a) = call_one(api, hook, w, object, old, true).await?
         {
             warnings.extend(a.warnings);
         }
@@ -532,7 +535,7 @@ pub async fn validate(
     let mut calls = Vec::new();
     for hook in &validating {
         if applies(hook, w, ns_labels.as_ref(), object, old)? {
-            calls.push(call_one(api, hook, w, object, old));
+            calls.push(call_one(api, hook, w, object, old, false));
         }
     }
     for answer in futures::future::join_all(calls).await {
