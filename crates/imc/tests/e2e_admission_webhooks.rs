@@ -151,6 +151,33 @@ fn configurations_are_validated_and_defaulted() {
     assert_eq!(w["objectSelector"], json!({}));
     assert_eq!(w["rules"][0]["scope"], "*");
     assert_eq!(w["clientConfig"]["service"]["port"], 443);
+    // kubectl apply, client-side (strategic merge) and server-side, as for any manifest.
+    let mut applied = hook(
+        "applied.imc.test",
+        json!({"url": "https://127.0.0.1:1/x"}),
+        rules.clone(),
+    );
+    for (i, server_side) in [(5, false), (6, false), (7, true), (8, true)] {
+        applied["timeoutSeconds"] = json!(i);
+        let name = if server_side {
+            "applied-ssa"
+        } else {
+            "applied"
+        };
+        let manifest = configuration(false, name, vec![applied.clone()]).to_string();
+        let args: &[&str] = if server_side {
+            &["apply", "--server-side", "-f", "-"]
+        } else {
+            &["apply", "-f", "-"]
+        };
+        let (ok, out) = server.kubectl_args_stdin(args, &manifest);
+        assert!(ok, "{out}");
+        let stored = server
+            .get_json("validatingwebhookconfiguration", name)
+            .expect("applied");
+        assert_eq!(stored["webhooks"][0]["timeoutSeconds"], i, "{stored:#}");
+        assert_eq!(stored["webhooks"].as_array().map(Vec::len), Some(1));
+    }
     let table = server.kubectl_ok(&["get", "mutatingwebhookconfigurations"]);
     assert!(table.contains("WEBHOOKS"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("good ")), "{table}");
