@@ -178,6 +178,11 @@ fn configurations_are_validated_and_defaulted() {
         assert_eq!(stored["webhooks"][0]["timeoutSeconds"], i, "{stored:#}");
         assert_eq!(stored["webhooks"].as_array().map(Vec::len), Some(1));
     }
+    let explained = server.kubectl_ok(&[
+        "explain",
+        "mutatingwebhookconfiguration.webhooks.reinvocationPolicy",
+    ]);
+    assert!(explained.contains("reinvocationPolicy"), "{explained}");
     let table = server.kubectl_ok(&["get", "mutatingwebhookconfigurations"]);
     assert!(table.contains("WEBHOOKS"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("good ")), "{table}");
@@ -646,12 +651,19 @@ fn warnings_reach_kubectl() {
         vec![hook(
             "warn.imc.test",
             webhook.client_config("/"),
-            json!([core_rule(&["CREATE"], &["configmaps"])]),
+            json!([core_rule(&["CREATE", "UPDATE"], &["configmaps"])]),
         )],
     ));
     let (ok, out) = server.create(config_map("warned", "default", json!({})));
     assert!(ok, "{out}");
     assert!(out.contains("Warning: this config map is watched"), "{out}");
+    // Updates too.
+    let out = server
+        .kubectl(&["label", "configmap", "warned", "again=yes"])
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Warning: this config map is watched"), "{err}");
 }
 
 #[test]
