@@ -254,19 +254,11 @@ impl ApiServer {
         dry_run: bool,
     ) -> Result<Value> {
         // Admission webhooks see a CREATE of pods/binding with the Binding, as upstream.
-        let hook_write = crate::webhooks::dispatch::Write {
-            def,
-            operation: kube::core::admission::Operation::Create,
-            sub: Some("binding"),
-            name,
-            namespace: ns,
-            dry_run,
-            options: crate::webhooks::dispatch::write_options("CreateOptions", None, dry_run),
-            object_kind: Some("Binding"),
-        };
         let mut body = body.clone();
-        crate::webhooks::dispatch::mutate(self, &hook_write, &mut body, None).await?;
-        crate::webhooks::dispatch::validate(self, &hook_write, Some(&body), None).await?;
+        crate::webhooks::dispatch::admit_subresource_create(
+            self, def, ns, name, "binding", "Binding", dry_run, &mut body,
+        )
+        .await?;
         let body = &body;
         let binding = parse(body, name)?;
         if let Some(body_ns) = str_at(body, "/metadata/namespace")

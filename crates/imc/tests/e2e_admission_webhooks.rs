@@ -509,6 +509,43 @@ fn pod_bindings_are_sent_as_a_create_of_pods_binding() {
 }
 
 #[test]
+fn token_requests_are_sent_as_a_create_of_serviceaccounts_token() {
+    let server = api_server();
+    let webhook = TestWebhook::start(|req| {
+        if req["object"]["spec"]["expirationSeconds"] == 7200 {
+            deny(403, "tokens are for one hour")
+        } else {
+            allow()
+        }
+    })
+    .unwrap();
+    server.create_ok(configuration(
+        false,
+        "tokens",
+        vec![hook(
+            "token.imc.test",
+            webhook.client_config("/"),
+            json!([core_rule(&["CREATE"], &["serviceaccounts/token"])]),
+        )],
+    ));
+    server.kubectl_ok(&["create", "serviceaccount", "builder"]);
+    let err = server.kubectl_err(&["create", "token", "builder", "--duration=2h"], None);
+    assert!(
+        err.contains(
+            "admission webhook \"token.imc.test\" denied the request: tokens are for one hour"
+        ),
+        "{err}"
+    );
+    let token = server.kubectl_ok(&["create", "token", "builder", "--duration=1h"]);
+    assert!(token.trim().split('.').count() == 3, "{token}");
+    let requests = webhook.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0]["kind"]["kind"], "TokenRequest");
+    assert_eq!(requests[0]["subResource"], "token");
+    assert_eq!(requests[0]["name"], "builder");
+}
+
+#[test]
 fn a_service_reference_without_services_must_resolve_through_dns() {
     let server = api_server();
     server.create_ok(configuration(

@@ -426,6 +426,35 @@ pub fn denied(name: &str, status: Option<&Value>) -> ApiError {
     ApiError::Admission { code, message }
 }
 
+/// Admits the CREATE of a subresource whose body is another kind (`pods/binding` takes a
+/// `Binding`, `serviceaccounts/token` a `TokenRequest`): the mutating webhooks may patch `body`,
+/// then the validating webhooks see it. Their warnings.
+#[allow(clippy::too_many_arguments)]
+pub async fn admit_subresource_create(
+    api: &ApiServer,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+    kind: &str,
+    dry_run: bool,
+    body: &mut Value,
+) -> Result<Vec<String>> {
+    let write = Write {
+        def,
+        operation: Operation::Create,
+        sub: Some(sub),
+        name,
+        namespace: ns,
+        dry_run,
+        options: write_options("CreateOptions", None, dry_run),
+        object_kind: Some(kind),
+    };
+    let mut warnings = mutate(api, &write, body, None).await?;
+    warnings.extend(validate(api, &write, Some(body), None).await?);
+    Ok(warnings)
+}
+
 /// Refuses a patch that changed what identifies the object.
 fn check_identity(name: &str, before: &Value, after: &Value) -> Result<()> {
     for pointer in [
