@@ -591,6 +591,26 @@ fn a_wrong_ca_bundle_fails_the_tls_handshake() {
         "{err}"
     );
     assert!(err.contains("certificate"), "{err}");
+    // No caBundle: the system's roots, which do not hold the test CA either.
+    server.kubectl_ok(&["delete", "validatingwebhookconfiguration", "untrusted"]);
+    server.create_ok(configuration(
+        false,
+        "system-roots",
+        vec![hook(
+            "roots.imc.test",
+            json!({"url": webhook.url("/")}),
+            json!([core_rule(&["CREATE"], &["configmaps"])]),
+        )],
+    ));
+    let err = server.kubectl_err(
+        &["create", "-f", "-"],
+        Some(&config_map("y", "default", json!({})).to_string()),
+    );
+    assert!(
+        err.contains("failed calling webhook \"roots.imc.test\""),
+        "{err}"
+    );
+    assert!(err.contains("certificate"), "{err}");
     assert!(webhook.requests().is_empty());
 }
 

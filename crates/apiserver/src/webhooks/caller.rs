@@ -118,6 +118,19 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Why a request failed, without reqwest's own "error sending request for url (...)" (the
+/// message names the URL already); a timeout in kube's words.
+fn request_failure(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if e.is_timeout() {
+        return "context deadline exceeded".into();
+    }
+    match e.source() {
+        Some(source) => error_chain(source),
+        None => e.to_string(),
+    }
+}
+
 /// POSTs `review` to `endpoint` and returns the decoded answer, all within `timeout`.
 pub async fn call(
     endpoint: &Endpoint,
@@ -144,13 +157,13 @@ pub async fn call(
             .body(body)
             .send()
             .await
-            .map_err(|e| transport(error_chain(&e)))?;
+            .map_err(|e| transport(request_failure(&e)))?;
         let status = response.status();
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| transport(error_chain(&e)))?
+            .map_err(|e| transport(request_failure(&e)))?
         {
             if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(CallError::InvalidResponse(format!(
