@@ -29,6 +29,7 @@ pub struct ApiServer {
     pod_security: PodSecurity,
     openapi: std::sync::OnceLock<crate::discovery::OpenApiDocs>,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
+    streams: RwLock<Option<Arc<dyn crate::streaming::PodStreams>>>,
     metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
 }
@@ -235,6 +236,7 @@ impl ApiServer {
             pod_security,
             openapi: std::sync::OnceLock::new(),
             logs: RwLock::new(None),
+            streams: RwLock::new(None),
             metrics: RwLock::new(None),
             me: me.clone(),
         })
@@ -243,6 +245,19 @@ impl ApiServer {
     /// Where controllers register admission functions.
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// Installs the provider of `exec`, `attach` and `portforward` (the node).
+    pub fn set_pod_streams(&self, streams: Arc<dyn crate::streaming::PodStreams>) {
+        *self.streams.write().unwrap_or_else(|e| e.into_inner()) = Some(streams);
+    }
+
+    /// The installed provider of the streaming subresources.
+    pub(crate) fn pod_streams(&self) -> Option<Arc<dyn crate::streaming::PodStreams>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Installs the provider of pod logs (the node).

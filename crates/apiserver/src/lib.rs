@@ -41,6 +41,7 @@ pub mod selector;
 pub mod server;
 pub mod store;
 pub mod strategies;
+pub mod streaming;
 pub mod table;
 pub mod token_request;
 
@@ -52,3 +53,4 @@ pub use logs::{LogOptions, PodLogs};
 pub use pod_security::{Level as PodSecurityLevel, PodSecurity};
 pub use resources::{ResourceDef, Resources};
 pub use server::{Server, ServerConfig, install_crypto_provider, serve_tls};
+pub use streaming::{ExecOptions, ExecSession, PodStreams, TerminalSize};
