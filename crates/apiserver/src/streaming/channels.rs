@@ -68,6 +68,9 @@ pub(crate) async fn run(
                 return;
             }
         }
+        // A normal close: kubectl reads its streams to their end, and any other close is
+        // an error to it.
+        let _ = sink.send(super::normal_close()).await;
         let _ = sink.close().await;
     });
     // As the kubelet does: an empty message on the lowest output channel tells the client

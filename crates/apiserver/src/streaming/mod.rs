@@ -105,6 +105,10 @@ pub trait PodStreams: Send + Sync + 'static {
     /// Connects to `port` on localhost of the pod's network namespace. Called once per
     /// forwarded connection.
     fn port_forward(&self, pod: Value, port: u16) -> PortFuture;
+    /// Whether `container` of `pod` (any of its containers when `None`) can be streamed to
+    /// now, or why not: checked before a request that cannot be upgraded is refused, so that
+    /// kubectl, which retries a failed WebSocket upgrade with SPDY, shows the real reason.
+    fn ready(&self, pod: &Value, kind: Kind, container: Option<&str>) -> Result<(), ApiError>;
 }
 
 /// Which streaming subresource a request is for.
@@ -270,6 +274,28 @@ pub async fn serve(
 ) -> Result<Response, ApiError> {
     let pod = api.get(def, ns, name)?;
     let pairs = query_pairs(uri);
+    let provider = api.pod_streams();
+    // Everything that can be refused is, before the lack of an upgrade is.
+    let mut options = None;
+    match kind {
+        Kind::Exec | Kind::Attach => {
+            let mut o = exec_options(kind, &pairs)?;
+            let ask = LogOptions {
+                container: Some(o.container.clone()),
+                ..LogOptions::default()
+            };
+            o.container = crate::logs::resolve_container(&pod, &ask)?;
+            options = Some(o);
+        }
+        Kind::PortForward => {
+            forward_ports(&pairs)?;
+        }
+    }
+    check_pod(&pod, kind)?;
+    let Some(provider) = provider else {
+        return Err(no_node(kind));
+    };
+    provider.ready(&pod, kind, options.as_ref().map(|o| o.container.as_str()))?;
     let Some(upgrade) = upgrade else {
         return Err(ApiError::BadRequest(format!(
             "Upgrade request required: {} is served over WebSocket only (kubectl 1.31 or later; \
@@ -303,19 +329,8 @@ pub async fn serve(
             supported.join(" ")
         )));
     };
-    let provider = api.pod_streams();
-    match kind {
-        Kind::Exec | Kind::Attach => {
-            let mut options = exec_options(kind, &pairs)?;
-            let ask = LogOptions {
-                container: Some(options.container.clone()),
-                ..LogOptions::default()
-            };
-            options.container = crate::logs::resolve_container(&pod, &ask)?;
-            check_pod(&pod, kind)?;
-            let Some(provider) = provider else {
-                return Err(no_node(kind));
-            };
+    match options {
+        Some(options) => {
             let session = match kind {
                 Kind::Exec => provider.exec(pod, options.clone()).await?,
                 _ => provider.attach(pod, options.clone()).await?,
@@ -325,15 +340,16 @@ pub async fn serve(
             Ok(upgrade
                 .on_upgrade(move |socket| channels::run(socket, v5, options, command, session)))
         }
-        Kind::PortForward => {
-            forward_ports(&pairs)?;
-            check_pod(&pod, kind)?;
-            let Some(provider) = provider else {
-                return Err(no_node(kind));
-            };
-            Ok(upgrade.on_upgrade(move |socket| port_forward::run(socket, provider, pod)))
-        }
+        None => Ok(upgrade.on_upgrade(move |socket| port_forward::run(socket, provider, pod))),
     }
+}
+
+/// The close frame of a connection whose work is done (code 1000).
+fn normal_close() -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 fn no_node(kind: Kind) -> ApiError {

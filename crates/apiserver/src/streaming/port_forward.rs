@@ -49,6 +49,9 @@ pub(crate) async fn run(socket: WebSocket, provider: Arc<dyn PodStreams>, pod: V
                 return;
             }
         }
+        // A normal close: kubectl reads its streams to their end, and any other close is
+        // an error to it.
+        let _ = sink.send(super::normal_close()).await;
         let _ = sink.close().await;
     });
     let mut reader = FrameReader::default();

@@ -18,6 +18,7 @@ mod env;
 mod error;
 mod events;
 mod eviction;
+mod exec;
 pub mod image;
 mod lifecycle;
 pub mod logs;
@@ -108,8 +109,9 @@ pub struct Node {
     workers: Mutex<HashMap<String, Worker>>,
     /// Set by [`Node::shutdown`]: workers stop their containers without touching the pods.
     shutting_down: AtomicBool,
-    /// (pod uid, container name) of every container whose process runs.
-    running: Arc<Mutex<HashSet<(String, String)>>>,
+    /// (pod uid, container name) of every container whose process runs → where commands
+    /// and connections of `kubectl exec` and `port-forward` reach it.
+    running: Arc<Mutex<HashMap<(String, String), prober::target::Target>>>,
     /// The ConfigMaps and Secrets pods read (one shared watch of each).
     objects: Arc<ObjectCache>,
     /// Service-account tokens of projected volumes.
@@ -406,13 +408,18 @@ impl Node {
         report
     }
 
-    fn set_running(&self, uid: &str, container: &str, running: bool) {
+    /// Notes that container `container` of pod `uid` runs (reached through `target`), or no
+    /// longer does (`None`).
+    fn set_running(&self, uid: &str, container: &str, target: Option<prober::target::Target>) {
         let key = (uid.to_owned(), container.to_owned());
-        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running {
-            set.insert(key);
-        } else {
-            set.remove(&key);
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match target {
+            Some(t) => {
+                map.insert(key, t);
+            }
+            None => {
+                map.remove(&key);
+            }
         }
     }
 
@@ -450,7 +457,7 @@ impl Node {
             running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&key)
+                .contains_key(&key)
         });
         match logs::stream(path, request, running).await {
             Err(NodeError::Logs { source, .. })

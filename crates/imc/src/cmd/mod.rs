@@ -3,6 +3,7 @@
 mod cache;
 mod explain_match;
 mod image;
+mod node_streams;
 mod registry_args;
 mod run;
 mod server;

@@ -278,6 +278,7 @@ async fn start_node(
         .await
         .context("starting the node")?;
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
+    api.set_pod_streams(Arc::new(super::node_streams::NodeStreams(node.clone())));
     Ok(node)
 }
 
