@@ -500,6 +500,19 @@ impl ApiServer {
         self.pod_security.admit(def, &self.store, obj, old)
     }
 
+    /// The ServiceAccount admission plugin on a new pod of namespace `ns`
+    /// ([`crate::service_account_admission`]).
+    fn admit_service_account(&self, pod: &mut Value, ns: &str) -> Result<()> {
+        let Some(accounts) = self.resources.find("", "v1", "serviceaccounts") else {
+            return Ok(());
+        };
+        crate::service_account_admission::admit(pod, ns, |name| {
+            self.store
+                .get(&Self::key(&accounts, Some(ns), name))
+                .map(|o| (*o).clone())
+        })
+    }
+
     /// Creates an object (POST).
     pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
         self.create_with(def, ns, obj, WriteOptions::default())
@@ -593,6 +606,9 @@ impl ApiServer {
             // The client owns what it sent, defaults included, as in Kubernetes; what admission
             // and the strategy add afterwards belongs to no one.
             let sent = o.clone();
+            if def.group.is_empty() && def.plural == "pods" {
+                self.admit_service_account(&mut o, ns.as_deref().unwrap_or(""))?;
+            }
             self.admission
                 .mutate(def, Operation::Create, None, &mut o, None)?;
             def.strategy.default(&mut o);

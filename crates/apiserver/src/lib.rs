@@ -39,6 +39,7 @@ pub mod sa_token;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod service_account_admission;
 pub mod store;
 pub mod strategies;
 pub mod streaming;
