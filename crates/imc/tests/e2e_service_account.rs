@@ -1,7 +1,8 @@
 //! Service-account API access end to end (issue 9 item 1): the ServiceAccount admission
 //! plugin gives a new pod the `default` account and a `kube-api-access-xxxxx` projected
 //! volume; the node writes the bound token, `ca.crt` and `namespace` there, and the token
-//! authenticates as the pod's service account. `automountServiceAccountToken: false` (pod or
+//! authenticates as the pod's service account, from the test and from inside the pod (through
+//! `KUBERNETES_SERVICE_HOST`/`PORT`: the pod network's gateway, forwarded to the API). `automountServiceAccountToken: false` (pod or
 //! account) is honoured, and a pod naming an account that does not exist is refused.
 
 mod run_support;

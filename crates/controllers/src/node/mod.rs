@@ -46,6 +46,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use env::ApiService;
 pub use error::NodeError;
 pub use logs::LogRequest;
 
@@ -97,6 +98,8 @@ pub struct NodeOptions {
     pub log_limits: imc_runtime::LogLimits,
     /// The CNI network pods join; loopback only without one.
     pub network: Option<imc_runtime::CniNetwork>,
+    /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST` …); unset without.
+    pub api_service: Option<ApiService>,
 }
 
 /// The node of this process.
@@ -118,6 +121,8 @@ pub struct Node {
     tokens: TokenManager,
     /// What pods may be given (the downward API's limits of containers without one).
     allocatable: Capacity,
+    /// Where pods reach the API server.
+    api_service: Option<ApiService>,
 }
 
 impl Node {
@@ -151,6 +156,7 @@ impl Node {
             objects: ObjectCache::start(ctx.client.clone()),
             tokens: TokenManager::new(ctx.client.clone()),
             allocatable,
+            api_service: options.api_service,
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
             ctx,
             runtime,

@@ -1,5 +1,6 @@
 //! Subcommands. One file per command group; each turns its arguments into library calls.
 
+mod api_forwarder;
 mod cache;
 mod explain_match;
 mod image;
