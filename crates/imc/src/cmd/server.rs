@@ -155,6 +155,18 @@ fn pod_network(args: &ServerArgs) -> anyhow::Result<imc_runtime::CniNetwork> {
         .with_context(|| format!("loading the pod network configuration {}", path.display()))
 }
 
+/// Installs or removes (`change`) the outbound NAT of imc's own network (`--pod-cidr` on
+/// `--pod-bridge`): installed at start, removed at a graceful stop. Runs `iptables`, so on the
+/// blocking pool.
+async fn masquerade(
+    args: &ServerArgs,
+    change: fn(&imc_runtime::PodMasquerade) -> Result<(), imc_runtime::RuntimeError>,
+) -> anyhow::Result<()> {
+    let rules = imc_runtime::PodMasquerade::new(&args.pod_bridge, &args.pod_cidr)?;
+    tokio::task::spawn_blocking(move || change(&rules)).await??;
+    Ok(())
+}
+
 /// A Pod Security Standards level, as `--pod-security-default` takes it.
 fn parse_pod_security_level(s: &str) -> Result<imc_apiserver::PodSecurityLevel, String> {
     s.parse()
@@ -272,6 +284,11 @@ async fn start_node(
     let admission = PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
     api.admission().add_mutating("", "Pod", admission.into_fn());
     let network = pod_network(args)?;
+    if args.cni_config.is_none() {
+        masquerade(args, imc_runtime::PodMasquerade::install)
+            .await
+            .context("setting up the pod network")?;
+    }
     let options = imc_controllers::node::NodeOptions {
         log_limits,
         network: Some(network),
@@ -432,6 +449,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 entries = temp,
                 "removed the temporary work of called-off builds"
             );
+        }
+        if args.cni_config.is_none()
+            && let Err(e) = masquerade(&args, imc_runtime::PodMasquerade::remove).await
+        {
+            tracing::warn!(error = %e, "removing the pod network's masquerade");
         }
         if report.left.is_empty() {
             tracing::info!(pods = ?report.stopped, "stopped and removed the containers of every pod");
