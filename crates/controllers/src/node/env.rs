@@ -334,6 +334,69 @@ mod tests {
     }
 
     #[test]
+    fn the_api_service_variables_come_first_and_yield_to_the_pods_own() {
+        let api = ApiService {
+            pod_host: "10.88.0.1".into(),
+            host_network_host: "127.0.0.1".into(),
+            port: 6443,
+        };
+        // (hostNetwork, the container's env, the variables wanted in order)
+        let cases: Vec<(bool, serde_json::Value, Vec<(&str, &str)>)> = vec![
+            (
+                false,
+                json!([]),
+                vec![
+                    ("KUBERNETES_SERVICE_HOST", "10.88.0.1"),
+                    ("KUBERNETES_SERVICE_PORT", "6443"),
+                    ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+                    ("KUBERNETES_PORT", "tcp://10.88.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP", "tcp://10.88.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP_PROTO", "tcp"),
+                    ("KUBERNETES_PORT_6443_TCP_PORT", "6443"),
+                    ("KUBERNETES_PORT_6443_TCP_ADDR", "10.88.0.1"),
+                ],
+            ),
+            (
+                true,
+                json!([{"name": "KUBERNETES_SERVICE_PORT", "value": "1"},
+                       {"name": "URL", "value": "https://$(KUBERNETES_SERVICE_HOST)"}]),
+                vec![
+                    ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                    ("KUBERNETES_SERVICE_PORT", "1"),
+                    ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+                    ("KUBERNETES_PORT", "tcp://127.0.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP", "tcp://127.0.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP_PROTO", "tcp"),
+                    ("KUBERNETES_PORT_6443_TCP_PORT", "6443"),
+                    ("KUBERNETES_PORT_6443_TCP_ADDR", "127.0.0.1"),
+                    ("URL", "https://127.0.0.1"),
+                ],
+            ),
+        ];
+        for (host_network, env, want) in cases {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"hostNetwork": host_network,
+                         "containers": [{"name": "app", "image": "x", "env": env}]}
+            }))
+            .unwrap();
+            let c = pod.spec.as_ref().unwrap().containers[0].clone();
+            let objects = objects();
+            let got = container_env(
+                &pod,
+                &c,
+                EnvSources {
+                    objects: &objects,
+                    allocatable: None,
+                    api: Some(&api),
+                },
+            )
+            .unwrap();
+            assert_eq!(pairs(&got), want, "hostNetwork {host_network}");
+        }
+    }
+
+    #[test]
     fn env_from_every_source() {
         let env = env_of(json!({"name": "app", "image": "x",
             "resources": {"limits": {"memory": "64Mi"}},
