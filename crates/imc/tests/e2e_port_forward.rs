@@ -31,7 +31,7 @@ fn forward(server: &TestServer, pod: &str, remote: u16) -> (Child, u16) {
     let mut child = server
         .kubectl_command(&["port-forward", &format!("pod/{pod}"), &format!(":{remote}")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -108,4 +108,19 @@ fn port_forward_reaches_the_pods_localhost() {
     }
     kubectl.kill().unwrap();
     kubectl.wait().unwrap();
+
+    // A port nothing listens on: the connection ends, and kubectl reports why from the
+    // stream's error channel.
+    let (mut kubectl, port) = forward(&server, "web", 9999);
+    let answer = get(port, "/");
+    assert_eq!(answer, "", "nothing answers on port 9999");
+    let _ = kubectl.kill();
+    let mut stderr = String::new();
+    kubectl.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    kubectl.wait().unwrap();
+    assert!(
+        stderr.contains("error forwarding port 9999 to pod web, uid ")
+            && stderr.contains("failed to connect to localhost:9999 inside the pod's network namespace"),
+        "{stderr}"
+    );
 }
