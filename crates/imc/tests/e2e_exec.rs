@@ -95,6 +95,25 @@ fn exec_streams_stdout_stderr_stdin_and_the_exit_code() {
         output_text(&out)
     );
 
+    // A container of the pod that has ended: the kubelet's words.
+    server.create_ok(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "half"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "done", "image": reg.busybox, "command": ["true"]},
+            {"name": "app", "image": reg.busybox, "command": ["sleep", "100000"]}]}}),
+    );
+    server.wait_for("pod", "half", "one container ended", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["name"] == "done" && c["state"]["terminated"].is_object())
+            })
+    });
+    let err = server.kubectl_err(&["exec", "half", "-c", "done", "--", "true"], None);
+    assert!(err.contains(r#"container not found ("done")"#), "{err}");
+    server.kubectl_ok(&["exec", "half", "-c", "app", "--", "true"]);
+
     // A container the pod does not have.
     let err = server.kubectl_err(&["exec", "shell", "-c", "nope", "--", "true"], None);
     assert!(

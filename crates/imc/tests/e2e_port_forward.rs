@@ -116,11 +116,17 @@ fn port_forward_reaches_the_pods_localhost() {
     assert_eq!(answer, "", "nothing answers on port 9999");
     let _ = kubectl.kill();
     let mut stderr = String::new();
-    kubectl.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    kubectl
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     kubectl.wait().unwrap();
     assert!(
         stderr.contains("error forwarding port 9999 to pod web, uid ")
-            && stderr.contains("failed to connect to localhost:9999 inside the pod's network namespace"),
+            && stderr
+                .contains("failed to connect to localhost:9999 inside the pod's network namespace"),
         "{stderr}"
     );
 }
