@@ -341,7 +341,8 @@ mod tests {
             port: 6443,
         };
         // (hostNetwork, the container's env, the variables wanted in order)
-        let cases: Vec<(bool, serde_json::Value, Vec<(&str, &str)>)> = vec![
+        type Case = (bool, serde_json::Value, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
             (
                 false,
                 json!([]),
