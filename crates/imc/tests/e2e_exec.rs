@@ -219,7 +219,10 @@ fn a_client_that_goes_away_leaves_nothing_running() {
     let mut first = [0u8; 8];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     assert_eq!(&first, b"started\n");
-    assert!(sleeping_4711(), "the exec'd command runs");
+    assert!(
+        eventually("the exec'd command running", || sleeping_4711().then_some(())).is_some(),
+        "the exec'd command never ran"
+    );
     kubectl.kill().unwrap();
     kubectl.wait().unwrap();
     assert!(
