@@ -220,7 +220,9 @@ fn a_client_that_goes_away_leaves_nothing_running() {
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     assert_eq!(&first, b"started\n");
     assert!(
-        eventually("the exec'd command running", || sleeping_4711().then_some(())).is_some(),
+        eventually("the exec'd command running", || sleeping_4711()
+            .then_some(()))
+        .is_some(),
         "the exec'd command never ran"
     );
     kubectl.kill().unwrap();
