@@ -45,6 +45,7 @@ pub mod strategies;
 pub mod streaming;
 pub mod table;
 pub mod token_request;
+pub mod webhooks;
 
 pub use admission::{Admission, AdmissionFn};
 pub use connections::ConnectionConfig;

@@ -14,3 +14,4 @@ pub mod leftovers;
 pub mod outside;
 pub mod proxy;
 pub mod registry;
+pub mod webhook;
