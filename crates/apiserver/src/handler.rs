@@ -30,6 +30,7 @@ pub struct ApiServer {
     pod_security: PodSecurity,
     openapi: std::sync::OnceLock<crate::discovery::OpenApiDocs>,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
+    streams: RwLock<Option<Arc<dyn crate::streaming::PodStreams>>>,
     metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
 }
@@ -236,6 +237,7 @@ impl ApiServer {
             pod_security,
             openapi: std::sync::OnceLock::new(),
             logs: RwLock::new(None),
+            streams: RwLock::new(None),
             metrics: RwLock::new(None),
             me: me.clone(),
         })
@@ -244,6 +246,19 @@ impl ApiServer {
     /// Where controllers register admission functions.
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// Installs the provider of `exec`, `attach` and `portforward` (the node).
+    pub fn set_pod_streams(&self, streams: Arc<dyn crate::streaming::PodStreams>) {
+        *self.streams.write().unwrap_or_else(|e| e.into_inner()) = Some(streams);
+    }
+
+    /// The installed provider of the streaming subresources.
+    pub(crate) fn pod_streams(&self) -> Option<Arc<dyn crate::streaming::PodStreams>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Installs the provider of pod logs (the node).
@@ -486,6 +501,19 @@ impl ApiServer {
         self.pod_security.admit(def, &self.store, obj, old)
     }
 
+    /// The ServiceAccount admission plugin on a new pod of namespace `ns`
+    /// ([`crate::service_account_admission`]).
+    fn admit_service_account(&self, pod: &mut Value, ns: &str) -> Result<()> {
+        let Some(accounts) = self.resources.find("", "v1", "serviceaccounts") else {
+            return Ok(());
+        };
+        crate::service_account_admission::admit(pod, ns, |name| {
+            self.store
+                .get(&Self::key(&accounts, Some(ns), name))
+                .map(|o| (*o).clone())
+        })
+    }
+
     /// Creates an object (POST).
     pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, obj: Value) -> Result<Value> {
         self.create_with(def, ns, obj, WriteOptions::default())
@@ -579,6 +607,9 @@ impl ApiServer {
             // The client owns what it sent, defaults included, as in Kubernetes; what admission
             // and the strategy add afterwards belongs to no one.
             let sent = o.clone();
+            if def.group.is_empty() && def.plural == "pods" {
+                self.admit_service_account(&mut o, ns.as_deref().unwrap_or(""))?;
+            }
             self.admission
                 .mutate(def, Operation::Create, None, &mut o, None)?;
             let hook_write = webhooks::Write {

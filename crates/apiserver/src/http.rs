@@ -150,11 +150,21 @@ struct Target {
 
 /// Every request after authentication.
 pub async fn dispatch(State(state): State<Arc<HttpState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Some(user) = parts.extensions.get::<User>().cloned() else {
         return ApiError::Unauthorized.into_response();
     };
+    // Only the streaming subresources upgrade (to WebSocket); the others ignore it.
+    let upgrade = if parts.headers.contains_key(header::UPGRADE) {
+        use axum::extract::FromRequestParts;
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+    } else {
+        None
+    };
     let request = Incoming {
+        upgrade,
         method: parts.method,
         uri: parts.uri,
         headers: parts.headers,
@@ -174,6 +184,8 @@ struct Incoming {
     headers: HeaderMap,
     body: Body,
     user: User,
+    /// A WebSocket upgrade the client asked for.
+    upgrade: Option<axum::extract::ws::WebSocketUpgrade>,
 }
 
 /// kube-apiserver's answer to a path nothing serves: Go's plain `404 page not found` (kubectl
@@ -302,8 +314,16 @@ async fn route(state: &HttpState, req: Incoming) -> Result<Response> {
         return Ok(page_not_found());
     };
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let streaming = crate::streaming::Kind::of(&target.def, target.sub.as_deref())
+        .filter(|_| target.name.is_some());
+    // As kube-apiserver 1.31+ does, a streaming request (a WebSocket GET included) needs
+    // `create` on the subresource.
+    let verb = match streaming {
+        Some(_) => "create",
+        None => verb(&req.method, target.name.is_some(), watching),
+    };
     let attrs = Attributes {
-        verb: verb(&req.method, target.name.is_some(), watching).to_owned(),
+        verb: verb.to_owned(),
         resource: Some(ResourceAttributes {
             group: target.def.group.clone(),
             version: target.def.version.clone(),
@@ -317,6 +337,20 @@ async fn route(state: &HttpState, req: Incoming) -> Result<Response> {
     state.authz.check(&req.user, &attrs)?;
     let class = Class::of(&req.method, watching, target.sub.as_deref());
     let slot = state.inflight.enter(class)?;
+    if let (Some(kind), Some(name)) = (streaming, target.name.as_deref()) {
+        let response = crate::streaming::serve(
+            api,
+            &target.def,
+            target.ns.as_deref(),
+            name,
+            kind,
+            &req.uri,
+            req.upgrade,
+        )
+        .await?;
+        drop(slot);
+        return Ok(response);
+    }
     if class == Class::LongRunning {
         let response = resource(state, req, target, query, &accept).await?;
         return Ok(inflight::hold_until_sent(response, slot));

@@ -73,8 +73,8 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// The names the serving certificate must carry for `listen`.
-fn sans(listen: SocketAddr) -> Vec<String> {
+/// The names the serving certificate must carry for `listen`, and the `extra` ones.
+fn sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
     let mut names = vec![
         "127.0.0.1".to_owned(),
         "localhost".to_owned(),
@@ -84,13 +84,18 @@ fn sans(listen: SocketAddr) -> Vec<String> {
     if !listen.ip().is_unspecified() && !names.contains(&ip) {
         names.push(ip);
     }
+    for name in extra {
+        if !name.is_empty() && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
     names
 }
 
 impl Pki {
     /// Loads the PKI from `dir`, creating whatever is missing. The serving certificate is
-    /// re-issued (by the same CA) when the listen address needs a name it lacks.
-    pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self> {
+    /// re-issued (by the same CA) when the listen address (or `extra`) needs a name it lacks.
+    pub fn load_or_create(dir: &Path, listen: SocketAddr, extra: &[String]) -> Result<Self> {
         let io = |source| ApiError::Io {
             path: dir.display().to_string(),
             source,
@@ -120,7 +125,7 @@ impl Pki {
                 write_private(path, &hex_string(&bytes))?;
             }
         }
-        let wanted = sans(listen);
+        let wanted = sans(listen, extra);
         let have = std::fs::read_to_string(&sans_path).unwrap_or_default();
         let covered = wanted.iter().all(|n| have.lines().any(|l| l == n));
         if !covered || !crt_path.exists() || !key_path.exists() {
@@ -219,9 +224,9 @@ mod tests {
 
     #[test]
     fn sans_include_listen_ip_once() {
-        let s = sans("10.0.0.5:6443".parse().unwrap());
+        let s = sans("10.0.0.5:6443".parse().unwrap(), &[]);
         assert_eq!(s, ["127.0.0.1", "localhost", "::1", "10.0.0.5"]);
-        let s = sans("127.0.0.1:6443".parse().unwrap());
-        assert_eq!(s.len(), 3);
+        let s = sans("127.0.0.1:6443".parse().unwrap(), &["10.88.0.1".to_owned()]);
+        assert_eq!(s, ["127.0.0.1", "localhost", "::1", "10.88.0.1"]);
     }
 }

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub connections: ConnectionConfig,
     /// In-flight caps and the request timeout.
     pub inflight: InflightConfig,
+    /// More names (IPs or DNS names) the serving certificate carries: where else clients
+    /// reach the server (the pod network's gateway, for in-pod clients).
+    pub extra_sans: Vec<String>,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             pod_security_default: PodSecurityLevel::Baseline,
             connections: ConnectionConfig::default(),
             inflight: InflightConfig::default(),
+            extra_sans: Vec::new(),
         }
     }
 }
@@ -153,8 +157,9 @@ impl Server {
         })?;
         let (pki, kubeconfig, issuer) = {
             let dir = dir.clone();
+            let extra = config.extra_sans.clone();
             blocking("writing credentials", move || {
-                let pki = Pki::load_or_create(&dir.join("pki"), addr)?;
+                let pki = Pki::load_or_create(&dir.join("pki"), addr, &extra)?;
                 let kubeconfig = pki.write_kubeconfig(&dir.join("kubeconfig.yaml"), addr)?;
                 pki.write_view_kubeconfig(&dir.join("kubeconfig-view.yaml"), addr)?;
                 let issuer = TokenIssuer::load_or_create(&dir.join("pki").join("sa.key"))?;

@@ -5,8 +5,11 @@
 //! Two levels:
 //! - [`ContainerExec::spawn`] starts the command and hands back an [`ExecProcess`] with its
 //!   stdin, stdout and stderr as pipes (stdout and stderr apart, or sharing one pipe in the
-//!   order written) for a caller that streams them (`kubectl exec`); a terminal (`-t`) is not
-//!   offered yet. Dropping the process before it was waited for kills the command and reaps
+//!   order written) for a caller that streams them (`kubectl exec`), or on a terminal
+//!   ([`ExecSpawn::tty`], `kubectl exec -t`): a pty whose master [`ExecProcess::terminal`]
+//!   hands out, its slave given to `runc exec -t` as its stdio (runc sets it raw, makes a
+//!   terminal of its own in the container and copies between the two; a resize sets the
+//!   master's size and sends runc SIGWINCH, on which runc copies the size over). Dropping the process before it was waited for kills the command and reaps
 //!   runc in the background, so no process is left behind.
 //! - [`ContainerExec::exec`] runs a command to its end, as the node's exec probes and
 //!   lifecycle hooks do: stdout and stderr share one pipe, at most a given number of bytes is
@@ -15,9 +18,12 @@
 //!   its own that always runs to its end (exit or kill): a caller that stops waiting never
 //!   leaves an unreaped or orphaned process behind.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -78,8 +84,11 @@ pub struct ExecSpawn {
     /// Whether the command gets a stdin pipe ([`ExecProcess::stdin`]); else it reads
     /// nothing (`/dev/null`).
     pub stdin: bool,
-    /// Where its stdout and stderr go.
+    /// Where its stdout and stderr go (ignored with `tty`).
     pub output: ExecStdio,
+    /// Runs the command on a terminal ([`ExecProcess::terminal`]): stdin, stdout and stderr
+    /// are all the terminal, `stdin` and `output` are ignored.
+    pub tty: bool,
 }
 
 /// What is needed to exec in one container; cheap to clone, usable while the container's
@@ -103,6 +112,8 @@ pub struct ExecProcess {
     pub stdout: Option<pipe::Receiver>,
     /// Its stderr, with [`ExecStdio::Separate`].
     pub stderr: Option<pipe::Receiver>,
+    /// Its terminal, with [`ExecSpawn::tty`].
+    pub terminal: Option<Terminal>,
     /// `None` once waited for.
     running: Option<Running>,
 }
@@ -145,6 +156,55 @@ impl ContainerExec {
         };
         let mut cmd = self.runc.command(Some(&log));
         cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+        if spec.tty {
+            let pty = crate::blocking("opening a terminal", open_pty).await?;
+            cmd.arg("--tty")
+                .stdin(Stdio::from(
+                    pty.slave
+                        .try_clone()
+                        .map_err(io_err("opening a terminal"))?,
+                ))
+                .stdout(Stdio::from(
+                    pty.slave
+                        .try_clone()
+                        .map_err(io_err("opening a terminal"))?,
+                ))
+                .stderr(Stdio::from(pty.slave))
+                .arg(&self.id)
+                .args(&spec.command);
+            let child = cmd.spawn().map_err(io_err("starting runc exec"))?;
+            // The slave is runc's alone now: the master reads EOF once runc exited.
+            drop(cmd);
+            // Opened while runc is an unreaped child: the pid cannot name another process.
+            let runc_pid = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                .and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                })
+                .map(Arc::new);
+            // SAFETY: an OwnedFd's descriptor stays the same and open for as long as the
+            // AsyncFd holds it (it deregisters before dropping it).
+            let master = unsafe { tokio::io::unix::AsyncFd::register(pty.master) }
+                .map_err(|e| io_err("watching the terminal")(std::io::Error::from(e)))?;
+            return Ok(ExecProcess {
+                stdin: None,
+                stdout: None,
+                stderr: None,
+                terminal: Some(Terminal {
+                    master: Arc::new(master),
+                    runc: runc_pid,
+                }),
+                running: Some(Running {
+                    child,
+                    id: self.id.clone(),
+                    pid_file,
+                    log,
+                    cleanup: None,
+                    runc_error: None,
+                }),
+            });
+        }
         let mut stdin = None;
         if spec.stdin {
             let (writer, reader) = pipe::pipe().map_err(io_err("creating the stdin pipe"))?;
@@ -187,6 +247,7 @@ impl ContainerExec {
             stdin,
             stdout: Some(stdout),
             stderr,
+            terminal: None,
             running: Some(Running {
                 child,
                 id: self.id.clone(),
@@ -221,6 +282,7 @@ impl ContainerExec {
                 command: req.command.clone(),
                 stdin: false,
                 output: ExecStdio::Combined,
+                tty: false,
             })
             .await?;
         let mut pipe = process.stdout.take();
@@ -420,4 +482,168 @@ fn remove_quietly(path: &Path) {
 /// The read end of a pipe as a non-blocking tokio receiver.
 fn receiver(reader: std::io::PipeReader) -> std::io::Result<pipe::Receiver> {
     pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
+}
+
+/// The terminal of a command spawned with [`ExecSpawn::tty`]: its pty's master, read and
+/// written through [`Terminal::reader`] and [`Terminal::writer`] (the halves share it).
+#[derive(Debug)]
+pub struct Terminal {
+    master: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+    /// runc's pidfd (SIGWINCH after a resize).
+    runc: Option<Arc<OwnedFd>>,
+}
+
+/// Reads what the command writes to its terminal; the end of the command is EOF.
+#[derive(Debug)]
+pub struct TerminalReader(Arc<tokio::io::unix::AsyncFd<OwnedFd>>);
+
+/// Writes to the command's terminal (its input).
+#[derive(Debug)]
+pub struct TerminalWriter(Arc<tokio::io::unix::AsyncFd<OwnedFd>>);
+
+/// Resizes the command's terminal.
+#[derive(Debug, Clone)]
+pub struct TerminalResizer {
+    master: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+    runc: Option<Arc<OwnedFd>>,
+}
+
+impl Terminal {
+    /// The output side.
+    pub fn reader(&self) -> TerminalReader {
+        TerminalReader(self.master.clone())
+    }
+
+    /// The input side.
+    pub fn writer(&self) -> TerminalWriter {
+        TerminalWriter(self.master.clone())
+    }
+
+    /// What resizes it.
+    pub fn resizer(&self) -> TerminalResizer {
+        TerminalResizer {
+            master: self.master.clone(),
+            runc: self.runc.clone(),
+        }
+    }
+}
+
+impl TerminalResizer {
+    /// Sets the terminal's size (`TIOCSWINSZ` on the master, on the blocking pool) and tells
+    /// runc (SIGWINCH), which sets it on the terminal inside the container.
+    pub async fn resize(&self, columns: u16, rows: u16) -> std::io::Result<()> {
+        let (master, runc) = (self.master.clone(), self.runc.clone());
+        tokio::task::spawn_blocking(move || {
+            let size = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            rustix::termios::tcsetwinsize(master.get_ref(), size)?;
+            if let Some(pidfd) = runc {
+                rustix::process::pidfd_send_signal(&*pidfd, rustix::process::Signal::WINCH)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+impl tokio::io::AsyncRead for TerminalReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // EIO: every slave fd is closed (the command and runc ended): EOF.
+                Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TerminalWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard
+                .try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// A terminal's input has no end of its own: the command ends when it decides to.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A new pty: the master non-blocking (for [`tokio::io::unix::AsyncFd`]), the slave as the
+/// command's stdio. Blocking (opens the slave's device).
+struct Pty {
+    master: OwnedFd,
+    slave: std::fs::File,
+}
+
+fn open_pty() -> Result<Pty, RuntimeError> {
+    use rustix::pty::OpenptFlags;
+    let fail = |what: &str, e: std::io::Error| RuntimeError::Runc {
+        action: "exec",
+        container: String::new(),
+        message: format!("{what}: {e}"),
+    };
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .map_err(|e| fail("opening a pty", e.into()))?;
+    rustix::pty::grantpt(&master).map_err(|e| fail("granting the pty", e.into()))?;
+    rustix::pty::unlockpt(&master).map_err(|e| fail("unlocking the pty", e.into()))?;
+    let name =
+        rustix::pty::ptsname(&master, Vec::new()).map_err(|e| fail("naming the pty", e.into()))?;
+    let path = {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.as_bytes()))
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(&path)
+        .map_err(|e| fail("opening the pty's terminal", e))?;
+    rustix::io::ioctl_fionbio(&master, true)
+        .map_err(|e| fail("setting the pty non-blocking", e.into()))?;
+    Ok(Pty { master, slave })
 }

@@ -37,7 +37,10 @@ pub use container::{
     StartRequest, VolumeMount,
 };
 pub use error::RuntimeError;
-pub use exec::{ContainerExec, ExecOutput, ExecProcess, ExecRequest, ExecSpawn, ExecStdio};
+pub use exec::{
+    ContainerExec, ExecOutput, ExecProcess, ExecRequest, ExecSpawn, ExecStdio, Terminal,
+    TerminalReader, TerminalResizer, TerminalWriter,
+};
 pub use image::{
     ImageConfig, LayerSource, PreparedImage, Presence, in_cache, prepare_image, presence,
 };

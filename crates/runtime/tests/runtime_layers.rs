@@ -497,6 +497,7 @@ async fn a_spawned_exec_streams_stdin_stdout_and_stderr_and_dies_with_its_handle
             .to_vec(),
             stdin: true,
             output: ExecStdio::Separate,
+            tty: false,
         })
         .await
         .unwrap();
@@ -518,6 +519,7 @@ async fn a_spawned_exec_streams_stdin_stdout_and_stderr_and_dies_with_its_handle
             command: ["sleep", "4321"].map(String::from).to_vec(),
             stdin: false,
             output: ExecStdio::Combined,
+            tty: false,
         })
         .await
         .unwrap();

@@ -412,7 +412,6 @@ async fn run_container(
         first = false;
         retry = START_RETRY;
         let process_started = Timestamp::now();
-        run.node.set_running(&run.uid, &name, true);
         let container_id = format!("runc://{}", container.id);
         run.update(slot, |c| c.container_id = Some(container_id));
         let target = Target {
@@ -420,6 +419,7 @@ async fn run_container(
             sandbox: run.sandbox.clone(),
             pod_ip: run.pod_ip.clone(),
         };
+        run.node.set_running(&run.uid, &name, Some(target.clone()));
         let stopper = Stopper {
             run: &run,
             container: &container,
@@ -547,7 +547,7 @@ async fn run_container(
                 }
             }
         };
-        run.node.set_running(&run.uid, &name, false);
+        run.node.set_running(&run.uid, &name, None);
         let (exit, hook_message) = match &ended {
             Ended::Exited(e)
             | Ended::Stopped(e)

@@ -345,6 +345,7 @@ mod tests {
             EnvSources {
                 objects: &objects,
                 allocatable: None,
+                api: None,
             },
         )
     }

@@ -21,6 +21,44 @@ pub struct EnvSources<'a> {
     pub objects: &'a Resolved,
     /// The node's allocatable resources (limits a container does not set).
     pub allocatable: Option<&'a Capacity>,
+    /// Where the pod reaches the API (the `kubernetes` service's variables); none without.
+    pub api: Option<&'a ApiService>,
+}
+
+/// Where pods reach the API server: the kubelet's `KUBERNETES_SERVICE_HOST` and friends,
+/// which in-cluster clients (client-go's `rest.InClusterConfig`) read with the mounted token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiService {
+    /// The address for pods on the pod network.
+    pub pod_host: String,
+    /// The address for `hostNetwork` pods.
+    pub host_network_host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl ApiService {
+    /// The variables of the `kubernetes` service (as the kubelet sets them in every
+    /// container, `enableServiceLinks` or not) for a pod on the host's network or not.
+    pub fn vars(&self, host_network: bool) -> Vec<(String, String)> {
+        let host = if host_network {
+            &self.host_network_host
+        } else {
+            &self.pod_host
+        };
+        let port = self.port;
+        let url = format!("tcp://{host}:{port}");
+        vec![
+            ("KUBERNETES_SERVICE_HOST".into(), host.clone()),
+            ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+            ("KUBERNETES_PORT".into(), url.clone()),
+            (format!("KUBERNETES_PORT_{port}_TCP"), url),
+            (format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+            (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+            (format!("KUBERNETES_PORT_{port}_TCP_ADDR"), host.clone()),
+        ]
+    }
 }
 
 /// A container's environment.
@@ -68,6 +106,17 @@ pub fn references(c: &Container) -> References {
 pub fn container_env(pod: &Pod, c: &Container, sources: EnvSources) -> Result<Env, String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env = Env::default();
+    // The service variables come first: the pod's own `envFrom` and `env` override them.
+    if let Some(api) = sources.api {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        for (k, v) in api.vars(host_network) {
+            env.set(k, v);
+        }
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or("");
         let (what, name, entries): (&str, &str, Vec<(String, String)>) =
@@ -272,6 +321,7 @@ mod tests {
             EnvSources {
                 objects: &objects,
                 allocatable: Some(&node),
+                api: None,
             },
         )
     }
@@ -281,6 +331,70 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn the_api_service_variables_come_first_and_yield_to_the_pods_own() {
+        let api = ApiService {
+            pod_host: "10.88.0.1".into(),
+            host_network_host: "127.0.0.1".into(),
+            port: 6443,
+        };
+        // (hostNetwork, the container's env, the variables wanted in order)
+        type Case = (bool, serde_json::Value, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
+            (
+                false,
+                json!([]),
+                vec![
+                    ("KUBERNETES_SERVICE_HOST", "10.88.0.1"),
+                    ("KUBERNETES_SERVICE_PORT", "6443"),
+                    ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+                    ("KUBERNETES_PORT", "tcp://10.88.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP", "tcp://10.88.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP_PROTO", "tcp"),
+                    ("KUBERNETES_PORT_6443_TCP_PORT", "6443"),
+                    ("KUBERNETES_PORT_6443_TCP_ADDR", "10.88.0.1"),
+                ],
+            ),
+            (
+                true,
+                json!([{"name": "KUBERNETES_SERVICE_PORT", "value": "1"},
+                       {"name": "URL", "value": "https://$(KUBERNETES_SERVICE_HOST)"}]),
+                vec![
+                    ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                    ("KUBERNETES_SERVICE_PORT", "1"),
+                    ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+                    ("KUBERNETES_PORT", "tcp://127.0.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP", "tcp://127.0.0.1:6443"),
+                    ("KUBERNETES_PORT_6443_TCP_PROTO", "tcp"),
+                    ("KUBERNETES_PORT_6443_TCP_PORT", "6443"),
+                    ("KUBERNETES_PORT_6443_TCP_ADDR", "127.0.0.1"),
+                    ("URL", "https://127.0.0.1"),
+                ],
+            ),
+        ];
+        for (host_network, env, want) in cases {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"hostNetwork": host_network,
+                         "containers": [{"name": "app", "image": "x", "env": env}]}
+            }))
+            .unwrap();
+            let c = pod.spec.as_ref().unwrap().containers[0].clone();
+            let objects = objects();
+            let got = container_env(
+                &pod,
+                &c,
+                EnvSources {
+                    objects: &objects,
+                    allocatable: None,
+                    api: Some(&api),
+                },
+            )
+            .unwrap();
+            assert_eq!(pairs(&got), want, "hostNetwork {host_network}");
+        }
     }
 
     #[test]

@@ -65,6 +65,27 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// `kubectl exec` into a container with no running instance (the kubelet's words).
+    #[error("container not found ({container:?})")]
+    ContainerNotFound {
+        /// The container's name.
+        container: String,
+    },
+    /// `kubectl port-forward` to a pod none of whose containers runs.
+    #[error("pod {pod:?} has no running container to forward to")]
+    PodNotRunning {
+        /// The pod's name.
+        pod: String,
+    },
+    /// A forwarded connection could not be made.
+    #[error("failed to connect to localhost:{port} inside the pod's network namespace: {source}")]
+    Forward {
+        /// The port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// `--previous` on a container that has not been restarted.
     #[error("previous terminated container {container:?} in pod {pod:?} not found")]
     NoPrevious {

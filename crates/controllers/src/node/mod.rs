@@ -18,6 +18,7 @@ mod env;
 mod error;
 mod events;
 mod eviction;
+mod exec;
 pub mod image;
 mod lifecycle;
 pub mod logs;
@@ -45,6 +46,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use env::ApiService;
 pub use error::NodeError;
 pub use logs::LogRequest;
 
@@ -96,6 +98,8 @@ pub struct NodeOptions {
     pub log_limits: imc_runtime::LogLimits,
     /// The CNI network pods join; loopback only without one.
     pub network: Option<imc_runtime::CniNetwork>,
+    /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST` …); unset without.
+    pub api_service: Option<ApiService>,
 }
 
 /// The node of this process.
@@ -108,14 +112,17 @@ pub struct Node {
     workers: Mutex<HashMap<String, Worker>>,
     /// Set by [`Node::shutdown`]: workers stop their containers without touching the pods.
     shutting_down: AtomicBool,
-    /// (pod uid, container name) of every container whose process runs.
-    running: Arc<Mutex<HashSet<(String, String)>>>,
+    /// (pod uid, container name) of every container whose process runs → where commands
+    /// and connections of `kubectl exec` and `port-forward` reach it.
+    running: Arc<Mutex<HashMap<(String, String), prober::target::Target>>>,
     /// The ConfigMaps and Secrets pods read (one shared watch of each).
     objects: Arc<ObjectCache>,
     /// Service-account tokens of projected volumes.
     tokens: TokenManager,
     /// What pods may be given (the downward API's limits of containers without one).
     allocatable: Capacity,
+    /// Where pods reach the API server.
+    api_service: Option<ApiService>,
 }
 
 impl Node {
@@ -149,6 +156,7 @@ impl Node {
             objects: ObjectCache::start(ctx.client.clone()),
             tokens: TokenManager::new(ctx.client.clone()),
             allocatable,
+            api_service: options.api_service,
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
             ctx,
             runtime,
@@ -406,13 +414,18 @@ impl Node {
         report
     }
 
-    fn set_running(&self, uid: &str, container: &str, running: bool) {
+    /// Notes that container `container` of pod `uid` runs (reached through `target`), or no
+    /// longer does (`None`).
+    fn set_running(&self, uid: &str, container: &str, target: Option<prober::target::Target>) {
         let key = (uid.to_owned(), container.to_owned());
-        let mut set = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running {
-            set.insert(key);
-        } else {
-            set.remove(&key);
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match target {
+            Some(t) => {
+                map.insert(key, t);
+            }
+            None => {
+                map.remove(&key);
+            }
         }
     }
 
@@ -450,7 +463,7 @@ impl Node {
             running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&key)
+                .contains_key(&key)
         });
         match logs::stream(path, request, running).await {
             Err(NodeError::Logs { source, .. })

@@ -510,6 +510,7 @@ impl PodRun {
         let sources = EnvSources {
             objects: &objects,
             allocatable: Some(&self.node.allocatable),
+            api: self.node.api_service.as_ref(),
         };
         runtime_spec(&self.pod, c, &self.limits, sources)
     }

@@ -1,9 +1,11 @@
 //! Subcommands. One file per command group; each turns its arguments into library calls.
 
+mod api_forwarder;
 mod cache;
 mod controller;
 mod explain_match;
 mod image;
+mod node_streams;
 mod registry_args;
 mod run;
 mod server;

@@ -298,7 +298,8 @@ async fn start_controllers(
         .context("opening the layer store")?;
     let api = server.api();
     api.set_metrics(Arc::new(move || metrics.encode()));
-    let node = start_node(&api, &ctx, args, log_limits).await?;
+    let api_service = api_service(args, server.local_addr())?;
+    let node = start_node(&api, &ctx, args, log_limits, api_service).await?;
     tokio::spawn(manager::run(ctx.clone()));
     Ok(Stoppable { node, ctx })
 }
@@ -310,6 +311,7 @@ async fn start_node(
     ctx: &Arc<manager::Context>,
     args: &ServerArgs,
     log_limits: imc_runtime::LogLimits,
+    api_service: Option<imc_controllers::node::ApiService>,
 ) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
     let view = CacheView::watch(ctx.client.clone());
@@ -344,12 +346,42 @@ async fn start_node(
     let options = imc_controllers::node::NodeOptions {
         log_limits,
         network: Some(network),
+        api_service,
     };
     let node = Node::start(ctx.clone(), view, options)
         .await
         .context("starting the node")?;
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
+    api.set_pod_streams(Arc::new(super::node_streams::NodeStreams(node.clone())));
     Ok(node)
+}
+
+/// Where pods reach the API server (their `KUBERNETES_SERVICE_HOST` …): pods on the pod
+/// network through its gateway, where a forwarder to the API's address listens unless the
+/// API listens on every address already; `hostNetwork` pods at the API's own address
+/// (loopback when it listens on every address).
+fn api_service(
+    args: &ServerArgs,
+    api: std::net::SocketAddr,
+) -> anyhow::Result<Option<imc_controllers::node::ApiService>> {
+    let Some(gateway) = super::api_forwarder::gateway(&args.pod_cidr) else {
+        return Ok(None);
+    };
+    if !api.ip().is_unspecified() {
+        let from = std::net::SocketAddr::from((gateway, api.port()));
+        super::api_forwarder::start(from, api)
+            .with_context(|| format!("listening on {from} for pods to reach the API"))?;
+    }
+    let host_network_host = if api.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        api.ip().to_string()
+    };
+    Ok(Some(imc_controllers::node::ApiService {
+        pod_host: gateway.to_string(),
+        host_network_host,
+        port: api.port(),
+    }))
 }
 
 /// `kubectl logs` served from the node's container log files.
@@ -418,6 +450,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         idle_timeout: args.idle_connection_timeout,
         ..Default::default()
     };
+    // In-pod clients reach the API through the pod network's gateway (see api_forwarder).
+    if !args.api_only
+        && let Some(gateway) = super::api_forwarder::gateway(&args.pod_cidr)
+    {
+        config.extra_sans.push(gateway.to_string());
+    }
     let server = Server::bind(config).await.with_context(|| {
         format!(
             "starting the API server in {}",

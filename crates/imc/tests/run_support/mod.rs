@@ -11,7 +11,7 @@ use std::process::Command;
 pub const APPLETS: &[&str] = &[
     "sh", "cat", "ls", "echo", "stat", "readlink", "id", "touch", "rm", "mkdir", "sleep", "test",
     "sync", "find", "chmod", "ln", "mount", "true", "head", "wc", "dd", "df", "tail", "nc",
-    "httpd", "wget", "hostname",
+    "httpd", "wget", "hostname", "tar", "stty", "tr",
 ];
 
 /// The imc binary under test, logging warnings only.
