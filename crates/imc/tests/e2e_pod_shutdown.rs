@@ -366,7 +366,8 @@ fn a_killed_server_with_a_stray_file_in_pods_restarts_clean() {
         assert!(Instant::now() < deadline, "{:?}", runc_containers(&data));
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Only the live pod's own mounts: its rootfs overlay and its netns.
+    // Only the live pod's own mounts: its rootfs overlay, its netns and the tmpfs of its
+    // service-account token volume (kube-api-access-*, added by ServiceAccount admission).
     let uid = after["metadata"]["uid"].as_str().unwrap();
     let mounts = mounts_under(&data);
     assert!(
@@ -375,7 +376,11 @@ fn a_killed_server_with_a_stray_file_in_pods_restarts_clean() {
             .all(|m| m.starts_with(data.join("pods").join(uid))),
         "mounts of the dead run left: {mounts:?}"
     );
-    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert!(
+        mounts.iter().any(|m| m.to_string_lossy().contains("kube-api-access-")),
+        "{mounts:?}"
+    );
     assert!(
         !data.join("pods/bogus-dir").exists(),
         "the ownerless dir was removed"
