@@ -113,6 +113,10 @@ pub trait Strategy: Send + Sync {
     fn absorb(&self, _new: &Value, _existing: &Value) -> Option<Value> {
         None
     }
+
+    /// Runs once a write of `obj` (served form) is stored, `removed` when it is gone for good:
+    /// what the kind changes in the server itself (a CustomResourceDefinition serves its kind).
+    fn after_write(&self, _api: &crate::handler::ApiServer, _obj: &Value, _removed: bool) {}
 }
 
 /// The strategy of kinds with nothing special.
@@ -132,7 +136,7 @@ pub fn builtin() -> Vec<ResourceDef> {
         node::def(),
         service_account::def(),
         lease::def(),
-        image_cache::def(),
+        crate::crd::def(),
     ]
     .into_iter()
     .chain(rbac::defs())
