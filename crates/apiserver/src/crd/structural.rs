@@ -275,9 +275,13 @@ fn type_matches(ty: &str, v: &Value) -> bool {
     }
 }
 
-/// A value as kube-apiserver prints it in a cause (`5`, `"x"`).
+/// A value as kube-apiserver prints it in a cause (`5`, `"x"`; a whole float as `10`, as Go's
+/// `%v` does).
 fn show(v: &Value) -> String {
-    v.to_string()
+    match v.as_f64() {
+        Some(f) if v.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => v.to_string(),
+    }
 }
 
 fn as_f64(v: Option<&Value>) -> Option<f64> {
