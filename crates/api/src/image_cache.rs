@@ -235,18 +235,25 @@ pub const SECRET_REF_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([
 /// schema generated from the Rust types plus DESIGN's validation in schema terms (ranges,
 /// item counts, patterns, the size default) and, where a schema cannot say it, CEL rules (each
 /// image once). A real API server refuses `imageCacheSize: 5` from this schema alone.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     use serde_json::json;
     let mut crd = ImageCache::crd();
     for version in &mut crd.spec.versions {
-        let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
             continue;
         };
         let Ok(mut v) = serde_json::to_value(&*schema) else {
             continue;
         };
-        v["description"] = json!("An image cache: a read-only disk holding the unpacked layers of a list of images, from which pods start without pulling.");
+        v["description"] = json!(
+            "An image cache: a read-only disk holding the unpacked layers of a list of images, from which pods start without pulling."
+        );
         let spec = &mut v["properties"]["spec"];
         spec["required"] = json!(["images"]);
         let images = &mut spec["properties"]["images"];

@@ -321,7 +321,8 @@ impl Resources {
     /// definition); returns whether any was served.
     pub fn unregister(&mut self, group: &str, plural: &str) -> bool {
         let before = self.defs.len();
-        self.defs.retain(|d| !(d.group == group && d.plural == plural));
+        self.defs
+            .retain(|d| !(d.group == group && d.plural == plural));
         self.defs.len() != before
     }
 

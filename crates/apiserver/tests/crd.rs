@@ -82,12 +82,24 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
     let dir = tempfile::tempdir().unwrap();
     let (api, client) = start(dir.path()).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let created = crds.create(&PostParams::default(), &widget_crd()).await.unwrap();
+    let created = crds
+        .create(&PostParams::default(), &widget_crd())
+        .await
+        .unwrap();
     assert_eq!(condition(&created, "Established").as_deref(), Some("True"));
-    assert_eq!(condition(&created, "NamesAccepted").as_deref(), Some("True"));
+    assert_eq!(
+        condition(&created, "NamesAccepted").as_deref(),
+        Some("True")
+    );
     let status = created.status.as_ref().unwrap();
-    assert_eq!(status.stored_versions.as_deref(), Some(&["v1".to_owned()][..]));
-    assert_eq!(status.accepted_names.as_ref().unwrap().list_kind.as_deref(), Some("WidgetList"));
+    assert_eq!(
+        status.stored_versions.as_deref(),
+        Some(&["v1".to_owned()][..])
+    );
+    assert_eq!(
+        status.accepted_names.as_ref().unwrap().list_kind.as_deref(),
+        Some("WidgetList")
+    );
 
     // Served at once: discovery lists both versions, v1 preferred; the scale paths recorded.
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
@@ -95,9 +107,15 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
     assert_eq!(group.preferred_version_or_latest(), "v1");
     let versions: Vec<_> = group.versions().collect();
     assert_eq!(versions, ["v1", "v1beta1"]);
-    let def = api.resources().find("example.com", "v1", "widgets").unwrap();
+    let def = api
+        .resources()
+        .find("example.com", "v1", "widgets")
+        .unwrap();
     let scale = def.scale.as_ref().expect("scale subresource recorded");
-    assert_eq!((scale.spec_replicas.as_str(), scale.status_replicas.as_str()), (".spec.replicas", ".status.replicas"));
+    assert_eq!(
+        (scale.spec_replicas.as_str(), scale.status_replicas.as_str()),
+        (".spec.replicas", ".status.replicas")
+    );
 
     // Defaulted and pruned on create; status dropped (status subresource).
     let w = widgets(&client, "v1");
@@ -109,7 +127,10 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
 
     // One cause per bad field, in kube-apiserver's words.
     let bad = w
-        .create(&PostParams::default(), &widget("b", json!({"color": "green", "replicas": 50})))
+        .create(
+            &PostParams::default(),
+            &widget("b", json!({"color": "green", "replicas": 50})),
+        )
         .await;
     assert_eq!(
         causes(bad),
@@ -118,7 +139,9 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
             "spec.replicas: Invalid value: 50: spec.replicas in body should be less than or equal to 10",
         ]
     );
-    let missing = w.create(&PostParams::default(), &widget("c", json!({}))).await;
+    let missing = w
+        .create(&PostParams::default(), &widget("c", json!({})))
+        .await;
     assert_eq!(causes(missing), ["spec.color: Required value"]);
 
     // The other served version reads the same object with its own apiVersion.
@@ -149,10 +172,16 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
     })
     .await
     .expect("the CRD was never removed");
-    assert!(api.resources().find("example.com", "v1", "widgets").is_none());
+    assert!(
+        api.resources()
+            .find("example.com", "v1", "widgets")
+            .is_none()
+    );
     assert!(discovery_lacks(&client, "example.com").await);
     // Defined again, the kind starts empty: the objects went with the CRD.
-    crds.create(&PostParams::default(), &widget_crd()).await.unwrap();
+    crds.create(&PostParams::default(), &widget_crd())
+        .await
+        .unwrap();
     assert!(w.list(&Default::default()).await.unwrap().items.is_empty());
 }
 
@@ -181,19 +210,27 @@ async fn crds_that_break_the_rules_are_refused_with_kube_causes() {
     bad_name["metadata"]["name"] = json!("gadgets.example.com");
     assert_eq!(
         create(bad_name).await,
-        ["metadata.name: Invalid value: \"gadgets.example.com\": must be spec.names.plural+\".\"+spec.group"]
+        [
+            "metadata.name: Invalid value: \"gadgets.example.com\": must be spec.names.plural+\".\"+spec.group"
+        ]
     );
     let mut untyped = serde_json::to_value(widget_crd()).unwrap();
-    untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"] = json!({"description": "no type"});
+    untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["size"] = json!({"description": "no type"});
     assert_eq!(
         create(untyped).await,
-        ["spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[size].type: Required value: must not be empty for specified object fields"]
+        [
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[size].type: Required value: must not be empty for specified object fields"
+        ]
     );
     let mut unique = serde_json::to_value(widget_crd()).unwrap();
-    unique["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tags"] = json!({"type": "array", "uniqueItems": true, "items": {"type": "string"}});
+    unique["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["tags"] = json!({"type": "array", "uniqueItems": true, "items": {"type": "string"}});
     assert_eq!(
         create(unique).await,
-        ["spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[tags].uniqueItems: Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic"]
+        [
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[tags].uniqueItems: Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
+        ]
     );
 }
 
@@ -226,7 +263,10 @@ async fn image_cache_is_a_crd_and_its_schema_alone_refuses_a_small_size() {
         ]
     );
     // The served kind keeps the Rust strategy's defaults and messages.
-    let served = api.resources().find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
+    let served = api
+        .resources()
+        .find("eci.alibabacloud.com", "v1", "imagecaches")
+        .unwrap();
     let mut o = json!({"spec": {"images": ["nginx:1"]}});
     served.strategy.default(&mut o);
     assert_eq!(o["spec"]["imageCacheSize"], 20);

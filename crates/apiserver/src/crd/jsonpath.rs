@@ -76,9 +76,7 @@ fn bracket(inner: &str) -> Option<Step> {
     if let Some(name) = unquote(inner) {
         return Some(Step::Field(name.to_owned()));
     }
-    let cond = inner
-        .strip_prefix("?(")
-        .and_then(|c| c.strip_suffix(')'))?;
+    let cond = inner.strip_prefix("?(").and_then(|c| c.strip_suffix(')'))?;
     let (lhs, rhs) = cond.split_once("==")?;
     let field: Vec<String> = lhs
         .trim()
@@ -167,8 +165,14 @@ mod tests {
             (".spec.items[1].name", json!("b")),
             (".spec.items[*].name", json!("a,b")),
             (".metadata.labels['app.kubernetes.io/name']", json!("web")),
-            (".status.conditions[?(@.type==\"Ready\")].status", json!("True")),
-            (".status.conditions[?(@.type=='Issuing')].status", json!("False")),
+            (
+                ".status.conditions[?(@.type==\"Ready\")].status",
+                json!("True"),
+            ),
+            (
+                ".status.conditions[?(@.type=='Issuing')].status",
+                json!("False"),
+            ),
             (".status.missing", Value::Null),
             (".spec.items[7]", Value::Null),
         ];

@@ -58,7 +58,10 @@ pub fn def() -> ResourceDef {
     def.categories = vec!["api-extensions".into()];
     def.columns = vec![Column {
         type_: "date".into(),
-        ..Column::new("Created At", Cell::Path(".metadata.creationTimestamp".into()))
+        ..Column::new(
+            "Created At",
+            Cell::Path(".metadata.creationTimestamp".into()),
+        )
     }];
     def.schema = Schema::of::<CustomResourceDefinition>();
     def
@@ -125,7 +128,10 @@ fn dns1035(field: &str, value: &str, out: &mut Vec<Cause>) {
 /// Fills in what kube-apiserver defaults in a CRD: `singular`, `listKind`, the conversion
 /// strategy.
 pub fn default_crd(obj: &mut Value) {
-    let Some(names) = obj.pointer_mut("/spec/names").and_then(Value::as_object_mut) else {
+    let Some(names) = obj
+        .pointer_mut("/spec/names")
+        .and_then(Value::as_object_mut)
+    else {
         return;
     };
     let kind = names
@@ -134,10 +140,18 @@ pub fn default_crd(obj: &mut Value) {
         .unwrap_or("")
         .to_owned();
     if !kind.is_empty() {
-        if names.get("singular").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if names
+            .get("singular")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             names.insert("singular".into(), json!(kind.to_lowercase()));
         }
-        if names.get("listKind").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if names
+            .get("listKind")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             names.insert("listKind".into(), json!(format!("{kind}List")));
         }
     }
@@ -217,7 +231,10 @@ fn validate_names(obj: &Value, out: &mut Vec<Cause>) {
     if names.get("kind").is_some() && names.get("kind") == names.get("listKind") {
         out.push(invalid(
             "spec.names.listKind",
-            format!("Invalid value: {}: kind and listKind may not be the same", names["kind"]),
+            format!(
+                "Invalid value: {}: kind and listKind may not be the same",
+                names["kind"]
+            ),
         ));
     }
     for f in ["shortNames", "categories"] {
@@ -228,7 +245,11 @@ fn validate_names(obj: &Value, out: &mut Vec<Cause>) {
             .flatten()
             .enumerate()
         {
-            dns1035(&format!("spec.names.{f}[{i}]"), v.as_str().unwrap_or(""), out);
+            dns1035(
+                &format!("spec.names.{f}[{i}]"),
+                v.as_str().unwrap_or(""),
+                out,
+            );
         }
     }
 }
@@ -246,7 +267,10 @@ fn validate_versions(obj: &Value, out: &mut Vec<Cause>) {
         ));
         return;
     }
-    let storage = versions.iter().filter(|v| v["storage"] == json!(true)).count();
+    let storage = versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count();
     if storage != 1 {
         out.push(invalid(
             "spec.versions",
@@ -292,20 +316,27 @@ fn validate_versions(obj: &Value, out: &mut Vec<Cause>) {
         }
         if let Some(scale) = v.pointer("/subresources/scale") {
             let sp = format!("{p}.subresources.scale");
-            for (f, prefix) in [("specReplicasPath", ".spec."), ("statusReplicasPath", ".status.")] {
+            for (f, prefix) in [
+                ("specReplicasPath", ".spec."),
+                ("statusReplicasPath", ".status."),
+            ] {
                 match scale.get(f).and_then(Value::as_str) {
                     None | Some("") => out.push(required(&format!("{sp}.{f}"), "")),
                     Some(path) if !path.starts_with(prefix) || !jsonpath::is_supported(path) => {
                         out.push(invalid(
                             &format!("{sp}.{f}"),
-                            format!("Invalid value: {path:?}: should be a json path under {}", prefix.trim_end_matches('.')),
+                            format!(
+                                "Invalid value: {path:?}: should be a json path under {}",
+                                prefix.trim_end_matches('.')
+                            ),
                         ));
                     }
                     Some(_) => {}
                 }
             }
             if let Some(path) = scale.get("labelSelectorPath").and_then(Value::as_str)
-                && (!(path.starts_with(".spec.") || path.starts_with(".status.")) || !jsonpath::is_supported(path))
+                && (!(path.starts_with(".spec.") || path.starts_with(".status."))
+                    || !jsonpath::is_supported(path))
             {
                 out.push(invalid(
                     &format!("{sp}.labelSelectorPath"),
@@ -321,13 +352,18 @@ fn validate_versions(obj: &Value, out: &mut Vec<Cause>) {
             .enumerate()
         {
             let cp = format!("{p}.additionalPrinterColumns[{j}]");
-            if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if c.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 out.push(required(&format!("{cp}.name"), ""));
             }
             let types = ["integer", "number", "string", "boolean", "date"];
             match c.get("type").and_then(Value::as_str) {
                 None | Some("") => out.push(required(&format!("{cp}.type"), "")),
-                Some(t) if !types.contains(&t) => out.push(unsupported(&format!("{cp}.type"), t, &types)),
+                Some(t) if !types.contains(&t) => {
+                    out.push(unsupported(&format!("{cp}.type"), t, &types))
+                }
                 Some(_) => {}
             }
             match c.get("jsonPath").and_then(Value::as_str) {
@@ -343,7 +379,7 @@ fn validate_versions(obj: &Value, out: &mut Vec<Cause>) {
 }
 
 /// The CEL rules of every version, as `version: path: rule`.
-fn cel_rules(obj: &Value) -> Vec<String> {
+pub(crate) fn cel_rules(obj: &Value) -> Vec<String> {
     let mut out = Vec::new();
     for v in obj
         .pointer("/spec/versions")
@@ -354,7 +390,11 @@ fn cel_rules(obj: &Value) -> Vec<String> {
         if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
             let name = v.get("name").and_then(Value::as_str).unwrap_or("");
             for (path, rule) in structural::cel_rules(schema, "") {
-                let path = if path.is_empty() { "<root>".to_owned() } else { path };
+                let path = if path.is_empty() {
+                    "<root>".to_owned()
+                } else {
+                    path
+                };
                 out.push(format!("{name}: {path}: {rule}"));
             }
         }
@@ -394,7 +434,13 @@ fn compute_status(obj: &mut Value, old: &Value) {
         stored.push(v.clone());
     }
     let mut conditions = vec![
-        condition("NamesAccepted", "True", "NoConflicts", "no conflicts found", old),
+        condition(
+            "NamesAccepted",
+            "True",
+            "NoConflicts",
+            "no conflicts found",
+            old,
+        ),
         condition(
             "Established",
             "True",
@@ -416,7 +462,8 @@ fn compute_status(obj: &mut Value, old: &Value) {
             old,
         ));
     }
-    if obj.pointer("/metadata/deletionTimestamp").is_some() || registry::has_cleanup_finalizer(obj) {
+    if obj.pointer("/metadata/deletionTimestamp").is_some() || registry::has_cleanup_finalizer(obj)
+    {
         conditions.push(condition(
             "Terminating",
             "True",
@@ -439,10 +486,6 @@ impl Strategy for CrdStrategy {
 
     fn prepare_for_create(&self, obj: &mut Value) {
         compute_status(obj, &Value::Null);
-        let rules = cel_rules(obj);
-        if !rules.is_empty() {
-            tracing::warn!(crd = s(obj, "/metadata/name").unwrap_or(""), rules = ?rules, "x-kubernetes-validations rules are not evaluated by imc server");
-        }
     }
 
     fn prepare_for_update(&self, new: &mut Value, old: &Value) {
@@ -455,11 +498,17 @@ impl Strategy for CrdStrategy {
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
         let mut out = Vec::new();
-        for (field, pointer) in [("spec.group", "/spec/group"), ("spec.names.plural", "/spec/names/plural")] {
+        for (field, pointer) in [
+            ("spec.group", "/spec/group"),
+            ("spec.names.plural", "/spec/names/plural"),
+        ] {
             if new.pointer(pointer) != old.pointer(pointer) {
                 out.push(invalid(
                     field,
-                    format!("Invalid value: {}: field is immutable", new.pointer(pointer).unwrap_or(&Value::Null)),
+                    format!(
+                        "Invalid value: {}: field is immutable",
+                        new.pointer(pointer).unwrap_or(&Value::Null)
+                    ),
                 ));
             }
         }
@@ -486,7 +535,9 @@ impl Strategy for CrdStrategy {
 fn version_rank(v: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
     use std::cmp::Reverse;
     let parsed = v.strip_prefix('v').and_then(|rest| {
-        let split = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let major: u64 = rest[..split].parse().ok()?;
         let tail = &rest[split..];
         if tail.is_empty() {
@@ -514,17 +565,18 @@ fn served_schema(schema: &Value) -> Value {
         let Some(map) = node.as_object_mut() else {
             return;
         };
-        let props = map
-            .entry("properties")
-            .or_insert_with(|| json!({}));
+        let props = map.entry("properties").or_insert_with(|| json!({}));
         if let Some(props) = props.as_object_mut() {
             props.entry("apiVersion").or_insert_with(|| json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
             props.entry("kind").or_insert_with(|| json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-            let meta = props.entry("metadata").or_insert_with(|| json!({"type": "object"}));
+            let meta = props
+                .entry("metadata")
+                .or_insert_with(|| json!({"type": "object"}));
             if let Some(m) = meta.as_object_mut() {
                 m.insert("x-kubernetes-preserve-unknown-fields".into(), json!(true));
                 if description {
-                    m.entry("description").or_insert_with(|| json!("Standard object's metadata."));
+                    m.entry("description")
+                        .or_insert_with(|| json!("Standard object's metadata."));
                 }
             }
         }
@@ -543,7 +595,10 @@ fn served_schema(schema: &Value) -> Value {
         if let Some(items) = node.get_mut("items") {
             walk(items);
         }
-        if let Some(extra) = node.get_mut("additionalProperties").filter(|a| a.is_object()) {
+        if let Some(extra) = node
+            .get_mut("additionalProperties")
+            .filter(|a| a.is_object())
+        {
             walk(extra);
         }
     }
@@ -563,11 +618,23 @@ pub fn served_defs(crd: &Value, hook: Option<Arc<dyn Strategy>>) -> Vec<Resource
         names
             .get(f)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    let kind = names.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
-    let plural = names.get("plural").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let namespaced = s(crd, "/spec/scope") == Some("Namespaced");
     let mut versions: Vec<Value> = crd
         .pointer("/spec/versions")
@@ -583,9 +650,17 @@ pub fn served_defs(crd: &Value, hook: Option<Arc<dyn Strategy>>) -> Vec<Resource
     versions.sort_by_key(|v| version_rank(v.get("name").and_then(Value::as_str).unwrap_or("")));
     let mut defs = Vec::new();
     for v in versions.iter().filter(|v| v["served"] == json!(true)) {
-        let version = v.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let version = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let mut def = ResourceDef::new(&group, &version, &kind, &plural, namespaced);
-        if let Some(singular) = names.get("singular").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(singular) = names
+            .get("singular")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             def.singular = singular.to_owned();
         }
         def.short_names = str_list("shortNames");
@@ -593,29 +668,67 @@ pub fn served_defs(crd: &Value, hook: Option<Arc<dyn Strategy>>) -> Vec<Resource
         def.custom = true;
         def.status_subresource = v.pointer("/subresources/status").is_some();
         def.scale = v.pointer("/subresources/scale").map(|sc| ScalePaths {
-            spec_replicas: sc.get("specReplicasPath").and_then(Value::as_str).unwrap_or("").to_owned(),
-            status_replicas: sc.get("statusReplicasPath").and_then(Value::as_str).unwrap_or("").to_owned(),
-            label_selector: sc.get("labelSelectorPath").and_then(Value::as_str).map(str::to_owned),
+            spec_replicas: sc
+                .get("specReplicasPath")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            status_replicas: sc
+                .get("statusReplicasPath")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            label_selector: sc
+                .get("labelSelectorPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         });
         if let Some(cols) = v.get("additionalPrinterColumns").and_then(Value::as_array) {
             def.columns = cols
                 .iter()
                 .map(|c| {
-                    let path = c.get("jsonPath").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let path = c
+                        .get("jsonPath")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
                     let type_ = c.get("type").and_then(Value::as_str).unwrap_or("string");
                     let date = type_ == "date";
                     Column {
-                        name: c.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                        name: c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
                         // Ages are rendered server-side, so kubectl gets a ready string.
-                        type_: if date { "string".into() } else { type_.to_owned() },
-                        priority: c.get("priority").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).unwrap_or(0),
-                        description: c.get("description").and_then(Value::as_str).unwrap_or("").to_owned(),
-                        cell: if date { Cell::Age(path) } else { Cell::JsonPath(path) },
+                        type_: if date {
+                            "string".into()
+                        } else {
+                            type_.to_owned()
+                        },
+                        priority: c
+                            .get("priority")
+                            .and_then(Value::as_i64)
+                            .and_then(|p| i32::try_from(p).ok())
+                            .unwrap_or(0),
+                        description: c
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                        cell: if date {
+                            Cell::Age(path)
+                        } else {
+                            Cell::JsonPath(path)
+                        },
                     }
                 })
                 .collect();
         }
-        let raw = v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+        let raw = v
+            .pointer("/schema/openAPIV3Schema")
+            .cloned()
+            .unwrap_or(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
         let mut served = served_schema(&raw);
         if served.get("description").is_none() {
             served["description"] = json!(format!("{kind} is a custom resource of {group}."));
@@ -659,21 +772,21 @@ mod tests {
 
     fn crd() -> Value {
         json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "widgets.example.com"},
-            "spec": {"group": "example.com", "scope": "Namespaced",
-                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]},
-                "versions": [
-                    {"name": "v1beta1", "served": true, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    {"name": "v1", "served": true, "storage": true,
-                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
-                     "additionalPrinterColumns": [{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
-                                                  {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
-                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object",
-                        "properties": {"replicas": {"type": "integer", "default": 1}}}}}}},
-                    {"name": "v2alpha1", "served": false, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object"}}},
-                ]}})
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]},
+            "versions": [
+                {"name": "v1beta1", "served": true, "storage": false,
+                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                {"name": "v1", "served": true, "storage": true,
+                 "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
+                 "additionalPrinterColumns": [{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                                              {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
+                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object",
+                    "properties": {"replicas": {"type": "integer", "default": 1}}}}}}},
+                {"name": "v2alpha1", "served": false, "storage": false,
+                 "schema": {"openAPIV3Schema": {"type": "object"}}},
+            ]}})
     }
 
     fn fields(o: &Value) -> Vec<String> {
@@ -705,10 +818,17 @@ mod tests {
         assert!(defs[1].scale.is_none() && !defs[1].status_subresource);
         let cols: Vec<_> = v1.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(cols, ["Replicas", "Age"]);
-        assert_eq!(v1.columns[0].value(&json!({"spec": {"replicas": 3}})), json!(3));
+        assert_eq!(
+            v1.columns[0].value(&json!({"spec": {"replicas": 3}})),
+            json!(3)
+        );
         // Stored in v1, served as v1beta1: only apiVersion changes; v1 reads get the defaults.
-        let stored = json!({"apiVersion": "example.com/v1", "kind": "Widget", "spec": {"replicas": 2}});
-        assert_eq!(defs[1].from_storage(&stored)["apiVersion"], "example.com/v1beta1");
+        let stored =
+            json!({"apiVersion": "example.com/v1", "kind": "Widget", "spec": {"replicas": 2}});
+        assert_eq!(
+            defs[1].from_storage(&stored)["apiVersion"],
+            "example.com/v1beta1"
+        );
         assert_eq!(defs[1].to_storage(defs[1].from_storage(&stored)), stored);
         let old = json!({"apiVersion": "example.com/v1", "kind": "Widget", "spec": {}});
         assert_eq!(v1.from_storage(&old)["spec"]["replicas"], 1);
@@ -722,29 +842,85 @@ mod tests {
             fields(&c)
         };
         let table: Vec<(Box<dyn Fn(&mut Value)>, Vec<&str>)> = vec![
-            (Box::new(|c| c["metadata"]["name"] = json!("widget.example.com")),
-                vec!["metadata.name: Invalid value: \"widget.example.com\": must be spec.names.plural+\".\"+spec.group"]),
-            (Box::new(|c| { c["spec"]["group"] = json!("example"); c["metadata"]["name"] = json!("widgets.example"); }),
-                vec!["spec.group: Invalid value: \"example\": should be a domain with at least one dot"]),
-            (Box::new(|c| c["spec"]["scope"] = json!("Global")),
-                vec!["spec.scope: Unsupported value: \"Global\": supported values: \"Cluster\", \"Namespaced\""]),
-            (Box::new(|c| c["spec"]["versions"][0]["storage"] = json!(true)),
-                vec!["spec.versions: Invalid value: [{\"name\":\"v1beta1\",\"served\":true,\"storage\":true},{\"name\":\"v1\",\"served\":true,\"storage\":true},{\"name\":\"v2alpha1\",\"served\":false,\"storage\":false}]: must have exactly one version marked as storage version"]),
-            (Box::new(|c| c["spec"]["versions"][1]["schema"] = json!({})),
-                vec!["spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required"]),
-            (Box::new(|c| c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["x"] = json!({"description": "untyped"})),
-                vec!["spec.versions[1].schema.openAPIV3Schema.properties[spec].properties[x].type: Required value: must not be empty for specified object fields"]),
-            (Box::new(|c| c["spec"]["names"]["plural"] = json!("Widgets")),
-                vec!["metadata.name: Invalid value: \"widgets.example.com\": must be spec.names.plural+\".\"+spec.group",
-                     "spec.names.plural: Invalid value: \"Widgets\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"]),
-            (Box::new(|c| c["spec"]["names"]["kind"] = json!("")),
-                vec!["spec.names.kind: Required value", "spec.names.listKind: Required value"]),
-            (Box::new(|c| c["spec"]["conversion"] = json!({"strategy": "Webhook"})),
-                vec!["spec.conversion.strategy: Unsupported value: \"Webhook\": supported values: \"None\" (imc server does not call conversion webhooks; serve one version, or several with the same schema and strategy None)"]),
-            (Box::new(|c| c["spec"]["versions"][1]["subresources"]["scale"]["specReplicasPath"] = json!(".status.x")),
-                vec!["spec.versions[1].subresources.scale.specReplicasPath: Invalid value: \".status.x\": should be a json path under .spec"]),
-            (Box::new(|c| c["spec"]["versions"][1]["additionalPrinterColumns"][0]["type"] = json!("float")),
-                vec!["spec.versions[1].additionalPrinterColumns[0].type: Unsupported value: \"float\": supported values: \"integer\", \"number\", \"string\", \"boolean\", \"date\""]),
+            (
+                Box::new(|c| c["metadata"]["name"] = json!("widget.example.com")),
+                vec![
+                    "metadata.name: Invalid value: \"widget.example.com\": must be spec.names.plural+\".\"+spec.group",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["group"] = json!("example");
+                    c["metadata"]["name"] = json!("widgets.example");
+                }),
+                vec![
+                    "spec.group: Invalid value: \"example\": should be a domain with at least one dot",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["scope"] = json!("Global")),
+                vec![
+                    "spec.scope: Unsupported value: \"Global\": supported values: \"Cluster\", \"Namespaced\"",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["versions"][0]["storage"] = json!(true)),
+                vec![
+                    "spec.versions: Invalid value: [{\"name\":\"v1beta1\",\"served\":true,\"storage\":true},{\"name\":\"v1\",\"served\":true,\"storage\":true},{\"name\":\"v2alpha1\",\"served\":false,\"storage\":false}]: must have exactly one version marked as storage version",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["versions"][1]["schema"] = json!({})),
+                vec![
+                    "spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                        ["x"] = json!({"description": "untyped"})
+                }),
+                vec![
+                    "spec.versions[1].schema.openAPIV3Schema.properties[spec].properties[x].type: Required value: must not be empty for specified object fields",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["names"]["plural"] = json!("Widgets")),
+                vec![
+                    "metadata.name: Invalid value: \"widgets.example.com\": must be spec.names.plural+\".\"+spec.group",
+                    "spec.names.plural: Invalid value: \"Widgets\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["names"]["kind"] = json!("")),
+                vec![
+                    "spec.names.kind: Required value",
+                    "spec.names.listKind: Required value",
+                ],
+            ),
+            (
+                Box::new(|c| c["spec"]["conversion"] = json!({"strategy": "Webhook"})),
+                vec![
+                    "spec.conversion.strategy: Unsupported value: \"Webhook\": supported values: \"None\" (imc server does not call conversion webhooks; serve one version, or several with the same schema and strategy None)",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["versions"][1]["subresources"]["scale"]["specReplicasPath"] =
+                        json!(".status.x")
+                }),
+                vec![
+                    "spec.versions[1].subresources.scale.specReplicasPath: Invalid value: \".status.x\": should be a json path under .spec",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["versions"][1]["additionalPrinterColumns"][0]["type"] = json!("float")
+                }),
+                vec![
+                    "spec.versions[1].additionalPrinterColumns[0].type: Unsupported value: \"float\": supported values: \"integer\", \"number\", \"string\", \"boolean\", \"date\"",
+                ],
+            ),
         ];
         for (change, want) in table {
             assert_eq!(with(&*change), want);
@@ -758,20 +934,50 @@ mod tests {
         compute_status(&mut c, &Value::Null);
         assert_eq!(c["status"]["acceptedNames"]["listKind"], "WidgetList");
         assert_eq!(c["status"]["storedVersions"], json!(["v1"]));
-        let types: Vec<_> = c["status"]["conditions"].as_array().unwrap().iter().map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap())).collect();
+        let types: Vec<_> = c["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+            .collect();
         assert_eq!(types, [("NamesAccepted", "True"), ("Established", "True")]);
-        c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = json!([{"rule": "self.spec.replicas >= 0"}]);
+        c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
+            json!([{"rule": "self.spec.replicas >= 0"}]);
         let old = c.clone();
         compute_status(&mut c, &old);
         let cel = &c["status"]["conditions"][2];
         assert_eq!(cel["type"], "ValidationRulesEvaluated");
-        assert!(cel["message"].as_str().unwrap().contains("v1: <root>: self.spec.replicas >= 0"));
+        assert!(
+            cel["message"]
+                .as_str()
+                .unwrap()
+                .contains("v1: <root>: self.spec.replicas >= 0")
+        );
     }
 
     #[test]
     fn versions_sort_as_kubernetes_does() {
-        let mut vs = vec!["v1beta1", "foo", "v2", "v1alpha1", "v1", "v11alpha2", "v1beta2"];
+        let mut vs = vec![
+            "v1beta1",
+            "foo",
+            "v2",
+            "v1alpha1",
+            "v1",
+            "v11alpha2",
+            "v1beta2",
+        ];
         vs.sort_by_key(|v| version_rank(v));
-        assert_eq!(vs, ["v2", "v1", "v1beta2", "v1beta1", "v11alpha2", "v1alpha1", "foo"]);
+        assert_eq!(
+            vs,
+            [
+                "v2",
+                "v1",
+                "v1beta2",
+                "v1beta1",
+                "v11alpha2",
+                "v1alpha1",
+                "foo"
+            ]
+        );
     }
 }

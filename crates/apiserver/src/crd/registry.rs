@@ -127,6 +127,10 @@ impl ApiServer {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&name)
                 .cloned();
+            let rules = super::cel_rules(crd);
+            if hook.is_none() && !rules.is_empty() {
+                tracing::warn!(crd = %name, rules = ?rules, "x-kubernetes-validations rules are not evaluated by imc server");
+            }
             served_defs(crd, hook)
         };
         self.change_resources(|r| {
@@ -147,11 +151,7 @@ impl ApiServer {
     /// Runs at start, before the server listens.
     pub async fn install_custom_kinds(&self, kinds: Vec<CustomKind>) -> Result<()> {
         {
-            let mut hooks = self
-                .custom
-                .hooks
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut hooks = self.custom.hooks.write().unwrap_or_else(|e| e.into_inner());
             for k in &kinds {
                 if let Some(s) = &k.strategy {
                     hooks.insert(k.name(), s.clone());
@@ -247,7 +247,10 @@ impl ApiServer {
             if !has_cleanup_finalizer(&crd) {
                 return Ok(());
             }
-            let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+            let group = crd
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let plural = crd
                 .pointer("/spec/names/plural")
                 .and_then(Value::as_str)

@@ -84,7 +84,9 @@ impl Strategy for CustomStrategy {
     }
 
     fn grace_period(&self, obj: &Value, options: &Value) -> Option<i64> {
-        self.hook.as_ref().and_then(|h| h.grace_period(obj, options))
+        self.hook
+            .as_ref()
+            .and_then(|h| h.grace_period(obj, options))
     }
 
     fn after_create(&self, obj: &Value) -> Vec<FollowUp> {

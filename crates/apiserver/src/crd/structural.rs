@@ -146,7 +146,11 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic".into(),
         ));
     }
-    if map.contains_key("properties") && map.get("additionalProperties").is_some_and(|a| a.is_object()) {
+    if map.contains_key("properties")
+        && map
+            .get("additionalProperties")
+            .is_some_and(|a| a.is_object())
+    {
         out.push(cause(
             &format!("{path}.additionalProperties"),
             "FieldValueForbidden",
@@ -173,10 +177,17 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             out.push(cause(
                 &format!("{path}.x-kubernetes-list-type"),
                 "FieldValueNotSupported",
-                format!("Unsupported value: {lt:?}: supported values: \"atomic\", \"set\", \"map\""),
+                format!(
+                    "Unsupported value: {lt:?}: supported values: \"atomic\", \"set\", \"map\""
+                ),
             ));
         }
-        if lt == "map" && map.get("x-kubernetes-list-map-keys").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        if lt == "map"
+            && map
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        {
             out.push(cause(
                 &format!("{path}.x-kubernetes-list-map-keys"),
                 "FieldValueRequired",
@@ -332,7 +343,9 @@ fn validate_node(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Ve
             let t = json_type_name(v);
             out.push(invalid(
                 path,
-                format!("Invalid value: {t:?}: {path} in body must be of type integer,string: {t:?}"),
+                format!(
+                    "Invalid value: {t:?}: {path} in body must be of type integer,string: {t:?}"
+                ),
             ));
             return;
         }
@@ -399,20 +412,36 @@ fn validate_number(s: &Map<String, Value>, v: &Value, path: &str, out: &mut Vec<
     if let Some(min) = as_f64(s.get("minimum")) {
         let exclusive = s.get("exclusiveMinimum") == Some(&json!(true));
         if n < min || (exclusive && n <= min) {
-            let words = if exclusive { "greater than" } else { "greater than or equal to" };
+            let words = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
             out.push(invalid(
                 path,
-                format!("Invalid value: {}: {path} in body should be {words} {}", show(v), show(&s["minimum"])),
+                format!(
+                    "Invalid value: {}: {path} in body should be {words} {}",
+                    show(v),
+                    show(&s["minimum"])
+                ),
             ));
         }
     }
     if let Some(max) = as_f64(s.get("maximum")) {
         let exclusive = s.get("exclusiveMaximum") == Some(&json!(true));
         if n > max || (exclusive && n >= max) {
-            let words = if exclusive { "less than" } else { "less than or equal to" };
+            let words = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
             out.push(invalid(
                 path,
-                format!("Invalid value: {}: {path} in body should be {words} {}", show(v), show(&s["maximum"])),
+                format!(
+                    "Invalid value: {}: {path} in body should be {words} {}",
+                    show(v),
+                    show(&s["maximum"])
+                ),
             ));
         }
     }
@@ -422,27 +451,45 @@ fn validate_number(s: &Map<String, Value>, v: &Value, path: &str, out: &mut Vec<
     {
         out.push(invalid(
             path,
-            format!("Invalid value: {}: {path} in body should be a multiple of {}", show(v), show(&s["multipleOf"])),
+            format!(
+                "Invalid value: {}: {path} in body should be a multiple of {}",
+                show(v),
+                show(&s["multipleOf"])
+            ),
         ));
     }
     match s.get("format").and_then(Value::as_str) {
         Some("int32") if v.as_i64().is_none_or(|i| i32::try_from(i).is_err()) => {
             out.push(invalid(
                 path,
-                format!("Invalid value: {}: {path} in body must be of type int32: {:?}", show(v), show(v)),
+                format!(
+                    "Invalid value: {}: {path} in body must be of type int32: {:?}",
+                    show(v),
+                    show(v)
+                ),
             ));
         }
         Some("int64") if v.as_i64().is_none() && !v.is_f64() => {
             out.push(invalid(
                 path,
-                format!("Invalid value: {}: {path} in body must be of type int64: {:?}", show(v), show(v)),
+                format!(
+                    "Invalid value: {}: {path} in body must be of type int64: {:?}",
+                    show(v),
+                    show(v)
+                ),
             ));
         }
         _ => {}
     }
 }
 
-fn validate_string(s: &Map<String, Value>, text: &str, v: &Value, path: &str, out: &mut Vec<Cause>) {
+fn validate_string(
+    s: &Map<String, Value>,
+    text: &str,
+    v: &Value,
+    path: &str,
+    out: &mut Vec<Cause>,
+) {
     let len = text.chars().count();
     if let Some(max) = as_usize(s.get("maxLength"))
         && len > max
@@ -458,7 +505,10 @@ fn validate_string(s: &Map<String, Value>, text: &str, v: &Value, path: &str, ou
     {
         out.push(invalid(
             path,
-            format!("Invalid value: {}: {path} in body should be at least {min} chars long", show(v)),
+            format!(
+                "Invalid value: {}: {path} in body should be at least {min} chars long",
+                show(v)
+            ),
         ));
     }
     if let Some(p) = s.get("pattern").and_then(Value::as_str)
@@ -467,7 +517,10 @@ fn validate_string(s: &Map<String, Value>, text: &str, v: &Value, path: &str, ou
     {
         out.push(invalid(
             path,
-            format!("Invalid value: {}: {path} in body should match '{p}'", show(v)),
+            format!(
+                "Invalid value: {}: {path} in body should match '{p}'",
+                show(v)
+            ),
         ));
     }
     let format_ok = match s.get("format").and_then(Value::as_str) {
@@ -476,7 +529,9 @@ fn validate_string(s: &Map<String, Value>, text: &str, v: &Value, path: &str, ou
         Some("int-or-string") | None => true,
         Some("byte") => {
             use base64::Engine;
-            base64::engine::general_purpose::STANDARD.decode(text).is_ok()
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .is_ok()
         }
         Some(_) => true,
     };
@@ -484,7 +539,11 @@ fn validate_string(s: &Map<String, Value>, text: &str, v: &Value, path: &str, ou
         let f = s.get("format").and_then(Value::as_str).unwrap_or("");
         out.push(invalid(
             path,
-            format!("Invalid value: {}: {path} in body must be of type {f}: {}", show(v), show(v)),
+            format!(
+                "Invalid value: {}: {path} in body must be of type {f}: {}",
+                show(v),
+                show(v)
+            ),
         ));
     }
 }
@@ -553,20 +612,30 @@ fn validate_object(
     {
         out.push(invalid(
             path,
-            format!("Invalid value: {}: {path} in body should have at least {min} properties", map.len()),
+            format!(
+                "Invalid value: {}: {path} in body should have at least {min} properties",
+                map.len()
+            ),
         ));
     }
     if let Some(required) = s.get("required").and_then(Value::as_array) {
         for r in required.iter().filter_map(Value::as_str) {
             if !map.contains_key(r) {
-                out.push(cause(&join(path, r), "FieldValueRequired", "Required value".into()));
+                out.push(cause(
+                    &join(path, r),
+                    "FieldValueRequired",
+                    "Required value".into(),
+                ));
             }
         }
     }
     let props = s.get("properties").and_then(Value::as_object);
     let extra = s.get("additionalProperties").filter(|a| a.is_object());
     for (k, v) in map {
-        if embedded && (k == "metadata" || k == "apiVersion" || k == "kind") && props.is_none_or(|p| !p.contains_key(k)) {
+        if embedded
+            && (k == "metadata" || k == "apiVersion" || k == "kind")
+            && props.is_none_or(|p| !p.contains_key(k))
+        {
             continue;
         }
         if root && k == "metadata" {
@@ -601,7 +670,8 @@ pub fn needs_defaults(schema: &Value, obj: &Value) -> bool {
                     match map.get(k) {
                         None if sub.get("default").is_some() => return true,
                         Some(Value::Null)
-                            if sub.get("default").is_some() && sub.get("nullable") != Some(&json!(true)) =>
+                            if sub.get("default").is_some()
+                                && sub.get("nullable") != Some(&json!(true)) =>
                         {
                             return true;
                         }
@@ -710,7 +780,10 @@ pub fn cel_rules(schema: &Value, path: &str) -> Vec<(String, String)> {
 }
 
 fn collect_rules(schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
-    if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
+    if let Some(rules) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
         for r in rules {
             if let Some(rule) = r.get("rule").and_then(Value::as_str) {
                 out.push((path.to_owned(), rule.to_owned()));
@@ -766,51 +839,126 @@ mod tests {
     fn each_bad_field_gets_one_cause_in_kube_words() {
         let table: Vec<(Value, Vec<&str>)> = vec![
             (json!({"spec": {"image": "nginx"}}), vec![]),
-            (json!({"metadata": {"anything": 1}, "apiVersion": "x/v1", "kind": "K", "spec": {"image": "nginx"}}), vec![]),
+            (
+                json!({"metadata": {"anything": 1}, "apiVersion": "x/v1", "kind": "K", "spec": {"image": "nginx"}}),
+                vec![],
+            ),
             (json!({"spec": {}}), vec!["spec.image: Required value"]),
-            (json!({"spec": {"image": "nginx", "replicas": 5}}),
-                vec!["spec.replicas: Invalid value: 5: spec.replicas in body should be greater than or equal to 10"]),
-            (json!({"spec": {"image": "nginx", "replicas": 500}}),
-                vec!["spec.replicas: Invalid value: 500: spec.replicas in body should be less than or equal to 100"]),
-            (json!({"spec": {"image": "nginx", "replicas": "x"}}),
-                vec!["spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""]),
-            (json!({"spec": {"image": "nginx", "replicas": 1.5}}),
-                vec!["spec.replicas: Invalid value: \"number\": spec.replicas in body must be of type integer: \"number\""]),
-            (json!({"spec": {"image": "nginx", "ratio": 0}}),
-                vec!["spec.ratio: Invalid value: 0: spec.ratio in body should be greater than 0"]),
-            (json!({"spec": {"image": "nginx", "ratio": 1}}),
-                vec!["spec.ratio: Invalid value: 1: spec.ratio in body should be less than 1"]),
-            (json!({"spec": {"image": "nginx", "mode": "x"}}),
-                vec!["spec.mode: Unsupported value: \"x\": supported values: \"a\", \"b\""]),
-            (json!({"spec": {"image": "", "port": 80}}),
-                vec!["spec.image: Invalid value: \"\": spec.image in body should be at least 1 chars long",
-                     "spec.image: Invalid value: \"\": spec.image in body should match '^[a-z0-9:./-]+$'"]),
-            (json!({"spec": {"image": "a".repeat(21)}}), vec!["spec.image: Too long: may not be more than 20 bytes"]),
-            (json!({"spec": {"image": "NGINX"}}),
-                vec!["spec.image: Invalid value: \"NGINX\": spec.image in body should match '^[a-z0-9:./-]+$'"]),
+            (
+                json!({"spec": {"image": "nginx", "replicas": 5}}),
+                vec![
+                    "spec.replicas: Invalid value: 5: spec.replicas in body should be greater than or equal to 10",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "replicas": 500}}),
+                vec![
+                    "spec.replicas: Invalid value: 500: spec.replicas in body should be less than or equal to 100",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "replicas": "x"}}),
+                vec![
+                    "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "replicas": 1.5}}),
+                vec![
+                    "spec.replicas: Invalid value: \"number\": spec.replicas in body must be of type integer: \"number\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "ratio": 0}}),
+                vec!["spec.ratio: Invalid value: 0: spec.ratio in body should be greater than 0"],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "ratio": 1}}),
+                vec!["spec.ratio: Invalid value: 1: spec.ratio in body should be less than 1"],
+            ),
+            (
+                json!({"spec": {"image": "nginx", "mode": "x"}}),
+                vec!["spec.mode: Unsupported value: \"x\": supported values: \"a\", \"b\""],
+            ),
+            (
+                json!({"spec": {"image": "", "port": 80}}),
+                vec![
+                    "spec.image: Invalid value: \"\": spec.image in body should be at least 1 chars long",
+                    "spec.image: Invalid value: \"\": spec.image in body should match '^[a-z0-9:./-]+$'",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "a".repeat(21)}}),
+                vec!["spec.image: Too long: may not be more than 20 bytes"],
+            ),
+            (
+                json!({"spec": {"image": "NGINX"}}),
+                vec![
+                    "spec.image: Invalid value: \"NGINX\": spec.image in body should match '^[a-z0-9:./-]+$'",
+                ],
+            ),
             (json!({"spec": {"image": "x", "port": "http"}}), vec![]),
-            (json!({"spec": {"image": "x", "port": true}}),
-                vec!["spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\""]),
-            (json!({"spec": {"image": "x", "when": "yesterday"}}),
-                vec!["spec.when: Invalid value: \"yesterday\": spec.when in body must be of type date-time: \"yesterday\""]),
-            (json!({"spec": {"image": "x", "when": "2024-01-02T03:04:05Z", "note": null}}), vec![]),
-            (json!({"spec": {"image": "x", "mode": null}}),
-                vec!["spec.mode: Invalid value: \"null\": spec.mode in body must be of type string: \"null\""]),
-            (json!({"spec": {"image": "x", "tags": ["a", "b", "a"]}}),
-                vec!["spec.tags: Too many: 3: must have at most 2 items", "spec.tags[2]: Duplicate value: \"a\""]),
-            (json!({"spec": {"image": "x", "tags": []}}),
-                vec!["spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items"]),
-            (json!({"spec": {"image": "x", "ports": [{"name": "a"}, {"name": "a"}]}}),
-                vec!["spec.ports[1]: Duplicate value: {\"name\":\"a\"}"]),
-            (json!({"spec": {"image": "x", "labels": {"a": "1", "b": 2}}}),
-                vec!["spec.labels: Too many: 2: must have at most 1 items",
-                     "spec.labels[b]: Invalid value: \"integer\": spec.labels[b] in body must be of type string: \"integer\""]),
-            (json!({"spec": {"image": "x", "extra": {"any": {"thing": 1}}}}), vec![]),
-            (json!({"spec": {"image": "x", "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"n": "x"}}}}),
-                vec!["spec.template.spec.n: Invalid value: \"string\": spec.template.spec.n in body must be of type integer: \"string\""]),
-            (json!({"spec": {"image": "x", "replicas": 3_000_000_000_i64}}),
-                vec!["spec.replicas: Invalid value: 3000000000: spec.replicas in body should be less than or equal to 100",
-                     "spec.replicas: Invalid value: 3000000000: spec.replicas in body must be of type int32: \"3000000000\""]),
+            (
+                json!({"spec": {"image": "x", "port": true}}),
+                vec![
+                    "spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "when": "yesterday"}}),
+                vec![
+                    "spec.when: Invalid value: \"yesterday\": spec.when in body must be of type date-time: \"yesterday\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "when": "2024-01-02T03:04:05Z", "note": null}}),
+                vec![],
+            ),
+            (
+                json!({"spec": {"image": "x", "mode": null}}),
+                vec![
+                    "spec.mode: Invalid value: \"null\": spec.mode in body must be of type string: \"null\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "tags": ["a", "b", "a"]}}),
+                vec![
+                    "spec.tags: Too many: 3: must have at most 2 items",
+                    "spec.tags[2]: Duplicate value: \"a\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "tags": []}}),
+                vec!["spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items"],
+            ),
+            (
+                json!({"spec": {"image": "x", "ports": [{"name": "a"}, {"name": "a"}]}}),
+                vec!["spec.ports[1]: Duplicate value: {\"name\":\"a\"}"],
+            ),
+            (
+                json!({"spec": {"image": "x", "labels": {"a": "1", "b": 2}}}),
+                vec![
+                    "spec.labels: Too many: 2: must have at most 1 items",
+                    "spec.labels[b]: Invalid value: \"integer\": spec.labels[b] in body must be of type string: \"integer\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "extra": {"any": {"thing": 1}}}}),
+                vec![],
+            ),
+            (
+                json!({"spec": {"image": "x", "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"n": "x"}}}}),
+                vec![
+                    "spec.template.spec.n: Invalid value: \"string\": spec.template.spec.n in body must be of type integer: \"string\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "replicas": 3_000_000_000_i64}}),
+                vec![
+                    "spec.replicas: Invalid value: 3000000000: spec.replicas in body should be less than or equal to 100",
+                    "spec.replicas: Invalid value: 3000000000: spec.replicas in body must be of type int32: \"3000000000\"",
+                ],
+            ),
         ];
         for (obj, want) in table {
             assert_eq!(causes(obj.clone()), want, "{obj}");
@@ -820,10 +968,18 @@ mod tests {
     #[test]
     fn defaults_fill_missing_and_null_fields_top_down() {
         let table = vec![
-            (json!({"spec": {"image": "x"}}), json!({"spec": {"image": "x", "replicas": 10, "mode": "a"}})),
-            (json!({"spec": {"image": "x", "replicas": 20, "mode": null}}), json!({"spec": {"image": "x", "replicas": 20, "mode": "a"}})),
-            (json!({"spec": {"image": "x", "replicas": 20, "mode": "b", "ports": [{"name": "p"}, {"name": "q", "proto": "UDP"}]}}),
-                json!({"spec": {"image": "x", "replicas": 20, "mode": "b", "ports": [{"name": "p", "proto": "TCP"}, {"name": "q", "proto": "UDP"}]}})),
+            (
+                json!({"spec": {"image": "x"}}),
+                json!({"spec": {"image": "x", "replicas": 10, "mode": "a"}}),
+            ),
+            (
+                json!({"spec": {"image": "x", "replicas": 20, "mode": null}}),
+                json!({"spec": {"image": "x", "replicas": 20, "mode": "a"}}),
+            ),
+            (
+                json!({"spec": {"image": "x", "replicas": 20, "mode": "b", "ports": [{"name": "p"}, {"name": "q", "proto": "UDP"}]}}),
+                json!({"spec": {"image": "x", "replicas": 20, "mode": "b", "ports": [{"name": "p", "proto": "TCP"}, {"name": "q", "proto": "UDP"}]}}),
+            ),
             (json!({}), json!({})),
         ];
         for (mut obj, want) in table {
@@ -852,33 +1008,58 @@ mod tests {
         };
         assert!(msgs(schema()).is_empty(), "{:?}", msgs(schema()));
         assert_eq!(
-            msgs(json!({"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}})),
-            [format!("{p}.properties[spec].type: Required value: must not be empty for specified object fields")]
+            msgs(
+                json!({"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}})
+            ),
+            [format!(
+                "{p}.properties[spec].type: Required value: must not be empty for specified object fields"
+            )]
         );
         assert_eq!(
             msgs(json!({"type": "string"})),
-            [format!("{p}.type: Invalid value: \"string\": must be object at the root")]
+            [format!(
+                "{p}.type: Invalid value: \"string\": must be object at the root"
+            )]
         );
         assert_eq!(
-            msgs(json!({"type": "object", "properties": {"l": {"type": "array", "uniqueItems": true, "items": {"type": "string"}}}})),
-            [format!("{p}.properties[l].uniqueItems: Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic")]
+            msgs(
+                json!({"type": "object", "properties": {"l": {"type": "array", "uniqueItems": true, "items": {"type": "string"}}}})
+            ),
+            [format!(
+                "{p}.properties[l].uniqueItems: Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
+            )]
         );
         assert_eq!(
-            msgs(json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}})),
-            [format!("{p}.properties[metadata].properties[labels]: Forbidden: must not be specified")]
+            msgs(
+                json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}})
+            ),
+            [format!(
+                "{p}.properties[metadata].properties[labels]: Forbidden: must not be specified"
+            )]
         );
         assert_eq!(
-            msgs(json!({"type": "object", "properties": {"s": {"type": "string", "pattern": "("}}})),
-            [format!("{p}.properties[s].pattern: Invalid value: \"(\": must be a valid regular expression")]
+            msgs(
+                json!({"type": "object", "properties": {"s": {"type": "string", "pattern": "("}}})
+            ),
+            [format!(
+                "{p}.properties[s].pattern: Invalid value: \"(\": must be a valid regular expression"
+            )]
         );
         assert_eq!(
             msgs(json!({"type": "object", "properties": {"s": {"$ref": "#/x"}}})),
-            [format!("{p}.properties[s].$ref: Forbidden: $ref is not supported"),
-             format!("{p}.properties[s].type: Required value: must not be empty for specified object fields")]
+            [
+                format!("{p}.properties[s].$ref: Forbidden: $ref is not supported"),
+                format!(
+                    "{p}.properties[s].type: Required value: must not be empty for specified object fields"
+                )
+            ]
         );
         let bad_default = json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 2, "default": 1}}});
         assert_eq!(
-            check_defaults(&bad_default, p).into_iter().map(|c| c.field).collect::<Vec<_>>(),
+            check_defaults(&bad_default, p)
+                .into_iter()
+                .map(|c| c.field)
+                .collect::<Vec<_>>(),
             [format!("{p}.properties[n].default")]
         );
     }

@@ -44,7 +44,15 @@ pub fn def() -> ResourceDef {
     crate::crd::served_defs(&crd, Some(Arc::new(ImageCacheStrategy)))
         .into_iter()
         .next()
-        .unwrap_or_else(|| ResourceDef::new("eci.alibabacloud.com", "v1", "ImageCache", "imagecaches", false))
+        .unwrap_or_else(|| {
+            ResourceDef::new(
+                "eci.alibabacloud.com",
+                "v1",
+                "ImageCache",
+                "imagecaches",
+                false,
+            )
+        })
 }
 
 fn default_image_cache(obj: &mut Value) {
