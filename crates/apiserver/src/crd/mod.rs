@@ -841,7 +841,8 @@ mod tests {
             f(&mut c);
             fields(&c)
         };
-        let table: Vec<(Box<dyn Fn(&mut Value)>, Vec<&str>)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let table: Vec<(Change, Vec<&str>)> = vec![
             (
                 Box::new(|c| c["metadata"]["name"] = json!("widget.example.com")),
                 vec![
