@@ -271,3 +271,52 @@ async fn image_cache_is_a_crd_and_its_schema_alone_refuses_a_small_size() {
     served.strategy.default(&mut o);
     assert_eq!(o["spec"]["imageCacheSize"], 20);
 }
+
+#[tokio::test]
+async fn server_side_apply_merges_lists_as_the_crd_schema_says() {
+    use kube::api::{Patch, PatchParams};
+    let dir = tempfile::tempdir().unwrap();
+    let (_api, client) = start(dir.path()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd = serde_json::to_value(widget_crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["ports"] = json!({
+        "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+        "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}});
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["hosts"] = json!({
+        "type": "array", "items": {"type": "string"}});
+    crds.create(&PostParams::default(), &serde_json::from_value(crd).unwrap())
+        .await
+        .unwrap();
+    let w = widgets(&client, "v1");
+    let apply = |manager: &'static str, spec: Value| {
+        let w = w.clone();
+        async move {
+            let body = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "a"}, "spec": spec});
+            w.patch("a", &PatchParams::apply(manager), &Patch::Apply(body))
+                .await
+                .unwrap()
+        }
+    };
+    apply("one", json!({"color": "red", "ports": [{"name": "http", "port": 80}], "hosts": ["a"]})).await;
+    let merged = apply("two", json!({"ports": [{"name": "https", "port": 443}]})).await;
+    // `ports` is a map list keyed by name: both managers' entries stay.
+    assert_eq!(
+        merged.data["spec"]["ports"],
+        json!([{"name": "http", "port": 80}, {"name": "https", "port": 443}])
+    );
+    // `hosts` has no list type, so it is atomic: another manager's list conflicts with the
+    // first manager's instead of merging.
+    let conflict = w
+        .patch(
+            "a",
+            &PatchParams::apply("three"),
+            &Patch::Apply(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "a"}, "spec": {"hosts": ["c"]}})),
+        )
+        .await;
+    match conflict {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
