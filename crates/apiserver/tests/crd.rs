@@ -284,9 +284,12 @@ async fn server_side_apply_merges_lists_as_the_crd_schema_says() {
         "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}});
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["hosts"] = json!({
         "type": "array", "items": {"type": "string"}});
-    crds.create(&PostParams::default(), &serde_json::from_value(crd).unwrap())
-        .await
-        .unwrap();
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(crd).unwrap(),
+    )
+    .await
+    .unwrap();
     let w = widgets(&client, "v1");
     let apply = |manager: &'static str, spec: Value| {
         let w = w.clone();
@@ -298,7 +301,11 @@ async fn server_side_apply_merges_lists_as_the_crd_schema_says() {
                 .unwrap()
         }
     };
-    apply("one", json!({"color": "red", "ports": [{"name": "http", "port": 80}], "hosts": ["a"]})).await;
+    apply(
+        "one",
+        json!({"color": "red", "ports": [{"name": "http", "port": 80}], "hosts": ["a"]}),
+    )
+    .await;
     let merged = apply("two", json!({"ports": [{"name": "https", "port": 443}]})).await;
     // `ports` is a map list keyed by name: both managers' entries stay.
     assert_eq!(

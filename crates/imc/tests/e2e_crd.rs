@@ -98,6 +98,36 @@ fn a_certificate_crd_is_served_validated_defaulted_pruned_and_listed() {
     }
     assert!(s.get_json_in("cert", "bad", &["-n", "default"]).is_none());
 
+    // CEL rules: a rule with messageExpression and fieldPath, and a transition rule.
+    let err = s.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&cert(
+            "cel",
+            "  secretName: cel\n  issuerRef:\n    name: ca\n  usages: [server auth, client auth, digital signature]\n",
+        )),
+    );
+    assert!(
+        err.contains(r#"spec.usages: Invalid value: "object": at most 2 usages for 1 replicas"#),
+        "{err}"
+    );
+    let err = s.kubectl_err(
+        &[
+            "patch",
+            "cert",
+            "web",
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"secretName":"other"}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains(r#"spec.secretName: Invalid value: "string": secretName is immutable"#),
+        "{err}"
+    );
+
     // Unknown fields: refused by kubectl's default strict validation, warned about and pruned
     // with --validate=warn, kept under x-kubernetes-preserve-unknown-fields.
     let unknown = cert(

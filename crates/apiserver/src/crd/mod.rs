@@ -10,10 +10,12 @@
 //!   start ([`CustomKind`]), and the `customresourcecleanup` finalizer.
 //! - [`jsonpath`]: the JSONPath of printer columns.
 //!
-//! Not evaluated: `x-kubernetes-validations` (CEL) rules. A CRD carrying them is accepted, its
-//! status gets the condition `ValidationRulesEvaluated=False` naming them, and the server logs
-//! a warning; the rules' checks are not done.
+//! `x-kubernetes-validations` (CEL) rules are evaluated ([`cel`]) when they use CEL's standard
+//! functions; a rule calling Kubernetes' CEL libraries (`quantity()`, `url()`, ...) is not: the
+//! CRD is accepted, its status gets `ValidationRulesEvaluated=False` naming the rule, and the
+//! server logs a warning.
 
+pub mod cel;
 pub mod jsonpath;
 pub mod registry;
 pub mod strategy;
@@ -378,7 +380,8 @@ fn validate_versions(obj: &Value, out: &mut Vec<Cause>) {
     }
 }
 
-/// The CEL rules of every version, as `version: path: rule`.
+/// The CEL rules of every version this server does not evaluate (they call functions
+/// `cel-interpreter` lacks), as `version: path: rule`.
 pub(crate) fn cel_rules(obj: &Value) -> Vec<String> {
     let mut out = Vec::new();
     for v in obj
@@ -389,7 +392,7 @@ pub(crate) fn cel_rules(obj: &Value) -> Vec<String> {
     {
         if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
             let name = v.get("name").and_then(Value::as_str).unwrap_or("");
-            for (path, rule) in structural::cel_rules(schema, "") {
+            for (path, rule) in cel::unevaluated(schema, "") {
                 let path = if path.is_empty() {
                     "<root>".to_owned()
                 } else {
@@ -454,9 +457,9 @@ fn compute_status(obj: &mut Value, old: &Value) {
         conditions.push(condition(
             "ValidationRulesEvaluated",
             "False",
-            "CELNotSupported",
+            "CELFunctionsNotSupported",
             &format!(
-                "imc server does not evaluate x-kubernetes-validations rules; not checked: {}",
+                "imc server evaluates x-kubernetes-validations rules with CEL's standard functions only; not checked: {}",
                 rules.join("; ")
             ),
             old,
@@ -943,7 +946,7 @@ mod tests {
             .collect();
         assert_eq!(types, [("NamesAccepted", "True"), ("Established", "True")]);
         c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
-            json!([{"rule": "self.spec.replicas >= 0"}]);
+            json!([{"rule": "isURL(self.spec.url)"}]);
         let old = c.clone();
         compute_status(&mut c, &old);
         let cel = &c["status"]["conditions"][2];
@@ -952,7 +955,7 @@ mod tests {
             cel["message"]
                 .as_str()
                 .unwrap()
-                .contains("v1: <root>: self.spec.replicas >= 0")
+                .contains("v1: <root>: isURL(self.spec.url)")
         );
     }
 

@@ -129,7 +129,7 @@ impl ApiServer {
                 .cloned();
             let rules = super::cel_rules(crd);
             if hook.is_none() && !rules.is_empty() {
-                tracing::warn!(crd = %name, rules = ?rules, "x-kubernetes-validations rules are not evaluated by imc server");
+                tracing::warn!(crd = %name, rules = ?rules, "x-kubernetes-validations rules calling functions beyond CEL's standard ones are not evaluated by imc server");
             }
             served_defs(crd, hook)
         };

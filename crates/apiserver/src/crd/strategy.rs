@@ -54,8 +54,8 @@ impl Strategy for CustomStrategy {
         }
     }
 
-    /// The Rust strategy's causes (its richer messages) first, then the schema's for fields
-    /// it did not already report.
+    /// The Rust strategy's causes (its richer messages) first, then the schema's (rules
+    /// included) for fields it did not already report.
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let mut causes = self
             .hook
@@ -63,18 +63,29 @@ impl Strategy for CustomStrategy {
             .map(|h| h.validate(obj))
             .unwrap_or_default();
         for c in self.schema_causes(obj) {
-            if !causes.iter().any(|h| h.field == c.field) {
+            // A field the Rust strategy reported, or reported inside (`spec.images[2]` for a
+            // rule on `spec.images`), is said once, in its words.
+            let said = causes.iter().any(|h| {
+                h.field == c.field
+                    || h.field.starts_with(&format!("{}.", c.field))
+                    || h.field.starts_with(&format!("{}[", c.field))
+            });
+            if !said {
                 causes.push(c);
             }
         }
         causes
     }
 
+    /// The Rust strategy's update rules, then the schema's transition rules (`oldSelf`).
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
-        self.hook
+        let mut causes = self
+            .hook
             .as_ref()
             .map(|h| h.validate_update(new, old))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        causes.extend(super::cel::validate_transitions(&self.schema, new, old, ""));
+        causes
     }
 
     fn name_rule(&self) -> NameRule {

@@ -1,6 +1,7 @@
 //! Structural schemas (apiextensions `JSONSchemaProps` of a v1 CRD): the check that a schema is
 //! structural, validation of custom objects against it (one [`Cause`] per bad field, in
-//! kube-apiserver's words), and defaulting. Pruning is [`crate::schema::Schema::prune`] over the
+//! kube-apiserver's words, `x-kubernetes-validations` rules included through [`super::cel`]),
+//! and defaulting. Pruning is [`crate::schema::Schema::prune`] over the
 //! same schema.
 
 use std::collections::HashMap;
@@ -118,6 +119,7 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             ));
         }
     }
+    out.extend(super::cel::check_node(schema, path));
     let int_or_string = map.get("x-kubernetes-int-or-string") == Some(&json!(true));
     let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
     let ty = map.get("type").and_then(Value::as_str);
@@ -358,6 +360,15 @@ fn validate_node(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Ve
             format!("Invalid value: {t:?}: {path} in body must be of type {ty}: {t:?}"),
         ));
         return;
+    }
+    for rule in s
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| !super::cel::is_transition(r))
+    {
+        out.extend(super::cel::evaluate(rule, v, None, path));
     }
     if let Some(options) = s.get("enum").and_then(Value::as_array)
         && !options.contains(v)
@@ -768,38 +779,6 @@ fn check_defaults_node(schema: &Value, path: &str, out: &mut Vec<Cause>) {
     }
     if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
         check_defaults_node(extra, &format!("{path}.additionalProperties"), out);
-    }
-}
-
-/// The CEL rules (`x-kubernetes-validations`) in `schema`, as (schema path, rule), which imc
-/// does not evaluate.
-pub fn cel_rules(schema: &Value, path: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    collect_rules(schema, path, &mut out);
-    out
-}
-
-fn collect_rules(schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
-    if let Some(rules) = schema
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-    {
-        for r in rules {
-            if let Some(rule) = r.get("rule").and_then(Value::as_str) {
-                out.push((path.to_owned(), rule.to_owned()));
-            }
-        }
-    }
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (k, sub) in props {
-            collect_rules(sub, &join(path, k), out);
-        }
-    }
-    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        collect_rules(items, &format!("{path}[*]"), out);
-    }
-    if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        collect_rules(extra, &format!("{path}[*]"), out);
     }
 }
 
