@@ -14,6 +14,14 @@
 //! libseccomp or kernel (`getxattrat`, `mseal`, ...); those calls are then refused by the default
 //! action. runc 1.1.5 rejects any seccomp `flags`, so a Localhost profile that sets them is
 //! refused here with that reason rather than at container start.
+//!
+//! On x86_64 the reference covers three ABIs: x86_64, x86 (i386) and x32. The filter runc builds
+//! grows with each, and so does its cost per container start (libseccomp compiles it anew for
+//! every start: some 15 ms for each of the two compat ABIs on this project's 2-core machine).
+//! Kernels built without the x32 ABI (`CONFIG_X86_X32_ABI`, off in most distributions' kernels
+//! or disabled at boot) run no x32 program at all, so there the default profile leaves x32 out:
+//! an x32 call is refused by the kernel either way (by the filter's architecture check instead
+//! of the syscall entry). The host is probed once ([`kernel_runs_x32`]).
 
 use std::fs::File;
 use std::io::Read;
@@ -597,10 +605,14 @@ impl HostArch {
         }
     }
 
-    /// The seccomp architectures a filter must cover: native first, then what it also executes.
-    fn seccomp_arches(self) -> Vec<Arch> {
+    /// The seccomp architectures a filter must cover: native first, then what it also executes
+    /// (x32 only when the kernel runs x32 programs).
+    fn seccomp_arches(self, x32: bool) -> Vec<Arch> {
         match self {
-            HostArch::X86_64 => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+            HostArch::X86_64 if x32 => {
+                vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+            }
+            HostArch::X86_64 => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86],
             HostArch::Aarch64 => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
             HostArch::S390x => vec![Arch::ScmpArchS390x, Arch::ScmpArchS390],
             HostArch::Other => Vec::new(),
@@ -643,10 +655,42 @@ impl HostArch {
 /// Calls not listed fail with EPERM; `clone3` without `CAP_SYS_ADMIN` fails with ENOSYS. See
 /// [`RUNTIME_DEFAULT_REFERENCE`].
 pub fn runtime_default(capabilities: &[Capability]) -> LinuxSeccomp {
-    profile_for(HostArch::current(), capabilities)
+    let arch = HostArch::current();
+    profile_for(
+        arch,
+        capabilities,
+        arch == HostArch::X86_64 && kernel_runs_x32(),
+    )
 }
 
-fn profile_for(arch: HostArch, capabilities: &[Capability]) -> LinuxSeccomp {
+/// Whether the running kernel executes x32 programs: an x32 `getpid` (the syscall number with
+/// bit 30 set) answers ENOSYS where it does not. Probed once per process. When imc itself runs
+/// under a seccomp filter, the probe is not made (a filter without x32 would kill the process
+/// for it) and x32 is assumed, which only costs time.
+fn kernel_runs_x32() -> bool {
+    static RUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RUNS.get_or_init(|| {
+        if !cfg!(target_arch = "x86_64") || !unfiltered() {
+            return true;
+        }
+        const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
+        // SAFETY: getpid takes no argument and changes nothing; an unknown number answers ENOSYS.
+        let rc = unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) };
+        rc >= 0
+    })
+}
+
+/// Whether this process runs without a seccomp filter (`Seccomp: 0` in `/proc/self/status`).
+fn unfiltered() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|v| v.trim() == "0")
+    })
+}
+
+fn profile_for(arch: HostArch, capabilities: &[Capability], x32: bool) -> LinuxSeccomp {
     let common: Vec<&str> = ALLOWED_GROUPS
         .iter()
         .flat_map(|g| g.iter().copied())
@@ -685,7 +729,7 @@ fn profile_for(arch: HostArch, capabilities: &[Capability]) -> LinuxSeccomp {
     let mut profile = LinuxSeccomp::default();
     profile.set_default_action(LinuxSeccompAction::ScmpActErrno);
     profile.set_default_errno_ret(Some(EPERM));
-    let arches = arch.seccomp_arches();
+    let arches = arch.seccomp_arches(x32);
     profile.set_architectures((!arches.is_empty()).then_some(arches));
     profile.set_syscalls(Some(rules));
     profile
@@ -1262,13 +1306,19 @@ mod tests {
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.default_errno_ret(), Some(1));
         assert_eq!(
-            profile_for(HostArch::X86_64, &[])
+            profile_for(HostArch::X86_64, &[], true)
                 .architectures()
                 .as_deref(),
             Some(&[Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32][..])
         );
         assert_eq!(
-            profile_for(HostArch::Aarch64, &[])
+            profile_for(HostArch::X86_64, &[], false)
+                .architectures()
+                .as_deref(),
+            Some(&[Arch::ScmpArchX86_64, Arch::ScmpArchX86][..])
+        );
+        assert_eq!(
+            profile_for(HostArch::Aarch64, &[], true)
                 .architectures()
                 .as_deref(),
             Some(&[Arch::ScmpArchAarch64, Arch::ScmpArchArm][..])
@@ -1431,15 +1481,40 @@ mod tests {
         assert_eq!(values, vec![0, 8, 0x20000, 0x20008, 0xffff_ffff]);
     }
 
+    /// The probe agrees with the running kernel's build configuration (`/proc/config.gz`, which
+    /// this project's machines have): x32 is covered exactly when the kernel runs it.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn x32_is_covered_only_when_the_kernel_runs_it() {
+        let out = std::process::Command::new("zcat")
+            .arg("/proc/config.gz")
+            .output()
+            .expect("zcat /proc/config.gz");
+        assert!(out.status.success(), "this test needs /proc/config.gz");
+        let config = String::from_utf8_lossy(&out.stdout);
+        let built = config.lines().any(|l| l == "CONFIG_X86_X32_ABI=y");
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+        let disabled = cmdline
+            .split_whitespace()
+            .any(|w| w == "syscall.x32=n" || w == "syscall.x32=N");
+        assert_eq!(kernel_runs_x32(), built && !disabled);
+        let covered = runtime_default(&DEFAULT_CAPABILITIES)
+            .architectures()
+            .clone()
+            .unwrap()
+            .contains(&Arch::ScmpArchX32);
+        assert_eq!(covered, kernel_runs_x32());
+    }
+
     #[test]
     fn architecture_specific_calls() {
-        let x86 = profile_for(HostArch::X86_64, &[]);
+        let x86 = profile_for(HostArch::X86_64, &[], true);
         assert!(allowed(&x86, "arch_prctl") && allowed(&x86, "modify_ldt"));
         assert!(!allowed(&x86, "set_tls"));
-        let arm = profile_for(HostArch::Aarch64, &[]);
+        let arm = profile_for(HostArch::Aarch64, &[], true);
         assert!(allowed(&arm, "set_tls") && allowed(&arm, "cacheflush"));
         assert!(!allowed(&arm, "arch_prctl"));
-        let s390 = profile_for(HostArch::S390x, &[]);
+        let s390 = profile_for(HostArch::S390x, &[], true);
         assert!(allowed(&s390, "s390_runtime_instr"));
         let clone = conditional_rules(&s390, "clone");
         assert_eq!(clone[0].args().as_ref().unwrap()[0].index(), 1);
