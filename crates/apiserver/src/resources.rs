@@ -317,12 +317,12 @@ impl Resources {
         self.defs.push(Arc::new(def));
     }
 
-    /// Stops serving every version of `plural` in `group` (a deleted or changed custom resource
-    /// definition); returns whether any was served.
+    /// Stops serving every version of the custom resource `plural` in `group` (a deleted or
+    /// changed custom resource definition); built-in kinds stay. Returns whether any was served.
     pub fn unregister(&mut self, group: &str, plural: &str) -> bool {
         let before = self.defs.len();
         self.defs
-            .retain(|d| !(d.group == group && d.plural == plural));
+            .retain(|d| !(d.custom && d.group == group && d.plural == plural));
         self.defs.len() != before
     }
 

@@ -127,6 +127,20 @@ fn dns1035(field: &str, value: &str, out: &mut Vec<Cause>) {
     }
 }
 
+/// The API groups of the kinds imc serves itself (a CRD may not take them over).
+fn builtin_groups() -> &'static [String] {
+    static GROUPS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    GROUPS.get_or_init(|| {
+        let mut groups: Vec<String> = Vec::new();
+        for d in crate::strategies::builtin() {
+            if !d.group.is_empty() && !groups.contains(&d.group) {
+                groups.push(d.group);
+            }
+        }
+        groups
+    })
+}
+
 /// Fills in what kube-apiserver defaults in a CRD: `singular`, `listKind`, the conversion
 /// strategy.
 pub fn default_crd(obj: &mut Value) {
@@ -187,6 +201,25 @@ pub fn validate_crd(obj: &Value) -> Vec<Cause> {
         out.push(invalid(
             "spec.group",
             format!("Invalid value: {group:?}: should be a domain with at least one dot"),
+        ));
+    }
+    if builtin_groups().iter().any(|g| g == group) {
+        out.push(invalid(
+            "spec.group",
+            format!("Invalid value: {group:?}: is served by imc server's built-in kinds"),
+        ));
+    } else if (group == "k8s.io"
+        || group.ends_with(".k8s.io")
+        || group == "kubernetes.io"
+        || group.ends_with(".kubernetes.io"))
+        && obj
+            .pointer("/metadata/annotations/api-approved.kubernetes.io")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        out.push(required(
+            "metadata.annotations[api-approved.kubernetes.io]",
+            "protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111",
         ));
     }
     match s(obj, "/spec/scope") {
@@ -893,6 +926,31 @@ mod tests {
                 vec![
                     "metadata.name: Invalid value: \"widgets.example.com\": must be spec.names.plural+\".\"+spec.group",
                     "spec.names.plural: Invalid value: \"Widgets\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["group"] = json!("rbac.authorization.k8s.io");
+                    c["metadata"]["name"] = json!("widgets.rbac.authorization.k8s.io");
+                }),
+                vec![
+                    "spec.group: Invalid value: \"rbac.authorization.k8s.io\": is served by imc server's built-in kinds",
+                ],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["group"] = json!("widgets.x-k8s.io");
+                    c["metadata"]["name"] = json!("widgets.widgets.x-k8s.io");
+                }),
+                vec![],
+            ),
+            (
+                Box::new(|c| {
+                    c["spec"]["group"] = json!("gadgets.k8s.io");
+                    c["metadata"]["name"] = json!("widgets.gadgets.k8s.io");
+                }),
+                vec![
+                    "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111",
                 ],
             ),
             (
