@@ -5,7 +5,7 @@
 //! same schema.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value, json};
 
@@ -245,9 +245,11 @@ fn check_root_metadata(schema: &Value, path: &str, out: &mut Vec<Cause>) {
     }
 }
 
-/// A compiled `pattern` (cached; `None` when it does not compile).
-fn compiled(pattern: &str) -> Option<regex::Regex> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+/// A compiled `pattern` (cached, shared so its match caches are reused; `None` when it does not
+/// compile).
+fn compiled(pattern: &str) -> Option<Arc<regex::Regex>> {
+    type Cache = Mutex<HashMap<String, Option<Arc<regex::Regex>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = cache.get(pattern) {
@@ -256,7 +258,8 @@ fn compiled(pattern: &str) -> Option<regex::Regex> {
     let r = regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
-        .ok();
+        .ok()
+        .map(Arc::new);
     if cache.len() >= MAX_CACHED_PATTERNS {
         cache.clear();
     }
@@ -609,6 +612,17 @@ fn validate_object(
     out: &mut Vec<Cause>,
 ) {
     let embedded = root || s.get("x-kubernetes-embedded-resource") == Some(&json!(true));
+    if !root && embedded {
+        for k in ["apiVersion", "kind"] {
+            if map.get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
+                out.push(cause(
+                    &join(path, k),
+                    "FieldValueRequired",
+                    "Required value: must not be empty".into(),
+                ));
+            }
+        }
+    }
     if let Some(max) = as_usize(s.get("maxProperties"))
         && map.len() > max
     {
@@ -929,6 +943,13 @@ mod tests {
                 json!({"spec": {"image": "x", "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"n": "x"}}}}),
                 vec![
                     "spec.template.spec.n: Invalid value: \"string\": spec.template.spec.n in body must be of type integer: \"string\"",
+                ],
+            ),
+            (
+                json!({"spec": {"image": "x", "template": {"spec": {}}}}),
+                vec![
+                    "spec.template.apiVersion: Required value: must not be empty",
+                    "spec.template.kind: Required value: must not be empty",
                 ],
             ),
             (
