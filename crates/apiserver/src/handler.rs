@@ -31,6 +31,8 @@ pub struct ApiServer {
     admission: Admission,
     pod_security: PodSecurity,
     openapi: RwLock<Option<Arc<crate::discovery::OpenApiDocs>>>,
+    /// Counts changes of the served kinds (so a stale OpenAPI rendering is not kept).
+    kinds_version: std::sync::atomic::AtomicU64,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
     metrics: RwLock<Option<MetricsFn>>,
     me: Weak<ApiServer>,
@@ -238,6 +240,7 @@ impl ApiServer {
             admission: Admission::default(),
             pod_security,
             openapi: RwLock::new(None),
+            kinds_version: std::sync::atomic::AtomicU64::new(0),
             logs: RwLock::new(None),
             metrics: RwLock::new(None),
             me: me.clone(),
@@ -280,11 +283,12 @@ impl ApiServer {
         {
             return docs;
         }
+        // Never holds both locks: the kinds' version tells whether they changed meanwhile.
+        let version = self.kinds_version.load(std::sync::atomic::Ordering::SeqCst);
         let resources = self.resources();
         let docs = Arc::new(crate::discovery::OpenApiDocs::render(&resources));
         let mut slot = self.openapi.write().unwrap_or_else(|e| e.into_inner());
-        // Kept only if the kinds did not change meanwhile.
-        if Arc::ptr_eq(&resources, &self.resources()) {
+        if self.kinds_version.load(std::sync::atomic::Ordering::SeqCst) == version {
             *slot = Some(docs.clone());
         }
         docs
@@ -300,12 +304,17 @@ impl ApiServer {
 
     /// Changes the served kinds with `change` (which returns whether it changed anything).
     pub(crate) fn change_resources(&self, change: impl FnOnce(&mut Resources) -> bool) {
-        let mut slot = self.resources.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = (**slot).clone();
-        if change(&mut next) {
+        {
+            let mut slot = self.resources.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = (**slot).clone();
+            if !change(&mut next) {
+                return;
+            }
             *slot = Arc::new(next);
-            *self.openapi.write().unwrap_or_else(|e| e.into_inner()) = None;
+            self.kinds_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+        *self.openapi.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub(crate) fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
