@@ -814,6 +814,9 @@ impl ApiServer {
             let name = meta_str(&new, "name").unwrap_or("").to_owned();
             Self::invalid_if_any(def, &name, def.strategy.validate_update(&new, old))?;
             warnings = self.builtin_admission(def, sub, &new, Some(old))?;
+        } else {
+            let name = meta_str(&new, "name").unwrap_or("").to_owned();
+            Self::invalid_if_any(def, &name, def.strategy.validate_status(&new))?;
         }
         self.admission
             .validate(def, Operation::Update, sub, &mut new, Some(old))?;

@@ -154,6 +154,18 @@ async fn a_crd_serves_its_kind_within_the_create_and_validates_defaults_and_prun
     w.replace_status("a", &PostParams::default(), &with_status)
         .await
         .unwrap();
+    // The status is checked against the schema too.
+    let mut bad_status = w.get("a").await.unwrap();
+    bad_status.data["status"] = json!({"replicas": "three"});
+    assert_eq!(
+        causes(
+            w.replace_status("a", &PostParams::default(), &bad_status)
+                .await
+        ),
+        [
+            "status.replicas: Invalid value: \"string\": status.replicas in body must be of type integer: \"string\""
+        ]
+    );
     let mut main = w.get("a").await.unwrap();
     main.data["status"] = json!({"replicas": 9});
     main.data["spec"]["color"] = json!("blue");

@@ -77,6 +77,16 @@ impl Strategy for CustomStrategy {
         causes
     }
 
+    /// The schema's causes under `status` (a status subresource write changes nothing else).
+    fn validate_status(&self, obj: &Value) -> Vec<Cause> {
+        let Some(status_schema) = self.schema.pointer("/properties/status") else {
+            return Vec::new();
+        };
+        obj.get("status")
+            .map(|status| structural::validate_at(status_schema, status, "status"))
+            .unwrap_or_default()
+    }
+
     /// The Rust strategy's update rules, then the schema's transition rules (`oldSelf`).
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
         let mut causes = self

@@ -327,6 +327,13 @@ pub fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
     out
 }
 
+/// [`validate`] of a value inside an object, at `path` (`status`).
+pub fn validate_at(schema: &Value, value: &Value, path: &str) -> Vec<Cause> {
+    let mut out = Vec::new();
+    validate_node(schema, value, path, false, &mut out);
+    out
+}
+
 fn validate_node(schema: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
     let Some(s) = schema.as_object() else {
         return;

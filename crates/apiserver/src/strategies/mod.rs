@@ -64,6 +64,12 @@ pub trait Strategy: Send + Sync {
         Vec::new()
     }
 
+    /// Every bad field of the status of `obj` written through the status subresource (custom
+    /// resources check it against their schema); empty means valid.
+    fn validate_status(&self, _obj: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
     /// Every bad field of an update from `old` to `new` (immutability); [`Strategy::validate`]
     /// runs on `new` as well.
     fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<Cause> {
