@@ -552,6 +552,9 @@ impl ApiServer {
         target: WriteOptions<'_>,
     ) -> Result<Written> {
         let dry_run = target.dry_run;
+        if let Some(reason) = def.strategy.create_refused() {
+            return Err(ApiError::MethodNotAllowed(reason));
+        }
         Self::check_type(def, &mut obj)?;
         let mut decode_warnings = Vec::new();
         Self::decode_fields(def, &mut obj, &target, &mut decode_warnings)?;

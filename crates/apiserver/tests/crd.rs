@@ -339,3 +339,65 @@ async fn server_side_apply_merges_lists_as_the_crd_schema_says() {
         other => panic!("expected a conflict, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_terminating_crd_waits_for_finalized_objects_and_refuses_new_ones() {
+    use kube::api::{Patch, PatchParams};
+    let dir = tempfile::tempdir().unwrap();
+    let (_api, client) = start(dir.path()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &widget_crd())
+        .await
+        .unwrap();
+    let w = widgets(&client, "v1");
+    let mut held = widget("held", json!({"color": "red"}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    w.create(&PostParams::default(), &held).await.unwrap();
+    crds.delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The object is marked for deletion but held by its finalizer; so is the CRD.
+    let crd = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let obj = w.get("held").await.unwrap();
+            if obj.metadata.deletion_timestamp.is_some() {
+                return crds.get("widgets.example.com").await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the object was never marked for deletion");
+    assert_eq!(condition(&crd, "Terminating").as_deref(), Some("True"));
+    match w
+        .create(
+            &PostParams::default(),
+            &widget("new", json!({"color": "red"})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 405);
+            assert_eq!(
+                s.message,
+                "create not allowed while custom resource definition is terminating"
+            );
+        }
+        other => panic!("expected 405, got {other:?}"),
+    }
+    // The finalizer removed, the object goes, then the CRD.
+    w.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while crds.get_opt("widgets.example.com").await.unwrap().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the CRD was never removed");
+}

@@ -785,6 +785,7 @@ pub fn served_defs(crd: &Value, hook: Option<Arc<dyn Strategy>>) -> Vec<Resource
             schema,
             status: def.status_subresource,
             hook: hook.clone(),
+            terminating: crd.pointer("/metadata/deletionTimestamp").is_some(),
         });
         defs.push(def);
     }

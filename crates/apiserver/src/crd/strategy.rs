@@ -19,6 +19,8 @@ pub struct CustomStrategy {
     pub(crate) status: bool,
     /// The Rust strategy registered with the definition, if any.
     pub(crate) hook: Option<Arc<dyn Strategy>>,
+    /// The definition is being deleted: no new objects.
+    pub(crate) terminating: bool,
 }
 
 impl CustomStrategy {
@@ -30,6 +32,12 @@ impl CustomStrategy {
 }
 
 impl Strategy for CustomStrategy {
+    fn create_refused(&self) -> Option<String> {
+        self.terminating.then(|| {
+            "create not allowed while custom resource definition is terminating".to_owned()
+        })
+    }
+
     fn default(&self, obj: &mut Value) {
         structural::apply_defaults(&self.schema, obj);
         if let Some(h) = &self.hook {

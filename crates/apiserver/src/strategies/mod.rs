@@ -64,6 +64,12 @@ pub trait Strategy: Send + Sync {
         Vec::new()
     }
 
+    /// Why no object of this kind may be created now (405), if so: a custom resource whose
+    /// definition is being deleted.
+    fn create_refused(&self) -> Option<String> {
+        None
+    }
+
     /// Every bad field of the status of `obj` written through the status subresource (custom
     /// resources check it against their schema); empty means valid.
     fn validate_status(&self, _obj: &Value) -> Vec<Cause> {
