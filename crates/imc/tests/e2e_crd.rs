@@ -284,6 +284,18 @@ fn bad_crds_are_refused_in_kube_words() {
         err.contains("imc server does not call conversion webhooks"),
         "{err}"
     );
+    // The good one applies server-side too, and again without change.
+    for _ in 0..2 {
+        let (ok, out) = s.kubectl_args_stdin(&["apply", "--server-side", "-f", "-"], CERT_CRD);
+        assert!(ok, "{out}");
+    }
+    s.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=60s",
+        CRD,
+    ]);
 }
 
 #[test]
