@@ -135,3 +135,45 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod through_the_crd {
+    use super::*;
+
+    /// Served through the CRD, a bad field is said once, in the Rust strategy's words, even
+    /// where the schema (a CEL rule on `spec.images`) finds it too.
+    #[test]
+    fn each_bad_field_is_reported_once() {
+        let d = def();
+        let obj = json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache", "metadata": {"name": "x"},
+            "spec": {"images": ["busybox:1", "busybox:1"], "imageCacheSize": 5}});
+        let causes: Vec<String> = d
+            .strategy
+            .validate(&obj)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                "spec.images[1]: Duplicate value: \"busybox:1\"",
+                "spec.imageCacheSize: Invalid value: 5: spec.imageCacheSize in body should be greater than or equal to 20",
+            ]
+        );
+        // Without the Rust strategy, the CEL rule says it.
+        let crd = crate::crd::crd_value(&imc_api::image_cache::crd());
+        let schema_only = crate::crd::served_defs(&crd, None).remove(0);
+        let fields: Vec<String> = schema_only
+            .strategy
+            .validate(&obj)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert!(
+            fields.contains(
+                &"spec.images: Invalid value: \"array\": each image may appear once".to_owned()
+            ),
+            "{fields:?}"
+        );
+    }
+}
