@@ -253,6 +253,13 @@ impl ApiServer {
         body: &Value,
         dry_run: bool,
     ) -> Result<Value> {
+        // Admission webhooks see a CREATE of pods/binding with the Binding, as upstream.
+        let mut body = body.clone();
+        crate::webhooks::dispatch::admit_subresource_create(
+            self, def, ns, name, "binding", "Binding", dry_run, &mut body,
+        )
+        .await?;
+        let body = &body;
         let binding = parse(body, name)?;
         if let Some(body_ns) = str_at(body, "/metadata/namespace")
             && !body_ns.is_empty()

@@ -155,6 +155,15 @@ pub enum ApiError {
     /// Something that should not happen happened; the message says what.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An admission webhook refused the request, or calling one failed: the status code (400
+    /// to 599) and message as kube-apiserver answers them.
+    #[error("{message}")]
+    Admission {
+        /// The HTTP status code.
+        code: u16,
+        /// The whole message (`admission webhook "x" denied the request: ...`).
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -179,6 +188,7 @@ impl ApiError {
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::Admission { code, .. } => admission_code_reason(*code),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -268,6 +278,31 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The status code of an admission answer (clamped to 400..=599, as kube-apiserver does) and
+/// the `reason` Kubernetes gives that code.
+fn admission_code_reason(code: u16) -> (StatusCode, &'static str) {
+    let code =
+        StatusCode::from_u16(code.clamp(400, 599)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = match code.as_u16() {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "",
+    };
+    (code, reason)
 }
 
 /// The causes as Kubernetes lists them: `field: message`, several in brackets.

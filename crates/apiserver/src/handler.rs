@@ -20,6 +20,7 @@ use crate::resources::{ResourceDef, Resources};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Expect, Key, Store};
 use crate::strategies::{FollowUp, NameRule};
+use crate::webhooks::dispatch::{self as webhooks, write_options};
 
 /// The API server's state: store, served resources, admission hooks and the log provider.
 pub struct ApiServer {
@@ -621,6 +622,17 @@ impl ApiServer {
             let sent = o.clone();
             self.admission
                 .mutate(def, Operation::Create, None, &mut o, None)?;
+            let hook_write = webhooks::Write {
+                def,
+                operation: Operation::Create,
+                sub: None,
+                name: &name,
+                namespace: ns.as_deref(),
+                dry_run,
+                options: write_options("CreateOptions", target.manager, dry_run),
+                object_kind: None,
+            };
+            let mut hook_warnings = webhooks::mutate(self, &hook_write, &mut o, None).await?;
             def.strategy.default(&mut o);
             def.strategy.prepare_for_create(&mut o);
             Self::validate(def, &o)?;
@@ -628,6 +640,8 @@ impl ApiServer {
             warnings.extend(self.builtin_admission(def, None, &o, None)?);
             self.admission
                 .validate(def, Operation::Create, None, &mut o, None)?;
+            hook_warnings.extend(webhooks::validate(self, &hook_write, Some(&o), None).await?);
+            warnings.extend(hook_warnings);
             if !keep_managed {
                 o = self.record_fields(def, &json!({}), &sent, o, None, target.manager);
             }
@@ -725,6 +739,11 @@ impl ApiServer {
             return Ok(());
         };
         for name in ["default", "kube-system", "kube-public"] {
+            // Those present are not created again: a start never goes through admission (a
+            // webhook that is down would otherwise stop the server from starting).
+            if self.store.get(&Self::key(&ns, None, name)).is_some() {
+                continue;
+            }
             match self
                 .create(&ns, None, json!({"metadata": {"name": name}}))
                 .await
@@ -739,13 +758,14 @@ impl ApiServer {
     /// Computes the object to store when `incoming` replaces `old` through the main resource
     /// or the status subresource, and the warnings of admission. None means the object is to
     /// be removed (deleting, and its last finalizer is gone).
-    fn prepare_update(
+    async fn prepare_update(
         &self,
         def: &ResourceDef,
         old: &Value,
         mut incoming: Value,
-        sub: Option<&str>,
+        target: WriteOptions<'_>,
     ) -> Result<(Option<Value>, Vec<String>)> {
+        let sub = target.sub;
         Self::check_type(def, &mut incoming)?;
         let name = meta_str(old, "name").unwrap_or("").to_owned();
         if let Some(n) = meta_str(&incoming, "name")
@@ -811,6 +831,17 @@ impl ApiServer {
         }
         self.admission
             .mutate(def, Operation::Update, sub, &mut new, Some(old))?;
+        let hook_write = webhooks::Write {
+            def,
+            operation: Operation::Update,
+            sub,
+            name: &name,
+            namespace: meta_str(old, "namespace"),
+            dry_run: target.dry_run,
+            options: write_options("UpdateOptions", target.manager, target.dry_run),
+            object_kind: None,
+        };
+        let mut hook_warnings = webhooks::mutate(self, &hook_write, &mut new, Some(old)).await?;
         let mut warnings = Vec::new();
         if sub != Some("status") {
             Self::validate(def, &new)?;
@@ -823,6 +854,8 @@ impl ApiServer {
         }
         self.admission
             .validate(def, Operation::Update, sub, &mut new, Some(old))?;
+        hook_warnings.extend(webhooks::validate(self, &hook_write, Some(&new), Some(old)).await?);
+        warnings.extend(hook_warnings);
         // Removing the last finalizer removes a deleted object, but a pod still in its grace
         // period (marked for its node, no finalizers) stays until the node deletes it with
         // grace 0, so the node's status writes during shutdown remain visible (as in Kubernetes).
@@ -867,7 +900,7 @@ impl ApiServer {
             v => v,
         };
         let old = def.from_storage(&current);
-        let (next, admitted) = self.prepare_update(def, &old, incoming, sub)?;
+        let (next, admitted) = self.prepare_update(def, &old, incoming, target).await?;
         warnings.extend(admitted);
         let next = next.map(|new| self.record_update(def, &old, new, sub, manager));
         let object = self.commit(def, key, next, expect, dry_run).await?;
@@ -1078,7 +1111,7 @@ impl ApiServer {
             }
             let mut warnings = Vec::new();
             Self::decode_fields(def, &mut new, &target, &mut warnings)?;
-            let (next, admitted) = self.prepare_update(def, &old, new, sub)?;
+            let (next, admitted) = self.prepare_update(def, &old, new, target).await?;
             warnings.extend(admitted);
             let next = match patch_type {
                 PatchType::Apply => next,
@@ -1144,6 +1177,22 @@ impl ApiServer {
                 .get("dryRun")
                 .and_then(Value::as_array)
                 .is_some_and(|d| d.iter().any(|x| x == "All"));
+            let mut delete_options = options.clone();
+            if let Some(o) = delete_options.as_object_mut() {
+                o.insert("kind".into(), json!("DeleteOptions"));
+                o.insert("apiVersion".into(), json!("meta.k8s.io/v1"));
+            }
+            let hook_write = webhooks::Write {
+                def,
+                operation: Operation::Delete,
+                sub: None,
+                name,
+                namespace: ns,
+                dry_run,
+                options: delete_options,
+                object_kind: None,
+            };
+            webhooks::validate(self, &hook_write, None, Some(&old)).await?;
             if dry_run {
                 return Ok(old);
             }

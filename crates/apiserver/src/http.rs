@@ -61,8 +61,9 @@ pub async fn authenticate(
     if let Some(c) = &conn {
         c.prove();
     }
-    req.extensions_mut().insert(user);
-    let response = next.run(req).await;
+    req.extensions_mut().insert(user.clone());
+    // Admission webhooks are told who the caller is.
+    let response = crate::webhooks::as_caller(user, next.run(req)).await;
     match _open {
         Some(open) => crate::guarded_body::guard(response, open),
         None => response,
@@ -524,7 +525,19 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &status))
         }
         (&Method::POST, Some(name)) if sub == Some("token") => {
-            let request = object_body(&raw)?;
+            let mut request = object_body(&raw)?;
+            // Admission webhooks see a CREATE of serviceaccounts/token with the TokenRequest.
+            crate::webhooks::dispatch::admit_subresource_create(
+                api,
+                &def,
+                ns,
+                name,
+                "token",
+                "TokenRequest",
+                dry_run,
+                &mut request,
+            )
+            .await?;
             let answer =
                 crate::token_request::issue(api, state.authn.issuer(), &def, ns, name, request)?;
             Ok(json_response(StatusCode::CREATED, &answer))

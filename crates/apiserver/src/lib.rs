@@ -44,6 +44,7 @@ pub mod store;
 pub mod strategies;
 pub mod table;
 pub mod token_request;
+pub mod webhooks;
 
 pub use admission::{Admission, AdmissionFn};
 pub use connections::ConnectionConfig;

@@ -125,6 +125,11 @@ enum BenchCommand {
         /// pod networking, which get no pod network flags).
         #[arg(long)]
         host_network: bool,
+        /// After the one-by-one starts, create this many pods at once from the Ready cache and
+        /// report when all run, the API's latency meanwhile and the loop devices attached
+        /// (0: skip).
+        #[arg(long, default_value_t = 0, value_name = "PODS")]
+        burst: usize,
         /// The imc binary to measure.
         #[arg(long, default_value_t = format!("{TARGET_DIR}/release/imc"))]
         imc: String,
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pods,
             no_uncached,
             host_network,
+            burst,
             imc,
             work_dir,
             json,
@@ -300,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pods,
                 uncached: !no_uncached,
                 host_network,
+                burst,
             };
             finish(&pod_bench::run(&options)?, json)
         }

@@ -45,6 +45,8 @@ pub struct PodOptions {
     /// flags: the start without the CNI set-up, and the way to measure builds older than pod
     /// networking.
     pub host_network: bool,
+    /// Pods created at once from the Ready cache after the one-by-one starts (0: none).
+    pub burst: usize,
 }
 
 fn pod(name: &str, image: &str, cache_id: Option<&str>, host_network: bool) -> anyhow::Result<Pod> {
@@ -165,7 +167,7 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
         .context("start a tokio runtime")?;
 
     // Pods pinned to a Ready cache.
-    let (pinned_wall, pinned_stamps, build_seconds) = {
+    let (pinned_wall, pinned_stamps, build_seconds, burst) = {
         let server = start_server(options, &proxy.host_port()).context("start imc server")?;
         runtime.block_on(async {
             let client = server.client().await.context("kube client")?;
@@ -226,7 +228,11 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
                     .delete(&format!("pinned-{i}"), &DeleteParams::default())
                     .await;
             }
-            anyhow::Ok((wall, stamps, build_seconds))
+            let burst = match options.burst {
+                0 => None,
+                n => Some(burst(&server, &pods, n, &reference, &id, options.host_network).await?),
+            };
+            anyhow::Ok((wall, stamps, build_seconds, burst))
         })?
     };
 
@@ -362,6 +368,42 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
             Target::None,
         ));
     }
+    let mut burst_notes = Vec::new();
+    if let Some(b) = &burst {
+        let one_by_one = median(&pinned_wall).map(|m| m * b.pods as f64);
+        figures.push(Figure {
+            name: format!(
+                "{} pods created at once, pinned to one Ready cache: all running",
+                b.pods
+            ),
+            unit: "s",
+            imc: Some(b.all_running),
+            baseline_name: "the same pods one at a time (count x median above)".into(),
+            baseline: one_by_one,
+            target: Target::AtMost(5.0),
+            aggregate: "once",
+            imc_runs: vec![b.all_running],
+            baseline_runs: one_by_one.into_iter().collect(),
+        });
+        figures.push(Figure {
+            name: "API GET of a namespace during the burst (p99)".into(),
+            unit: "ms",
+            imc: percentile(&b.busy_ms, 0.99),
+            baseline_name: "the same GET before the burst (p99)".into(),
+            baseline: percentile(&b.idle_ms, 0.99),
+            target: Target::None,
+            aggregate: "p99",
+            imc_runs: b.busy_ms.clone(),
+            baseline_runs: b.idle_ms.clone(),
+        });
+        burst_notes.push(format!(
+            "burst: API GET p50 {:.1} ms during (vs {:.1} ms before), {} GETs; most loop devices of the data dir attached at once: {} (one cache disk for every pod)",
+            median(&b.busy_ms).unwrap_or(f64::NAN),
+            median(&b.idle_ms).unwrap_or(f64::NAN),
+            b.busy_ms.len(),
+            b.peak_loops
+        ));
+    }
     let stamps = |v: &[f64]| {
         v.iter()
             .map(|s| format!("{s:.0}"))
@@ -386,7 +428,133 @@ pub fn run(options: &PodOptions) -> anyhow::Result<Report> {
                 stamps(&uncached_stamps)
             ),
             format!("warm ctr runs that failed (not in the figures): {}", ctr_failures.len()),
-        ],
+        ]
+        .into_iter()
+        .chain(burst_notes)
+        .collect(),
         imc_not_available: None,
+    })
+}
+
+/// What a burst of pods created at once showed.
+struct Burst {
+    /// How many pods.
+    pods: usize,
+    /// Seconds from the first create call to the last pod seen running (one watch).
+    all_running: f64,
+    /// Latencies (ms) of `GET /api/v1/namespaces/default`, one after another, during the burst.
+    busy_ms: Vec<f64>,
+    /// The same GETs on the idle server just before.
+    idle_ms: Vec<f64>,
+    /// Most loop devices backed by files of the server's data dir seen attached at once.
+    peak_loops: usize,
+}
+
+/// Loop devices whose backing file is under `dir` (`losetup --list`).
+async fn loops_under(dir: &std::path::Path) -> usize {
+    let out = tokio::process::Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "BACK-FILE"])
+        .output()
+        .await;
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| std::path::Path::new(l.trim()).starts_with(dir))
+            .count()
+    })
+    .unwrap_or(0)
+}
+
+/// Creates `n` pods pinned to cache `id` at once (64 create calls in flight) and waits until a
+/// watch has seen every one running, while another task GETs a namespace back to back.
+async fn burst(
+    server: &TestServer,
+    pods: &Api<Pod>,
+    n: usize,
+    reference: &str,
+    id: &str,
+    host_network: bool,
+) -> anyhow::Result<Burst> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+        Api::all(server.client().await.context("kube client")?);
+    let mut idle_ms = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        namespaces.get("default").await.context("GET namespace")?;
+        idle_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut manifests = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut p = pod(&format!("burst-{i}"), reference, Some(id), host_network)?;
+        p.metadata.labels = Some([("bench".to_owned(), "burst".to_owned())].into());
+        manifests.push(p);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (done, namespaces) = (done.clone(), namespaces.clone());
+        let data_dir = server.data_dir().to_path_buf();
+        tokio::spawn(async move {
+            let (mut busy, mut peak, mut last_count) = (Vec::new(), 0, Instant::now());
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if namespaces.get("default").await.is_ok() {
+                    busy.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                if last_count.elapsed() > Duration::from_millis(200) {
+                    peak = peak.max(loops_under(&data_dir).await);
+                    last_count = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (busy, peak)
+        })
+    };
+    let config = watcher::Config::default().labels("bench=burst");
+    let mut events = std::pin::pin!(watcher::watcher(pods.clone(), config).applied_objects());
+    eprintln!("burst: creating {n} pods at once");
+    let t = Instant::now();
+    let post = PostParams::default();
+    let creates = futures::stream::iter(manifests.iter())
+        .map(|p| pods.create(&post, p))
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>();
+    let watch = async {
+        let mut running = HashSet::new();
+        while running.len() < n {
+            let Some(p) = events.try_next().await.context("watch the burst")? else {
+                bail!("the watch of the burst ended");
+            };
+            if is_running(Some(&p)) {
+                running.insert(p.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        anyhow::Ok(t.elapsed().as_secs_f64())
+    };
+    let (created, all_running) = tokio::join!(creates, tokio::time::timeout(PATIENCE, watch));
+    created.context("create the burst's pods")?;
+    let all_running = all_running.context("the burst did not run in time")??;
+    done.store(true, Ordering::Relaxed);
+    let (busy_ms, peak_loops) = probe.await.context("the API probe")?;
+    eprintln!("burst: {n} pods running after {all_running:.2} s; peak loop devices {peak_loops}");
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let name = format!("burst-{i}");
+            async move { pods.delete(&name, &DeleteParams::default()).await }
+        })
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    Ok(Burst {
+        pods: n,
+        all_running,
+        busy_ms,
+        idle_ms,
+        peak_loops,
     })
 }

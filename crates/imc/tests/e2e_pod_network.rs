@@ -181,3 +181,39 @@ fn host_port_forwards_to_the_pod_and_deletion_frees_the_address() {
         "the host port still answers"
     );
 }
+
+/// Pods go out through the host: a server in a network that has no route to the pod range sees
+/// the host's address (imc's one masquerade rule set for the range), and a graceful stop removes
+/// the rules.
+#[test]
+fn pods_reach_the_outside_through_the_host_and_a_stop_removes_the_masquerade() {
+    let reg = registry_with_images();
+    let mut server = start(&reg);
+    let outside = imc_testkit::outside::OutsideNetwork::start().expect("an outside network");
+    let bridge = server.pod_network().1.to_owned();
+    let chain = format!("IMC-MASQ-{bridge}");
+    let nat_rules = || {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .expect("iptables-save");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&chain))
+            .count()
+    };
+    assert!(nat_rules() > 0, "no {chain} rules while the server runs");
+    server.create_ok(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "out"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": reg.busybox,
+            "command": ["/bin/busybox", "timeout", "10", "/bin/busybox", "wget", "-q", "-O-",
+                outside.whoami_url()]}]}}),
+    );
+    server.wait_for("pod", "out", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"
+    });
+    let log = server.kubectl_ok(&["logs", "out"]);
+    assert_eq!(log.trim(), outside.host_ip, "the outside saw {log:?}");
+    assert!(server.stop().expect("stop"), "the server stopped cleanly");
+    assert_eq!(nat_rules(), 0, "{chain} left behind by a graceful stop");
+}

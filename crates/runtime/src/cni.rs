@@ -1,6 +1,6 @@
 //! Pod networking through the standard CNI plugins (Debian's `containernetworking-plugins`):
-//! a network configuration list (by default imc's own: `bridge` with `host-local` IPAM and
-//! masquerade, then `portmap`) is run against each pod's network namespace, as containerd's CRI
+//! a network configuration list (by default imc's own: `bridge` with `host-local` IPAM, then
+//! `portmap`; masquerade for the whole pod range by [`crate::PodMasquerade`]) is run against each pod's network namespace, as containerd's CRI
 //! plugin runs it through libcni: `ADD` plugin by plugin with the previous result, `DEL` in
 //! reverse with the result of the `ADD`.
 //!
@@ -77,9 +77,10 @@ impl Attachment {
     }
 }
 
-/// imc's default network: a bridge (`bridge`, gateway and masquerade on the host) with
-/// addresses from `cidr` (`host-local` IPAM keeping its leases under `ipam_dir`), then
-/// `portmap` for host ports.
+/// imc's default network: a bridge (`bridge`, gateway on the host) with addresses from `cidr`
+/// (`host-local` IPAM keeping its leases under `ipam_dir`), then `portmap` for host ports.
+/// Outbound traffic is masqueraded by [`crate::PodMasquerade`] for the whole range, which the
+/// server installs with this list, rather than by the plugin's per-pod `ipMasq` chain.
 pub fn default_conflist(bridge: &str, cidr: &str, ipam_dir: &Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
@@ -89,7 +90,7 @@ pub fn default_conflist(bridge: &str, cidr: &str, ipam_dir: &Path) -> Value {
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",

@@ -334,9 +334,8 @@ impl Runtime {
         let runc_log = c.dir.join("runc.log");
         c.pid = self
             .runc
-            .create(&c.id, &c.dir, &runc_log, stdout, stderr)
+            .run_detached(&c.id, &c.dir, &runc_log, stdout, stderr)
             .await?;
-        self.runc.start(&c.id, &runc_log).await?;
         timings.runtime_started = t.elapsed();
         debug!(pid = c.pid, "runc started the container");
         Ok(())

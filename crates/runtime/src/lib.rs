@@ -18,6 +18,7 @@ mod error;
 mod exec;
 mod image;
 mod log_writer;
+mod masquerade;
 mod names;
 mod netns;
 mod recover;
@@ -41,6 +42,7 @@ pub use image::{
     ImageConfig, LayerSource, PreparedImage, Presence, in_cache, prepare_image, presence,
 };
 pub use log_writer::{LogLimits, LogRecord, MAX_LINE, log_text, parse_record, rotated_path};
+pub use masquerade::PodMasquerade;
 pub use names::check_component;
 pub use netns::{PodSandbox, SandboxConfig};
 pub use recover::RuntimeRecovery;

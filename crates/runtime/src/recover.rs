@@ -9,7 +9,7 @@
 //! never descends into a mount. It is safe while other imc processes run containers on the
 //! same data dir: only dead owners' state is touched, and a runc container is removed as
 //! unrecorded only when it existed before the records were read (a container's record is
-//! always written before `runc create`).
+//! always written before `runc run`).
 
 use std::ffi::OsString;
 use std::fs;
@@ -74,7 +74,7 @@ struct Plan {
 
 impl Runtime {
     /// Kills and removes containers whose owner died (e.g. `imc run` killed with -9) and runc
-    /// containers that no record names (a crash between `runc create` and its record's
+    /// containers that no record names (a crash between `runc run` and its record's
     /// removal), unmounts the rootfs and netns mounts of dead pods and removes them, then lets
     /// the attacher detach disks left without live users. Always runs to the end; what it
     /// could not clean is in [`RuntimeRecovery::leftovers`].

@@ -18,7 +18,7 @@ pub struct StartTimings {
     /// Mounting the overlay rootfs and writing the OCI spec.
     #[serde(with = "millis")]
     pub rootfs_assembled: Duration,
-    /// `runc create` + `runc start`.
+    /// `runc run --detach` (create and start).
     #[serde(with = "millis")]
     pub runtime_started: Duration,
     /// The whole start, from the request to the process running.

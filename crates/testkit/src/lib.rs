@@ -11,5 +11,7 @@ pub mod https;
 pub mod image;
 pub mod kubectl;
 pub mod leftovers;
+pub mod outside;
 pub mod proxy;
 pub mod registry;
+pub mod webhook;

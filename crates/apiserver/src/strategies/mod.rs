@@ -152,6 +152,7 @@ pub fn builtin() -> Vec<ResourceDef> {
     ]
     .into_iter()
     .chain(rbac::defs())
+    .chain(crate::webhooks::configuration::defs())
     .chain(crate::reviews::defs())
     .collect()
 }

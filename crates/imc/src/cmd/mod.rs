@@ -1,6 +1,7 @@
 //! Subcommands. One file per command group; each turns its arguments into library calls.
 
 mod cache;
+mod controller;
 mod explain_match;
 mod image;
 mod registry_args;
@@ -46,6 +47,8 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Show which ImageCache a pod would start from, with every candidate's score.
     ExplainMatch(explain_match::ExplainMatchArgs),
+    /// Cluster mode: the ImageCache controller against a cluster's API, with leader election.
+    Controller(controller::ControllerArgs),
     /// Cluster mode: serve pod admission (cache choice) as an HTTPS AdmissionReview webhook.
     Webhook(webhook::WebhookArgs),
     /// Cluster mode: a containerd proxy snapshotter serving layers from local cache disks.
@@ -67,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a).await,
         Command::Server(a) => server::run(a).await,
         Command::ExplainMatch(a) => explain_match::run(a).await,
+        Command::Controller(a) => controller::run(a).await,
         Command::Webhook(a) => webhook::run(a).await,
         Command::Snapshotter(a) => snapshotter::run(a).await,
     }

@@ -28,6 +28,12 @@ pub struct ServerArgs {
     /// own tests set status by hand and must not race a controller).
     #[arg(long, hide = true)]
     pub api_only: bool,
+    /// Built-in parts not to run, comma-separated (k3s's convention): `admission` (the pod
+    /// admission that picks image caches; an `imc webhook` registered through a
+    /// MutatingWebhookConfiguration can stand in for it), `controllers` and `node` (only both
+    /// together for now: the API alone).
+    #[arg(long, value_name = "PARTS", value_delimiter = ',', value_parser = parse_disabled)]
+    pub disable: Vec<Disabled>,
     /// Registries used by the cache controller and the node (per-cache annotations add to them).
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -99,7 +105,7 @@ pub struct ServerArgs {
 }
 
 /// A Go-style duration (`60s`, `2m`, `1h30m`) for a flag.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     imc_apiserver::inflight::parse_go_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration (e.g. 60s, 2m, 1h30m)"))
@@ -155,6 +161,18 @@ fn pod_network(args: &ServerArgs) -> anyhow::Result<imc_runtime::CniNetwork> {
         .with_context(|| format!("loading the pod network configuration {}", path.display()))
 }
 
+/// Installs or removes (`change`) the outbound NAT of imc's own network (`--pod-cidr` on
+/// `--pod-bridge`): installed at start, removed at a graceful stop. Runs `iptables`, so on the
+/// blocking pool.
+async fn masquerade(
+    args: &ServerArgs,
+    change: fn(&imc_runtime::PodMasquerade) -> Result<(), imc_runtime::RuntimeError>,
+) -> anyhow::Result<()> {
+    let rules = imc_runtime::PodMasquerade::new(&args.pod_bridge, &args.pod_cidr)?;
+    tokio::task::spawn_blocking(move || change(&rules)).await??;
+    Ok(())
+}
+
 /// A Pod Security Standards level, as `--pod-security-default` takes it.
 fn parse_pod_security_level(s: &str) -> Result<imc_apiserver::PodSecurityLevel, String> {
     s.parse()
@@ -182,6 +200,49 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(20);
 
 /// Kept of [`SHUTDOWN_BOUND`] after the node's part, for the last cleanup and the exit.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// A built-in part `--disable` turns off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disabled {
+    /// The in-process pod admission (image cache choice).
+    Admission,
+    /// The controllers.
+    Controllers,
+    /// The node.
+    Node,
+}
+
+fn parse_disabled(s: &str) -> Result<Disabled, String> {
+    match s.trim() {
+        "admission" => Ok(Disabled::Admission),
+        "controllers" => Ok(Disabled::Controllers),
+        "node" => Ok(Disabled::Node),
+        other => Err(format!(
+            "{other:?} cannot be disabled: the parts are admission, controllers and node"
+        )),
+    }
+}
+
+impl ServerArgs {
+    fn disabled(&self, part: Disabled) -> bool {
+        self.disable.contains(&part)
+    }
+
+    /// Serves the API alone (`--api-only`, or `--disable controllers,node`); refuses disabling
+    /// only one of controllers and node, which run together.
+    fn api_alone(&self) -> anyhow::Result<bool> {
+        match (
+            self.disabled(Disabled::Controllers),
+            self.disabled(Disabled::Node),
+        ) {
+            (true, true) => Ok(true),
+            (false, false) => Ok(self.api_only),
+            _ => anyhow::bail!(
+                "--disable: controllers and node can only be disabled together (the node runs with the controllers)"
+            ),
+        }
+    }
+}
 
 /// What a graceful stop of the process stops.
 struct Stoppable {
@@ -267,9 +328,19 @@ async fn start_node(
             })
             .unwrap_or_default()
     });
-    let admission = PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
-    api.admission().add_mutating("", "Pod", admission.into_fn());
+    if args.disabled(Disabled::Admission) {
+        tracing::info!("pod admission disabled (--disable admission)");
+    } else {
+        let admission =
+            PodAdmission::new(view.clone(), known_layers).with_client(ctx.client.clone());
+        api.admission().add_mutating("", "Pod", admission.into_fn());
+    }
     let network = pod_network(args)?;
+    if args.cni_config.is_none() {
+        masquerade(args, imc_runtime::PodMasquerade::install)
+            .await
+            .context("setting up the pod network")?;
+    }
     let options = imc_controllers::node::NodeOptions {
         log_limits,
         network: Some(network),
@@ -331,6 +402,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Refused before anything starts.
     let log_limits =
         imc_runtime::LogLimits::new(args.container_log_max_size, args.container_log_max_files)?;
+    let api_alone = args.api_alone()?;
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     config.pod_security_default = args.pod_security_default;
@@ -353,7 +425,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     tracing::info!(addr = %server.local_addr(), "api server listening");
-    let stoppable = if args.api_only {
+    let stoppable = if api_alone {
         None
     } else {
         Some(start_controllers(&server, &args, log_limits).await?)
@@ -394,6 +466,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 entries = temp,
                 "removed the temporary work of called-off builds"
             );
+        }
+        if args.cni_config.is_none()
+            && let Err(e) = masquerade(&args, imc_runtime::PodMasquerade::remove).await
+        {
+            tracing::warn!(error = %e, "removing the pod network's masquerade");
         }
         if report.left.is_empty() {
             tracing::info!(pods = ?report.stopped, "stopped and removed the containers of every pod");
