@@ -224,6 +224,67 @@ pub struct ImageCacheStatus {
     pub message: Option<String>,
 }
 
+/// A container image reference as the schema checks it (registry host and port, path, tag
+/// and/or digest); the Rust validation parses it fully.
+pub const IMAGE_PATTERN: &str = r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$";
+
+/// `namespace:name` of a pull secret: a DNS label, `:`, a DNS subdomain.
+pub const SECRET_REF_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// The ImageCache CRD as clusters get it (`imc install`) and `imc server` installs it: the
+/// schema generated from the Rust types plus DESIGN's validation in schema terms (ranges,
+/// item counts, patterns, the size default) and, where a schema cannot say it, CEL rules (each
+/// image once). A real API server refuses `imageCacheSize: 5` from this schema alone.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    use serde_json::json;
+    let mut crd = ImageCache::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::to_value(&*schema) else {
+            continue;
+        };
+        v["description"] = json!(
+            "An image cache: a read-only disk holding the unpacked layers of a list of images, from which pods start without pulling."
+        );
+        let spec = &mut v["properties"]["spec"];
+        spec["required"] = json!(["images"]);
+        let images = &mut spec["properties"]["images"];
+        images["minItems"] = json!(1);
+        images["maxItems"] = json!(MAX_IMAGES);
+        images["items"]["pattern"] = json!(IMAGE_PATTERN);
+        images["items"]["maxLength"] = json!(1024);
+        images["x-kubernetes-validations"] = json!([{
+            "rule": "self.all(x, self.exists_one(y, y == x))",
+            "message": "each image may appear once",
+        }]);
+        let size = &mut spec["properties"]["imageCacheSize"];
+        size["default"] = json!(DEFAULT_CACHE_SIZE_GIB);
+        size["minimum"] = json!(MIN_CACHE_SIZE_GIB);
+        size["maximum"] = json!(MAX_CACHE_SIZE_GIB);
+        let days = &mut spec["properties"]["retentionDays"];
+        days["minimum"] = json!(MIN_RETENTION_DAYS);
+        days["maximum"] = json!(MAX_RETENTION_DAYS);
+        let secrets = &mut spec["properties"]["imagePullSecrets"];
+        secrets["items"]["pattern"] = json!(SECRET_REF_PATTERN);
+        secrets["items"]["maxLength"] = json!(317);
+        let status = &mut v["properties"]["status"]["properties"];
+        status["imageCacheId"]["pattern"] = json!("^imc-[a-z0-9]{20}$");
+        status["progress"]["pattern"] = json!("^(100|[1-9]?[0-9])%$");
+        if let Ok(s) = serde_json::from_value(v) {
+            *schema = s;
+        }
+    }
+    crd
+}
+
 /// Joins the lines of every description in a schema (doc comments wrap at 100 columns; kubectl
 /// wraps the text itself), keeping blank-line paragraph breaks.
 pub fn plain_descriptions(schema: &mut schemars::Schema) {

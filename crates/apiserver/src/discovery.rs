@@ -363,7 +363,9 @@ mod tests {
         assert!(!wants_aggregated(
             "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
         ));
-        let doc = aggregated(&Resources::builtin(), false);
+        let mut r = Resources::builtin();
+        r.register(crate::strategies::image_cache::def());
+        let doc = aggregated(&r, false);
         let list: kube::client::APIGroupDiscoveryList = serde_json::from_value(doc).unwrap();
         let eci = list
             .items
@@ -382,7 +384,8 @@ mod tests {
 
     #[test]
     fn image_cache_is_discoverable_with_its_short_name_and_schema() {
-        let r = Resources::builtin();
+        let mut r = Resources::builtin();
+        r.register(crate::strategies::image_cache::def());
         let list = resource_list(&r, "eci.alibabacloud.com", "v1").unwrap();
         let rs = list["resources"].as_array().unwrap();
         assert_eq!(rs[0]["shortNames"], json!(["imc"]));

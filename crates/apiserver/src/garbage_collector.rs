@@ -92,7 +92,7 @@ fn blocks(r: &Value, owner: &str) -> bool {
 
 impl ApiServer {
     fn def_of_key(&self, key: &Key) -> Option<Arc<ResourceDef>> {
-        self.resources
+        self.resources()
             .all()
             .iter()
             .find(|d| d.storage.is_none() && d.storage_res() == key.res)

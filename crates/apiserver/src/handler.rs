@@ -25,10 +25,15 @@ use crate::webhooks::dispatch::{self as webhooks, write_options};
 /// The API server's state: store, served resources, admission hooks and the log provider.
 pub struct ApiServer {
     pub(crate) store: Store,
-    pub(crate) resources: Resources,
+    /// The served kinds; replaced whole when a custom resource definition changes.
+    resources: RwLock<Arc<Resources>>,
+    /// Custom resource definitions' Rust strategies and cleanups ([`crate::crd`]).
+    pub(crate) custom: crate::crd::registry::Registry,
     admission: Admission,
     pod_security: PodSecurity,
-    openapi: std::sync::OnceLock<crate::discovery::OpenApiDocs>,
+    openapi: RwLock<Option<Arc<crate::discovery::OpenApiDocs>>>,
+    /// Counts changes of the served kinds (so a stale OpenAPI rendering is not kept).
+    kinds_version: std::sync::atomic::AtomicU64,
     logs: RwLock<Option<Arc<dyn PodLogs>>>,
     streams: RwLock<Option<Arc<dyn crate::streaming::PodStreams>>>,
     metrics: RwLock<Option<MetricsFn>>,
@@ -232,10 +237,12 @@ impl ApiServer {
     pub fn new(store: Store, resources: Resources, pod_security: PodSecurity) -> Arc<Self> {
         Arc::new_cyclic(|me| ApiServer {
             store,
-            resources,
+            resources: RwLock::new(Arc::new(resources)),
+            custom: crate::crd::registry::Registry::default(),
             admission: Admission::default(),
             pod_security,
-            openapi: std::sync::OnceLock::new(),
+            openapi: RwLock::new(None),
+            kinds_version: std::sync::atomic::AtomicU64::new(0),
             logs: RwLock::new(None),
             streams: RwLock::new(None),
             metrics: RwLock::new(None),
@@ -281,15 +288,49 @@ impl ApiServer {
         f.map(|f| f())
     }
 
-    /// The OpenAPI v3 documents of the served resources (rendered on first use).
-    pub fn openapi(&self) -> &crate::discovery::OpenApiDocs {
-        self.openapi
-            .get_or_init(|| crate::discovery::OpenApiDocs::render(&self.resources))
+    /// The OpenAPI v3 documents of the served resources (rendered on first use after each
+    /// change of the served kinds).
+    pub fn openapi(&self) -> Arc<crate::discovery::OpenApiDocs> {
+        if let Some(docs) = self
+            .openapi
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return docs;
+        }
+        // Never holds both locks: the kinds' version tells whether they changed meanwhile.
+        let version = self.kinds_version.load(std::sync::atomic::Ordering::SeqCst);
+        let resources = self.resources();
+        let docs = Arc::new(crate::discovery::OpenApiDocs::render(&resources));
+        let mut slot = self.openapi.write().unwrap_or_else(|e| e.into_inner());
+        if self.kinds_version.load(std::sync::atomic::Ordering::SeqCst) == version {
+            *slot = Some(docs.clone());
+        }
+        docs
     }
 
-    /// The served resources.
-    pub fn resources(&self) -> &Resources {
-        &self.resources
+    /// The served resources (a snapshot: custom resource definitions change them).
+    pub fn resources(&self) -> Arc<Resources> {
+        self.resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes the served kinds with `change` (which returns whether it changed anything).
+    pub(crate) fn change_resources(&self, change: impl FnOnce(&mut Resources) -> bool) {
+        {
+            let mut slot = self.resources.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = (**slot).clone();
+            if !change(&mut next) {
+                return;
+            }
+            *slot = Arc::new(next);
+            self.kinds_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        *self.openapi.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub(crate) fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
@@ -331,10 +372,7 @@ impl ApiServer {
         let items = items
             .into_iter()
             // Shared, not copied, unless the served form differs from the stored one.
-            .map(|o| match def.storage {
-                Some(_) => Arc::new(def.from_storage(&o)),
-                None => o,
-            })
+            .map(|o| def.from_storage_shared(o))
             .filter(|o| opts.matches(o))
             .collect();
         (items, rv)
@@ -504,7 +542,7 @@ impl ApiServer {
     /// The ServiceAccount admission plugin on a new pod of namespace `ns`
     /// ([`crate::service_account_admission`]).
     fn admit_service_account(&self, pod: &mut Value, ns: &str) -> Result<()> {
-        let Some(accounts) = self.resources.find("", "v1", "serviceaccounts") else {
+        let Some(accounts) = self.resources().find("", "v1", "serviceaccounts") else {
             return Ok(());
         };
         crate::service_account_admission::admit(pod, ns, |name| {
@@ -543,6 +581,9 @@ impl ApiServer {
         target: WriteOptions<'_>,
     ) -> Result<Written> {
         let dry_run = target.dry_run;
+        if let Some(reason) = def.strategy.create_refused() {
+            return Err(ApiError::MethodNotAllowed(reason));
+        }
         Self::check_type(def, &mut obj)?;
         let mut decode_warnings = Vec::new();
         Self::decode_fields(def, &mut obj, &target, &mut decode_warnings)?;
@@ -665,6 +706,7 @@ impl ApiServer {
                 Err(e) => return Err(e),
                 Ok(saved) => {
                     let object = def.from_storage(&saved);
+                    def.strategy.after_write(self, &object, false);
                     for follow_up in def.strategy.after_create(&object) {
                         Box::pin(self.follow_up(follow_up)).await?;
                     }
@@ -711,7 +753,7 @@ impl ApiServer {
                 namespace,
                 object,
             } => {
-                let Some(def) = self.resources.find("", "v1", plural) else {
+                let Some(def) = self.resources().find("", "v1", plural) else {
                     return Ok(());
                 };
                 match self.create(&def, Some(&namespace), object).await {
@@ -724,7 +766,7 @@ impl ApiServer {
 
     /// Makes sure `default` and `kube-system` exist (first start).
     pub async fn bootstrap(&self) -> Result<()> {
-        let Some(ns) = self.resources.find("", "v1", "namespaces") else {
+        let Some(ns) = self.resources().find("", "v1", "namespaces") else {
             return Ok(());
         };
         for name in ["default", "kube-system", "kube-public"] {
@@ -837,6 +879,9 @@ impl ApiServer {
             let name = meta_str(&new, "name").unwrap_or("").to_owned();
             Self::invalid_if_any(def, &name, def.strategy.validate_update(&new, old))?;
             warnings = self.builtin_admission(def, sub, &new, Some(old))?;
+        } else {
+            let name = meta_str(&new, "name").unwrap_or("").to_owned();
+            Self::invalid_if_any(def, &name, def.strategy.validate_status(&new))?;
         }
         self.admission
             .validate(def, Operation::Update, sub, &mut new, Some(old))?;
@@ -922,7 +967,9 @@ impl ApiServer {
                         &def.qualified(),
                     )
                     .await?;
-                Ok(def.from_storage(&saved))
+                let object = def.from_storage(&saved);
+                def.strategy.after_write(self, &object, false);
+                Ok(object)
             }
             None => {
                 let removed = self
@@ -930,7 +977,9 @@ impl ApiServer {
                     .write(key, None, Expect::Version(expect), &def.qualified())
                     .await?;
                 self.after_removal(&removed);
-                Ok(def.from_storage(&removed))
+                let object = def.from_storage(&removed);
+                def.strategy.after_write(self, &object, true);
+                Ok(object)
             }
         }
     }
@@ -1198,6 +1247,7 @@ impl ApiServer {
             let marked_grace = current
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);
+            let mut removing = false;
             let result = if let Some(grace) = grace.filter(|g| *g > 0) {
                 if marked_grace.is_some_and(|m| m <= grace) {
                     return Ok(old);
@@ -1241,6 +1291,7 @@ impl ApiServer {
                     )
                     .await
             } else if finalizers_empty(&current) && !finishing {
+                removing = true;
                 let removed = self
                     .store
                     .write(
@@ -1274,7 +1325,11 @@ impl ApiServer {
             match result {
                 Err(ApiError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
-                Ok(o) => return Ok(def.from_storage(&o)),
+                Ok(o) => {
+                    let object = def.from_storage(&o);
+                    def.strategy.after_write(self, &object, removing);
+                    return Ok(object);
+                }
             }
         }
     }
@@ -1283,7 +1338,7 @@ impl ApiServer {
     /// collection honoured); a failure is logged.
     pub(crate) async fn delete_key(&self, key: &Key) {
         let Some(def) = self
-            .resources
+            .resources()
             .all()
             .iter()
             .find(|d| d.storage.is_none() && d.storage_res() == key.res)
@@ -1311,7 +1366,7 @@ impl ApiServer {
         tokio::spawn(async move { this.collect_dependents(&uid).await });
     }
 
-    fn weak_self(&self) -> Option<Arc<ApiServer>> {
+    pub(crate) fn weak_self(&self) -> Option<Arc<ApiServer>> {
         self.me.upgrade()
     }
 

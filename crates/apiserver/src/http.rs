@@ -227,7 +227,8 @@ fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
 
 async fn route(state: &HttpState, req: Incoming) -> Result<Response> {
     let api = &state.api;
-    let resources = api.resources();
+    let served = api.resources();
+    let resources = &*served;
     let path = req.uri.path().trim_end_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let query: HashMap<String, String> = Query::try_from_uri(&req.uri)

@@ -13,6 +13,7 @@ pub mod binding;
 pub mod body;
 pub mod clock;
 pub mod connections;
+pub mod crd;
 pub mod data_dir;
 pub mod discovery;
 pub mod error;

@@ -21,6 +21,9 @@ pub enum Cell {
     Count(String),
     /// Computed by a function.
     Func(fn(&Value) -> Value),
+    /// A kubectl JSONPath (`.status.conditions[?(@.type=="Ready")].status`), as custom
+    /// resources' `additionalPrinterColumns` give it; missing reads as empty.
+    JsonPath(String),
 }
 
 /// One column of `kubectl get` output.
@@ -65,6 +68,7 @@ impl Column {
                 _ => 0,
             })),
             Cell::Func(f) => f(obj),
+            Cell::JsonPath(p) => crate::crd::jsonpath::cell(obj, p),
         }
     }
 }
@@ -101,6 +105,15 @@ pub struct ScalePaths {
     pub status_replicas: String,
     /// JSON path of the label selector as a string, e.g. `.status.selector`.
     pub label_selector: Option<String>,
+}
+
+/// How a kind's stored objects differ from what it serves, computed per object (custom
+/// resources: another version's `apiVersion`, schema defaults applied on read).
+pub trait StoredForm: Send + Sync {
+    /// The served form of a stored object; `None` when it is served as stored (no copy).
+    fn served(&self, stored: &Value) -> Option<Value>;
+    /// The stored form of a served object.
+    fn stored(&self, served: Value) -> Value;
 }
 
 /// One served kind.
@@ -149,6 +162,8 @@ pub struct ResourceDef {
     pub storage: Option<SharedStorage>,
     /// OpenAPI v3 schema of the kind.
     pub schema: Schema,
+    /// Per-object differences between stored and served form (custom resources), if any.
+    pub view: Option<Arc<dyn StoredForm>>,
 }
 
 impl ResourceDef {
@@ -177,6 +192,7 @@ impl ResourceDef {
             strategy: Arc::new(Generic),
             storage: None,
             schema: Schema::permissive(kind),
+            view: None,
         }
     }
 
@@ -226,17 +242,28 @@ impl ResourceDef {
 
     /// Converts a stored object to this resource's served form.
     pub fn from_storage(&self, obj: &Value) -> Value {
-        match &self.storage {
-            Some(s) => (s.from_storage)(obj.clone()),
-            None => obj.clone(),
+        match (&self.storage, &self.view) {
+            (Some(s), _) => (s.from_storage)(obj.clone()),
+            (None, Some(v)) => v.served(obj).unwrap_or_else(|| obj.clone()),
+            (None, None) => obj.clone(),
+        }
+    }
+
+    /// The served form of a stored object, shared rather than copied when it is the same.
+    pub fn from_storage_shared(&self, obj: Arc<Value>) -> Arc<Value> {
+        match (&self.storage, &self.view) {
+            (Some(s), _) => Arc::new((s.from_storage)((*obj).clone())),
+            (None, Some(v)) => v.served(&obj).map_or(obj, Arc::new),
+            (None, None) => obj,
         }
     }
 
     /// Converts a served object to its stored form.
     pub fn to_storage(&self, obj: Value) -> Value {
-        match &self.storage {
-            Some(s) => (s.to_storage)(obj),
-            None => obj,
+        match (&self.storage, &self.view) {
+            (Some(s), _) => (s.to_storage)(obj),
+            (None, Some(v)) => v.stored(obj),
+            (None, None) => obj,
         }
     }
 }
@@ -288,6 +315,15 @@ impl Resources {
             !(d.group == def.group && d.version == def.version && d.plural == def.plural)
         });
         self.defs.push(Arc::new(def));
+    }
+
+    /// Stops serving every version of the custom resource `plural` in `group` (a deleted or
+    /// changed custom resource definition); built-in kinds stay. Returns whether any was served.
+    pub fn unregister(&mut self, group: &str, plural: &str) -> bool {
+        let before = self.defs.len();
+        self.defs
+            .retain(|d| !(d.custom && d.group == group && d.plural == plural));
+        self.defs.len() != before
     }
 
     /// Looks up a resource by group, version and plural.

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The served resources.
     pub resources: Resources,
+    /// Kinds installed at start as CustomResourceDefinitions from Rust (ImageCache).
+    pub custom_kinds: Vec<crate::crd::CustomKind>,
     /// How many changes the event log keeps for watch resume.
     pub watch_window: u64,
     /// How long Events are kept (Kubernetes' default is one hour).
@@ -65,6 +67,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen,
             resources: Resources::builtin(),
+            custom_kinds: vec![crate::strategies::image_cache::custom_kind()],
             watch_window: 10_000,
             event_ttl: std::time::Duration::from_secs(3600),
             pod_security_default: PodSecurityLevel::Baseline,
@@ -189,6 +192,7 @@ impl Server {
         );
         let event_ttl = config.event_ttl;
         api.bootstrap().await?;
+        api.install_custom_kinds(config.custom_kinds).await?;
         let authn = Authenticator::new(
             pki.token.clone(),
             pki.view_token.clone(),

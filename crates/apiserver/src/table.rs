@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn image_cache_table_has_the_five_columns() {
-        let r = Resources::builtin();
+        let mut r = Resources::builtin();
+        r.register(crate::strategies::image_cache::def());
         let d = r.find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
         let o = json!({"metadata": {"name": "c", "creationTimestamp": "2020-01-01T00:00:00Z"},
             "status": {"imageCacheId": "imc-x", "phase": "Ready", "progress": "100%"}});

@@ -378,7 +378,9 @@ fn a_killed_server_with_a_stray_file_in_pods_restarts_clean() {
     );
     assert_eq!(mounts.len(), 3, "{mounts:?}");
     assert!(
-        mounts.iter().any(|m| m.to_string_lossy().contains("kube-api-access-")),
+        mounts
+            .iter()
+            .any(|m| m.to_string_lossy().contains("kube-api-access-")),
         "{mounts:?}"
     );
     assert!(

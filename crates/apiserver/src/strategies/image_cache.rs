@@ -1,14 +1,16 @@
-//! ImageCache: imc's own kind, built from the same Rust type the controllers use (columns,
-//! schema, names from its CRD); status cleared on create, `imageCacheSize` defaulted, the spec
-//! validated by `imc_api::validation`.
+//! ImageCache: imc's own kind, registered through the CRD machinery ([`crate::crd`]) from the
+//! CRD of the same Rust type the controllers use; this strategy runs on top of the schema:
+//! status cleared on create, `imageCacheSize` defaulted, the spec validated by
+//! `imc_api::validation` (richer messages than the schema's).
 
-use kube::CustomResourceExt;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::Strategy;
+use crate::crd::CustomKind;
 use crate::error::Cause;
-use crate::resources::{Cell, Column, ResourceDef};
-use crate::schema::Schema;
+use crate::resources::ResourceDef;
 
 /// The ImageCache strategy.
 pub struct ImageCacheStrategy;
@@ -29,73 +31,28 @@ impl Strategy for ImageCacheStrategy {
     }
 }
 
-/// `eci.alibabacloud.com/v1` ImageCache, built from the same Rust type the controllers use.
+/// ImageCache as `imc server` installs it: the CRD of [`imc_api::image_cache::crd`] (the same a
+/// cluster gets), served through the CRD machinery with this strategy on top of its schema.
+pub fn custom_kind() -> CustomKind {
+    CustomKind::new(imc_api::image_cache::crd()).with_strategy(ImageCacheStrategy)
+}
+
+/// The served `eci.alibabacloud.com/v1` ImageCache (what [`custom_kind`] registers).
 pub fn def() -> ResourceDef {
-    let crd = imc_api::ImageCache::crd();
-    let version = crd.spec.versions.first();
-    let mut def = ResourceDef::new(
-        &crd.spec.group,
-        version.map_or("v1", |v| v.name.as_str()),
-        &crd.spec.names.kind,
-        &crd.spec.names.plural,
-        crd.spec.scope == "Namespaced",
-    );
-    def.singular = crd
-        .spec
-        .names
-        .singular
-        .clone()
-        .unwrap_or_else(|| def.kind.to_lowercase());
-    def.short_names = crd.spec.names.short_names.clone().unwrap_or_default();
-    def.categories = crd.spec.names.categories.clone().unwrap_or_default();
-    def.custom = true;
-    def.status_subresource = version
-        .and_then(|v| v.subresources.as_ref())
-        .and_then(|s| s.status.as_ref())
-        .is_some();
-    def.columns = version
-        .and_then(|v| v.additional_printer_columns.clone())
-        .unwrap_or_default()
+    let mut crd = crate::crd::crd_value(&imc_api::image_cache::crd());
+    crate::crd::default_crd(&mut crd);
+    crate::crd::served_defs(&crd, Some(Arc::new(ImageCacheStrategy)))
         .into_iter()
-        .map(|c| {
-            let cell = if c.type_ == "date" {
-                Cell::Age(c.json_path.clone())
-            } else {
-                Cell::Path(c.json_path.clone())
-            };
-            Column {
-                name: c.name,
-                // Ages are rendered server-side, so kubectl gets a ready string.
-                type_: if c.type_ == "date" {
-                    "string".into()
-                } else {
-                    c.type_
-                },
-                priority: c.priority.unwrap_or(0),
-                description: c.description.unwrap_or_default(),
-                cell,
-            }
+        .next()
+        .unwrap_or_else(|| {
+            ResourceDef::new(
+                "eci.alibabacloud.com",
+                "v1",
+                "ImageCache",
+                "imagecaches",
+                false,
+            )
         })
-        .collect();
-    if let Some(schema) = version
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok())
-    {
-        let mut schema = schema;
-        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-            props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
-            props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-            props.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata.", "x-kubernetes-preserve-unknown-fields": true}));
-        }
-        {
-            schema["description"] = json!(
-                "An image cache: a read-only disk holding the unpacked layers of a list of images, from which pods start without pulling."
-            );
-        }
-        def.schema = Schema::plain(schema);
-    }
-    def.with_strategy(ImageCacheStrategy)
 }
 
 fn default_image_cache(obj: &mut Value) {
@@ -130,8 +87,7 @@ mod tests {
 
     #[test]
     fn image_cache_columns_come_from_the_crd() {
-        let r = Resources::builtin();
-        let d = r.find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
+        let d = def();
         let names: Vec<_> = d.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["Age", "CacheId", "Phase", "Progress"]);
         assert!(!d.namespaced && d.status_subresource && d.custom);
@@ -163,7 +119,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_found_where_the_schema_is_closed() {
         let r = Resources::builtin();
-        let d = r.find("eci.alibabacloud.com", "v1", "imagecaches").unwrap();
+        let d = def();
         let obj = json!({"apiVersion": "v1", "kind": "ImageCache", "metadata": {"name": "x", "anything": 1},
             "spec": {"images": ["a:1"], "imageCachesize": 25},
             "status": {"conditions": [{"type": "Ready", "bogus": 1}]}});
@@ -176,6 +132,48 @@ mod tests {
             cm.schema
                 .unknown_fields(&json!({"data": {"a": "b"}, "x": 1}))
                 .is_empty()
+        );
+    }
+}
+
+#[cfg(test)]
+mod through_the_crd {
+    use super::*;
+
+    /// Served through the CRD, a bad field is said once, in the Rust strategy's words, even
+    /// where the schema (a CEL rule on `spec.images`) finds it too.
+    #[test]
+    fn each_bad_field_is_reported_once() {
+        let d = def();
+        let obj = json!({"apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache", "metadata": {"name": "x"},
+            "spec": {"images": ["busybox:1", "busybox:1"], "imageCacheSize": 5}});
+        let causes: Vec<String> = d
+            .strategy
+            .validate(&obj)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                "spec.images[1]: Duplicate value: \"busybox:1\"",
+                "spec.imageCacheSize: Invalid value: 5: spec.imageCacheSize in body should be greater than or equal to 20",
+            ]
+        );
+        // Without the Rust strategy, the CEL rule says it.
+        let crd = crate::crd::crd_value(&imc_api::image_cache::crd());
+        let schema_only = crate::crd::served_defs(&crd, None).remove(0);
+        let fields: Vec<String> = schema_only
+            .strategy
+            .validate(&obj)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert!(
+            fields.contains(
+                &"spec.images: Invalid value: \"array\": each image may appear once".to_owned()
+            ),
+            "{fields:?}"
         );
     }
 }

@@ -68,6 +68,18 @@ pub trait Strategy: Send + Sync {
         Vec::new()
     }
 
+    /// Why no object of this kind may be created now (405), if so: a custom resource whose
+    /// definition is being deleted.
+    fn create_refused(&self) -> Option<String> {
+        None
+    }
+
+    /// Every bad field of the status of `obj` written through the status subresource (custom
+    /// resources check it against their schema); empty means valid.
+    fn validate_status(&self, _obj: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
     /// Every bad field of an update from `old` to `new` (immutability); [`Strategy::validate`]
     /// runs on `new` as well.
     fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<Cause> {
@@ -117,6 +129,10 @@ pub trait Strategy: Send + Sync {
     fn absorb(&self, _new: &Value, _existing: &Value) -> Option<Value> {
         None
     }
+
+    /// Runs once a write of `obj` (served form) is stored, `removed` when it is gone for good:
+    /// what the kind changes in the server itself (a CustomResourceDefinition serves its kind).
+    fn after_write(&self, _api: &crate::handler::ApiServer, _obj: &Value, _removed: bool) {}
 }
 
 /// The strategy of kinds with nothing special.
@@ -136,10 +152,10 @@ pub fn builtin() -> Vec<ResourceDef> {
         node::def(),
         service_account::def(),
         lease::def(),
-        image_cache::def(),
         deployment::def(),
         replica_set::def(),
         job::def(),
+        crate::crd::def(),
     ]
     .into_iter()
     .chain(rbac::defs())

@@ -151,7 +151,7 @@ fn namespace_labels(
         return Some(matcher::labels_of(object.or(old)));
     }
     let ns = w.namespace.filter(|_| w.def.namespaced)?;
-    let def = api.resources.find("", "v1", "namespaces")?;
+    let def = api.resources().find("", "v1", "namespaces")?;
     let stored = api.store.get(&ApiServer::key(&def, None, ns));
     Some(matcher::labels_of(stored.as_deref()))
 }
@@ -226,7 +226,7 @@ fn endpoint(api: &ApiServer, hook: &Webhook) -> std::result::Result<Endpoint, Ca
     let host = format!("{name}.{ns}.svc");
     let url = format!("https://{host}:{port}{}", text("path"));
     let cluster_ip = api
-        .resources
+        .resources()
         .find("", "v1", "services")
         .and_then(|def| api.store.get(&ApiServer::key(&def, Some(ns), name)))
         .and_then(|s| {
