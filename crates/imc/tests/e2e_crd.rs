@@ -5,6 +5,7 @@
 //! survive a restart, deleting the CRD deletes its objects, and ImageCache is a CRD too.
 
 use imc_testkit::apiserver::{KUBECTL, TestServer};
+use imc_testkit::kubectl::table_header;
 
 const CERT_CRD: &str = include_str!("fixtures/crd-certificate.yaml");
 const CRD: &str = "crd/certificates.certs.example.io";
@@ -24,40 +25,28 @@ fn cert(name: &str, spec: &str) -> String {
 }
 
 fn install(s: &TestServer) {
-    s.kubectl_args_stdin(&["apply", "-f", "-"], CERT_CRD);
-    s.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=60s",
-        CRD,
-    ]);
+    establish(s, CERT_CRD, CRD);
 }
 
-fn header(table: &str) -> Vec<String> {
-    table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-#[test]
-fn a_certificate_crd_is_served_validated_defaulted_pruned_and_listed() {
-    let s = server();
-    let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], CERT_CRD);
+/// Applies the CRD `yaml` and waits until `crd` (`crd/NAME`) is Established.
+fn establish(s: &TestServer, yaml: &str, crd: &str) {
+    let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], yaml);
     assert!(ok, "{out}");
     s.kubectl_ok(&[
         "wait",
         "--for",
         "condition=established",
         "--timeout=60s",
-        CRD,
+        crd,
     ]);
+}
+
+#[test]
+fn a_certificate_crd_is_served_validated_defaulted_pruned_and_listed() {
+    let s = server();
+    install(&s);
     let crds = s.kubectl_ok(&["get", "crd"]);
-    assert_eq!(header(&crds), ["NAME", "CREATED", "AT"]);
+    assert_eq!(table_header(&crds), ["NAME", "CREATED", "AT"]);
     assert!(crds.contains("certificates.certs.example.io"), "{crds}");
     assert!(crds.contains("imagecaches.eci.alibabacloud.com"), "{crds}");
 
@@ -176,7 +165,7 @@ fn a_certificate_crd_is_served_validated_defaulted_pruned_and_listed() {
     // Columns from additionalPrinterColumns (a condition filter, a wide-only one, a date).
     let table = s.kubectl_ok(&["get", "cert", "-n", "default"]);
     assert_eq!(
-        header(&table),
+        table_header(&table),
         ["NAME", "READY", "SECRET", "AGE"],
         "{table}"
     );
@@ -188,7 +177,7 @@ fn a_certificate_crd_is_served_validated_defaulted_pruned_and_listed() {
     assert_eq!(&cells[..3], ["web", "True", "web-tls"], "{table}");
     let wide = s.kubectl_ok(&["get", "certs", "-n", "default", "-o", "wide"]);
     assert_eq!(
-        header(&wide),
+        table_header(&wide),
         ["NAME", "READY", "SECRET", "ISSUER", "AGE"],
         "{wide}"
     );
@@ -351,15 +340,7 @@ spec:
           spec: {type: object, properties: {replicas: {type: integer}}}
           status: {type: object, properties: {replicas: {type: integer}, selector: {type: string}}}
 "#;
-    let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], crd);
-    assert!(ok, "{out}");
-    s.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=60s",
-        "crd/workers.scale.example.io",
-    ]);
+    establish(&s, crd, "crd/workers.scale.example.io");
     let (ok, out) = s.kubectl_args_stdin(
         &["apply", "-f", "-"],
         "apiVersion: scale.example.io/v1\nkind: Worker\nmetadata: {name: w, namespace: default}\nspec: {replicas: 1}\n",

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use imc_testkit::apiserver::{KUBECTL, TestServer};
+use imc_testkit::kubectl::table_header;
 
 /// The seed document's ImageCache manifest, unchanged.
 const SEED: &str = include_str!("fixtures/imagecache-sample-test.yaml");
@@ -42,16 +43,6 @@ fn fails(s: &TestServer, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn header(table: &str) -> Vec<String> {
-    table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn seed_manifest_create_get_describe_explain_delete() {
     let s = server();
@@ -65,7 +56,7 @@ fn seed_manifest_create_get_describe_explain_delete() {
 
     let out = ok(&s, &["get", "imagecache", "imagecache-sample-test"]);
     assert_eq!(
-        header(&out),
+        table_header(&out),
         ["NAME", "AGE", "CACHEID", "PHASE", "PROGRESS"]
     );
     assert!(
@@ -78,7 +69,7 @@ fn seed_manifest_create_get_describe_explain_delete() {
 
     let out = ok(&s, &["get", "imc"]);
     assert_eq!(
-        header(&out),
+        table_header(&out),
         ["NAME", "AGE", "CACHEID", "PHASE", "PROGRESS"]
     );
     assert!(out.contains("imagecache-sample-test"));
@@ -457,7 +448,10 @@ fn watch_wide_pods_logs_and_unauthorized() {
         "pod/web created"
     );
     let out = ok(&s, &["get", "pods"]);
-    assert_eq!(header(&out), ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert_eq!(
+        table_header(&out),
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
     assert!(
         out.lines()
             .nth(1)
@@ -469,7 +463,7 @@ fn watch_wide_pods_logs_and_unauthorized() {
     );
     let out = ok(&s, &["get", "pods", "-o", "wide"]);
     assert_eq!(
-        header(&out),
+        table_header(&out),
         ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
     );
     let err = fails(&s, &["logs", "web"], None);
@@ -509,7 +503,7 @@ fn watch_wide_pods_logs_and_unauthorized() {
     ok_stdin(&s, &["create", "-f", "-"], Some(&event));
     let out = ok(&s, &["get", "events"]);
     assert_eq!(
-        header(&out),
+        table_header(&out),
         ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     );
     assert!(

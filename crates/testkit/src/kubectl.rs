@@ -280,3 +280,14 @@ pub fn pod_ready(pod: &Value) -> bool {
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
         })
 }
+
+/// The column headers of a `kubectl get` table (its first line, split on whitespace).
+pub fn table_header(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
