@@ -129,11 +129,12 @@ fn exec_with_a_terminal_sees_the_clients_size() {
     running_pod(&server, &reg, "tty");
     // `script` gives kubectl a terminal of 33 rows and 111 columns; kubectl sends that size
     // on the resize channel. The command waits until its terminal has a size (it starts
-    // with none; right at the start runc may still be setting the terminal up), prints it,
+    // with none; right at the start runc may still be setting the terminal up, and once a
+    // `stty size` answered empty with two NUL bytes on the terminal: unexplained), prints it,
     // and exits with 5.
     let kubectl = format!(
         "stty rows 33 cols 111; KUBECONFIG={} HOME={} {} exec -it tty -- sh -c \
-         'until s=$(stty size 2>/dev/null) && test \"$s\" != \"0 0\"; do sleep 0.1; done; echo $s; test -t 0 && echo is-a-tty; exit 5'",
+         'while :; do s=$(stty size 2>/dev/null); case \"$s\" in [1-9]*\" \"[1-9]*) break;; esac; sleep 0.1; done; echo $s; test -t 0 && echo is-a-tty; exit 5'",
         server.kubeconfig().display(),
         server.data_dir().display(),
         imc_testkit::apiserver::KUBECTL,
