@@ -53,26 +53,16 @@ fn identity() -> String {
 }
 
 async fn client(args: &ControllerArgs) -> anyhow::Result<kube::Client> {
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("loading {}", path.display()))?
-        }
+    let config = match &args.kubeconfig {
+        Some(path) => super::kubeconfig_file(path).await?,
         None => kube::Config::infer().await.context(
             "finding the cluster (no --kubeconfig, no in-cluster service account, no KUBECONFIG)",
         )?,
     };
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(concat!(
-            "imc-controller/",
-            env!("CARGO_PKG_VERSION"),
-            " kube-rs"
-        )),
-    ));
+    let config = super::with_user_agent(
+        config,
+        concat!("imc-controller/", env!("CARGO_PKG_VERSION"), " kube-rs"),
+    );
     kube::Client::try_from(config).context("creating the cluster client")
 }
 

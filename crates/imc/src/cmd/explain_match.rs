@@ -111,11 +111,7 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
             .then_some(server_config)
     });
     let config = match path {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(&p)
-                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
+        Some(p) => super::kubeconfig_file(&p).await?,
         None => kube::Config::infer().await.context("no kubeconfig found")?,
     };
     Ok(kube::Client::try_from(config)?)

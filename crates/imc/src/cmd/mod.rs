@@ -12,9 +12,10 @@ mod server;
 mod snapshotter;
 mod webhook;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Default data directory (DESIGN §6).
@@ -76,4 +77,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Webhook(a) => webhook::run(a).await,
         Command::Snapshotter(a) => snapshotter::run(a).await,
     }
+}
+
+/// The client configuration a kubeconfig file describes (its current context).
+pub(crate) async fn kubeconfig_file(path: &Path) -> anyhow::Result<kube::Config> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))
+}
+
+/// `config` sending `agent` as its User-Agent: kube-rs sends none, and the API server names a
+/// write's field manager after it.
+pub(crate) fn with_user_agent(mut config: kube::Config, agent: &'static str) -> kube::Config {
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(agent),
+    ));
+    config
 }

@@ -258,24 +258,11 @@ async fn start_controllers(
     args: &ServerArgs,
     log_limits: imc_runtime::LogLimits,
 ) -> anyhow::Result<Stoppable> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())
-        .with_context(|| format!("reading {}", server.kubeconfig().display()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("loading the server's kubeconfig")?;
-    let mut config = config;
-    // kube-rs sends no User-Agent; the API server names a write's field manager after it.
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(concat!(
-            "imc-controllers/",
-            env!("CARGO_PKG_VERSION"),
-            " kube-rs"
-        )),
-    ));
+    let config = super::kubeconfig_file(server.kubeconfig()).await?;
+    let config = super::with_user_agent(
+        config,
+        concat!("imc-controllers/", env!("CARGO_PKG_VERSION"), " kube-rs"),
+    );
     let client = kube::Client::try_from(config).context("creating the controllers' client")?;
     // The CA the API server wrote (DIR/pki), published as kube-root-ca.crt for in-pod clients.
     let ca_path = args.data.data_dir.join("pki").join("ca.crt");

@@ -105,11 +105,7 @@ pub async fn run(args: SnapshotterArgs) -> anyhow::Result<ExitCode> {
 /// The cluster's client: `--kubeconfig`, else the in-cluster service account, else none.
 async fn cluster_client(args: &SnapshotterArgs) -> anyhow::Result<Option<kube::Client>> {
     let config = if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .with_context(|| format!("loading {}", path.display()))?
+        super::kubeconfig_file(path).await?
     } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         kube::Config::incluster().context("loading the in-cluster configuration")?
     } else {
