@@ -16,6 +16,7 @@ pub mod pod;
 pub mod rbac;
 pub mod replica_set;
 pub mod secret;
+pub mod service;
 pub mod service_account;
 pub mod workload;
 
@@ -151,6 +152,9 @@ pub fn builtin() -> Vec<ResourceDef> {
         config_map::def(),
         node::def(),
         service_account::def(),
+        service::def(),
+        service::endpoints_def(),
+        service::endpoint_slice_def(),
         lease::def(),
         deployment::def(),
         replica_set::def(),
