@@ -1,6 +1,6 @@
 //! The cluster DNS (issue 11 item 2): a pod resolves a Service's name (full, and through the
 //! search path the kubelet writes) to its ClusterIP, a headless Service to its ready
-//! endpoints, an ExternalName Service to a CNAME, and an unknown name in the cluster domain
+//! endpoints (and an endpoint's `hostname` under it), an ExternalName Service to a CNAME, and an unknown name in the cluster domain
 //! not at all; `/etc/resolv.conf` is the kubelet's for `dnsPolicy: ClusterFirst`. Real
 //! `imc server`, kubectl, runc and CNI; the resolver is busybox's `nslookup` in a pod, asking
 //! the server on the pod network's gateway. Forwarding names outside the cluster domain to the
@@ -53,7 +53,7 @@ fn pods_resolve_services_through_the_cluster_dns() {
         "metadata": {"name": "db-1", "labels": {"kubernetes.io/service-name": "db"}},
         "addressType": "IPv4", "ports": [{"name": "pg", "port": 5432}],
         "endpoints": [
-            {"addresses": [db_ip], "conditions": {"ready": true}},
+            {"addresses": [db_ip], "hostname": "db-0", "conditions": {"ready": true}},
             {"addresses": ["10.254.0.9"], "conditions": {"ready": false}}]}),
     );
     server.create_ok(
@@ -66,6 +66,7 @@ fn pods_resolve_services_through_the_cluster_dns() {
         "echo '--- full'; busybox nslookup -type=a web.default.svc.cluster.local",
         "echo '--- short'; busybox nslookup -type=a web",
         "echo '--- headless'; busybox nslookup -type=a db.default.svc.cluster.local",
+        "echo '--- member'; busybox nslookup -type=a db-0.db.default.svc.cluster.local",
         "echo '--- external'; busybox nslookup -type=a ext.default.svc.cluster.local",
         "echo '--- unknown'; busybox nslookup -type=a nope.default.svc.cluster.local; echo exit=$?",
     ]
@@ -131,6 +132,8 @@ fn pods_resolve_services_through_the_cluster_dns() {
         !headless.contains("10.254.0.9"),
         "a not-ready endpoint is not listed: {headless}"
     );
+    let member = section("member");
+    assert!(member.contains(&format!("Address: {db_ip}")), "{member}");
     let external = section("external");
     assert!(
         external.contains("canonical name = db.default.svc.cluster.local"),

@@ -3,6 +3,8 @@
 //!
 //! - `<svc>.<ns>.svc.<domain>` A: the ClusterIP; for a headless Service the ready endpoints'
 //!   addresses; for an ExternalName Service a CNAME to its external name.
+//! - `<hostname>.<svc>.<ns>.svc.<domain>` A, for a headless Service: the ready endpoints
+//!   with that `hostname` (a StatefulSet's pods behind their governing Service).
 //! - `_<port>._<proto>.<svc>.<ns>.svc.<domain>` SRV: the named port, at the Service's name.
 //! - Any other name in the cluster domain: NXDOMAIN (the domain itself and `svc.<domain>`
 //!   exist, without records). Names outside it are not ours ([`Lookup::Elsewhere`]).
@@ -112,7 +114,7 @@ pub fn lookup(
             }
             match spec.cluster_ip.as_deref() {
                 Some("None") | None | Some("") => Lookup::Records(
-                    ready_addresses(slices, ns, svc_name)
+                    ready_addresses(slices, ns, svc_name, None)
                         .into_iter()
                         .map(|ip| Answer::A(name.clone(), ip))
                         .collect(),
@@ -121,6 +123,24 @@ pub fn lookup(
                     Ok(ip) => Lookup::Records(vec![Answer::A(name.clone(), ip)]),
                     Err(_) => Lookup::Records(Vec::new()),
                 },
+            }
+        }
+        [host] => {
+            let headless = matches!(spec.cluster_ip.as_deref(), Some("None") | None | Some(""));
+            let found = if headless {
+                ready_addresses(slices, ns, svc_name, Some(host))
+            } else {
+                Vec::new()
+            };
+            match (found.is_empty(), qtype) {
+                (true, _) => Lookup::NxDomain,
+                (false, QueryType::A) => Lookup::Records(
+                    found
+                        .into_iter()
+                        .map(|ip| Answer::A(name.clone(), ip))
+                        .collect(),
+                ),
+                (false, _) => Lookup::Records(Vec::new()),
             }
         }
         [port, proto] => {
@@ -150,8 +170,14 @@ pub fn lookup(
     }
 }
 
-/// The addresses of the ready endpoints of Service `ns/name`, sorted, once each.
-fn ready_addresses(slices: &[Arc<EndpointSlice>], ns: &str, name: &str) -> Vec<Ipv4Addr> {
+/// The addresses of the ready endpoints of Service `ns/name` (only those named `hostname`
+/// when given), sorted, once each.
+fn ready_addresses(
+    slices: &[Arc<EndpointSlice>],
+    ns: &str,
+    name: &str,
+    hostname: Option<&str>,
+) -> Vec<Ipv4Addr> {
     let mut out = BTreeSet::new();
     for s in slices {
         let mine = s.metadata.namespace.as_deref() == Some(ns)
@@ -165,7 +191,8 @@ fn ready_addresses(slices: &[Arc<EndpointSlice>], ns: &str, name: &str) -> Vec<I
             continue;
         }
         for e in s.endpoints.iter().flatten() {
-            if e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
+            let named = hostname.is_none_or(|h| e.hostname.as_deref() == Some(h));
+            if named && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
                 out.extend(
                     e.addresses
                         .iter()
@@ -217,7 +244,7 @@ mod tests {
                     "labels": {"kubernetes.io/service-name": "db"}},
                 "addressType": "IPv4",
                 "endpoints": [
-                    {"addresses": ["10.88.0.3"], "conditions": {"ready": true}},
+                    {"addresses": ["10.88.0.3"], "hostname": "db-0", "conditions": {"ready": true}},
                     {"addresses": ["10.88.0.2"]},
                     {"addresses": ["10.88.0.4"], "conditions": {"ready": false}}]}))
             .unwrap(),

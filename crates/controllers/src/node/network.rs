@@ -16,7 +16,7 @@ const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 const HOST_HOSTS: &str = "/etc/hosts";
 /// The most of a host file read.
 const MAX_HOST_FILE: u64 = 64 << 10;
-/// The cluster domain (`cluster.local`, the kubelet's default).
+/// The cluster domain without a cluster DNS (`cluster.local`, the kubelet's default).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// The cluster DNS as the kubelet's `--cluster-dns` and `--cluster-domain` give it.
@@ -29,8 +29,8 @@ pub struct ClusterDnsConfig {
 }
 
 /// `/etc/hosts` of a pod with its own network: localhost entries, the pod's address under its
-/// hostname (and FQDN with a `subdomain`), then `hostAliases`.
-pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>) -> String {
+/// hostname (and FQDN in cluster domain `domain` with a `subdomain`), then `hostAliases`.
+pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>, domain: &str) -> String {
     let mut out = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
@@ -43,7 +43,7 @@ pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>) -> String {
             Some(sub) => {
                 let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                 out.push_str(&format!(
-                    "{ip}\t{hostname}.{sub}.{ns}.svc.{CLUSTER_DOMAIN}\t{hostname}\n"
+                    "{ip}\t{hostname}.{sub}.{ns}.svc.{domain}\t{hostname}\n"
                 ));
             }
             None => out.push_str(&format!("{ip}\t{hostname}\n")),
@@ -189,7 +189,8 @@ pub fn write_pod_files(
     let hosts = if host_network {
         read_host_file(HOST_HOSTS) + &host_aliases(pod)
     } else {
-        hosts_file(pod, hostname, ip)
+        let domain = cluster.map_or(CLUSTER_DOMAIN, |c| c.domain.as_str());
+        hosts_file(pod, hostname, ip, domain)
     };
     let (resolv, warning) = resolv_conf(pod, &read_host_file(HOST_RESOLV_CONF), cluster);
     let files = [
@@ -228,7 +229,12 @@ mod tests {
     #[test]
     fn hosts_name_the_pod_and_its_aliases() {
         let ip: IpAddr = "10.88.0.7".parse().unwrap();
-        let plain = hosts_file(&pod(json!({"containers": []})), "web", Some(ip));
+        let plain = hosts_file(
+            &pod(json!({"containers": []})),
+            "web",
+            Some(ip),
+            CLUSTER_DOMAIN,
+        );
         assert!(plain.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(plain.ends_with("10.88.0.7\tweb\n"), "{plain}");
         let sub = hosts_file(
@@ -236,9 +242,10 @@ mod tests {
                 "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["a", "b"]}]})),
             "web",
             Some(ip),
+            "corp.example",
         );
         assert!(
-            sub.contains("10.88.0.7\tweb.db.shop.svc.cluster.local\tweb\n"),
+            sub.contains("10.88.0.7\tweb.db.shop.svc.corp.example\tweb\n"),
             "{sub}"
         );
         assert!(
