@@ -3,7 +3,9 @@
 //! ([`service_ports`]) and installed by the runtime's
 //! [`ServiceProxy`](imc_runtime::service_proxy::ServiceProxy): once both lists have arrived,
 //! then after every change, debounced, with one sync in flight at a time (a change during a
-//! sync leaves one more sync to do, not one per change).
+//! sync leaves one more sync to do, not one per change). Every [`RESYNC`] the rules are
+//! rewritten and the jumps into them checked anyway, in case another program flushed them
+//! (kube-proxy's `--iptables-sync-period`).
 
 mod service_ports;
 
@@ -19,6 +21,9 @@ use crate::service_view::ServiceView;
 /// Changes arriving this close together are applied in one sync.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Rules are rewritten at least this often.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
 /// Pause after a failed sync before the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -27,10 +32,17 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn run(view: ServiceView, proxy: Arc<ServiceProxy>) {
     view.ready().await;
     let mut last_notes: Vec<String> = Vec::new();
+    let mut periodic = false;
     loop {
         let (ports, mut notes) = service_ports(&view.services.state(), &view.slices.state());
         let p = proxy.clone();
-        let outcome = tokio::task::spawn_blocking(move || p.sync(&ports)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            if periodic {
+                p.ensure_jumps()?;
+            }
+            p.sync(&ports)
+        })
+        .await;
         match outcome {
             Ok(Ok(set)) => {
                 debug!(
@@ -57,7 +69,10 @@ pub async fn run(view: ServiceView, proxy: Arc<ServiceProxy>) {
                 continue;
             }
         }
-        view.changed.notified().await;
+        periodic = tokio::select! {
+            _ = view.changed.notified() => false,
+            _ = tokio::time::sleep(RESYNC) => true,
+        };
         tokio::time::sleep(DEBOUNCE).await;
     }
 }

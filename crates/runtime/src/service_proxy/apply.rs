@@ -72,6 +72,15 @@ impl ServiceProxy {
         self.sync(&[])?;
         std::fs::write(ROUTE_LOCALNET, "1")
             .map_err(|e| error(format!("enabling {ROUTE_LOCALNET}: {e}")))?;
+        self.ensure_jumps()
+    }
+
+    /// Adds the jumps from the built-in chains that are missing (all of them at start; any
+    /// that another program flushed since). Idempotent.
+    pub fn ensure_jumps(&self) -> Result<(), RuntimeError> {
+        if self.lock().removed {
+            return Ok(());
+        }
         for (table, chain, target, extra) in self.jumps() {
             let mut rule = vec![chain];
             rule.extend(extra.iter().map(String::as_str));
@@ -318,7 +327,35 @@ mod tests {
             "{after:#?}"
         );
         proxy.sync(std::slice::from_ref(&port)).unwrap();
+        // A jump another program deleted comes back with the next check.
+        let services = proxy.names().services();
+        let (deleted, _) = iptables(
+            "nat",
+            "-D",
+            &[
+                "PREROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                &proxy.comment,
+                "-j",
+                &services,
+            ],
+        )
+        .unwrap();
+        assert!(deleted);
+        proxy.ensure_jumps().unwrap();
+        let jumps = |p: &ServiceProxy| {
+            ours(p)
+                .iter()
+                .filter(|l| l.starts_with("-A PREROUTING"))
+                .count()
+        };
+        assert_eq!(jumps(&proxy), 1);
         proxy.remove().unwrap();
+        // Removed for good: neither a late sync nor a check puts anything back.
+        proxy.sync(std::slice::from_ref(&port)).unwrap();
+        proxy.ensure_jumps().unwrap();
         assert!(ours(&proxy).is_empty(), "{:#?}", ours(&proxy));
         proxy.remove().unwrap();
     }
