@@ -3,14 +3,15 @@
 //! endpoints (and an endpoint's `hostname` under it), an ExternalName Service to a CNAME, and an unknown name in the cluster domain
 //! not at all; `/etc/resolv.conf` is the kubelet's for `dnsPolicy: ClusterFirst`. Real
 //! `imc server`, kubectl, runc and CNI; the resolver is busybox's `nslookup` in a pod, asking
-//! the server on the pod network's gateway. Forwarding names outside the cluster domain to the
+//! the server on the pod network's gateway, and once through a `kube-dns`-like ClusterIP
+//! Service whose endpoint is that gateway (UDP through the Service rules). Forwarding names outside the cluster domain to the
 //! host's resolvers is not tested here (the test machine has no outside DNS to ask).
 
 mod run_support;
 
 use imc_testkit::apiserver::TestServer;
 use imc_testkit::kubectl::pod_running;
-use imc_testkit::web::http_pod;
+use imc_testkit::web::{http_pod, wait_for_rule};
 use run_support::registry_with_images;
 use serde_json::json;
 
@@ -27,13 +28,14 @@ fn pods_resolve_services_through_the_cluster_dns() {
         TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server starts");
     // The gateway of this server's pod range `10.A.B.0/24`, and a ClusterIP no other test
     // server uses at the same time.
-    let (gateway, cluster_ip) = {
+    let (gateway, cluster_ip, dns_ip) = {
         let (cidr, _) = server.pod_network();
         let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
         let [_, a, b, _] = net.octets();
         (
             std::net::Ipv4Addr::new(10, a, b, 1),
             std::net::Ipv4Addr::new(10, 98, b, a),
+            std::net::Ipv4Addr::new(10, 99, b, a),
         )
     };
     server.create_ok(http_pod(&reg.busybox, "db-0", "db", "db"));
@@ -61,6 +63,25 @@ fn pods_resolve_services_through_the_cluster_dns() {
         "spec": {"type": "ExternalName", "externalName": "db.default.svc.cluster.local"}}),
     );
 
+    // The cluster DNS behind a ClusterIP too, as `kube-dns` (UDP through the Service rules).
+    server.create_ok(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns"},
+        "spec": {"clusterIP": dns_ip.to_string(), "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}));
+    server.create_ok(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-1", "labels": {"kubernetes.io/service-name": "kube-dns"}},
+        "addressType": "IPv4", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+        "endpoints": [{"addresses": [gateway.to_string()], "conditions": {"ready": true}}]}),
+    );
+    // Only once its rule is in place may a packet go to that address.
+    wait_for_rule(
+        "nat",
+        &[&format!("-d {dns_ip}/32"), "-p udp", "--dport 53"],
+        true,
+    );
+
+    let via_service = format!(
+        "echo '--- via service'; busybox nslookup -type=a web.default.svc.cluster.local {dns_ip}"
+    );
     let script = [
         "cat /etc/resolv.conf",
         "echo '--- full'; busybox nslookup -type=a web.default.svc.cluster.local",
@@ -68,6 +89,7 @@ fn pods_resolve_services_through_the_cluster_dns() {
         "echo '--- headless'; busybox nslookup -type=a db.default.svc.cluster.local",
         "echo '--- member'; busybox nslookup -type=a db-0.db.default.svc.cluster.local",
         "echo '--- external'; busybox nslookup -type=a ext.default.svc.cluster.local",
+        via_service.as_str(),
         "echo '--- unknown'; busybox nslookup -type=a nope.default.svc.cluster.local; echo exit=$?",
     ]
     .join("; ");
@@ -123,6 +145,11 @@ fn pods_resolve_services_through_the_cluster_dns() {
         assert!(s.contains("web.default.svc.cluster.local"), "{name}: {s}");
         assert!(s.contains(&format!("Address: {cluster_ip}")), "{name}: {s}");
     }
+    let via_service = section("via service");
+    assert!(
+        via_service.contains(&format!("Address: {cluster_ip}")),
+        "{via_service}"
+    );
     let headless = section("headless");
     assert!(
         headless.contains(&format!("Address: {db_ip}")),
