@@ -181,7 +181,7 @@ impl ClusterDns {
         );
         let answers = match found {
             Lookup::Elsewhere => {
-                return match self.forward(query, request.metadata.id).await {
+                return match self.forward(query, request.metadata.id, udp).await {
                     Some(reply) => Some(reply),
                     None => refuse(ResponseCode::ServFail),
                 };
@@ -243,8 +243,10 @@ impl ClusterDns {
         ))
     }
 
-    /// Asks each upstream resolver in turn; the first reply with the question's id.
-    async fn forward(&self, query: &[u8], id: u16) -> Option<Vec<u8>> {
+    /// Asks each upstream resolver in turn over UDP; the first reply with the question's id.
+    /// A truncated reply goes back as it is to a UDP client (which asks again over TCP); for
+    /// a TCP client the same upstream is asked again over TCP.
+    async fn forward(&self, query: &[u8], id: u16, udp: bool) -> Option<Vec<u8>> {
         for upstream in &self.upstreams {
             let attempt = async {
                 let local: SocketAddr = match upstream {
@@ -263,13 +265,37 @@ impl ClusterDns {
                     }
                 }
             };
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
-                Ok(Some(reply)) => return Some(reply),
-                _ => debug!(upstream = %upstream, "dns: upstream did not answer"),
+            let reply = match tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
+                Ok(Some(reply)) => reply,
+                _ => {
+                    debug!(upstream = %upstream, "dns: upstream did not answer");
+                    continue;
+                }
+            };
+            let truncated = reply.get(2).is_some_and(|flags| flags & 0x02 != 0);
+            if udp || !truncated {
+                return Some(reply);
+            }
+            match tokio::time::timeout(UPSTREAM_TIMEOUT, forward_tcp(*upstream, query, id)).await {
+                Ok(Some(full)) => return Some(full),
+                _ => debug!(upstream = %upstream, "dns: upstream did not answer over tcp"),
             }
         }
         None
     }
+}
+
+/// Asks `upstream` over TCP; its reply if it carries the question's `id`.
+async fn forward_tcp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream).await.ok()?;
+    let len = u16::try_from(query.len()).ok()?;
+    stream.write_all(&len.to_be_bytes()).await.ok()?;
+    stream.write_all(query).await.ok()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.ok()?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply).await.ok()?;
+    (reply.len() >= 2 && u16::from_be_bytes([reply[0], reply[1]]) == id).then_some(reply)
 }
 
 /// A UDP socket bound to `addr` with `IP_FREEBIND` (the address may not exist yet).
@@ -354,21 +380,42 @@ mod tests {
 
     #[tokio::test]
     async fn answers_on_the_wire_and_forwards_other_names() {
-        // An upstream resolver on loopback answering every question with 192.0.2.7.
+        // An upstream resolver on loopback answering every question with 192.0.2.7; over UDP,
+        // names starting with "big" get a truncated reply (and the full one over TCP).
         let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let upstream_addr = upstream.local_addr().unwrap();
+        let full = |query: &[u8]| {
+            let q = Message::from_vec(query).unwrap();
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.queries = q.queries.clone();
+            r.add_answer(Record::from_rdata(
+                q.queries[0].name().clone(),
+                60,
+                RData::A(A("192.0.2.7".parse().unwrap())),
+            ));
+            r
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, peer)) = upstream.recv_from(&mut buf).await {
-                let q = Message::from_vec(&buf[..n]).unwrap();
-                let mut r = Message::response(q.metadata.id, OpCode::Query);
-                r.queries = q.queries.clone();
-                r.add_answer(Record::from_rdata(
-                    q.queries[0].name().clone(),
-                    60,
-                    RData::A(A("192.0.2.7".parse().unwrap())),
-                ));
+                let mut r = full(&buf[..n]);
+                if r.queries[0].name().to_ascii().starts_with("big") {
+                    r = r.truncate();
+                    r.metadata.truncation = true;
+                }
                 let _ = upstream.send_to(&r.to_vec().unwrap(), peer).await;
+            }
+        });
+        let tcp = tokio::net::TcpListener::bind(upstream_addr).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await.unwrap();
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut q).await.unwrap();
+                let r = full(&q).to_vec().unwrap();
+                s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+                s.write_all(&r).await.unwrap();
             }
         });
         let web: Service = serde_json::from_value(serde_json::json!({
@@ -425,6 +472,22 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(r.metadata.id, 4242);
+        assert_eq!(r.answers[0].data, RData::A(A("192.0.2.7".parse().unwrap())));
+
+        // A truncated upstream reply: passed on to a UDP client, asked again over TCP for a
+        // TCP client.
+        let r = reply(
+            dns.answer(&question("big.example.org.", RecordType::A), true)
+                .await
+                .unwrap(),
+        );
+        assert!(r.metadata.truncation && r.answers.is_empty(), "{r:?}");
+        let r = reply(
+            dns.answer(&question("big.example.org.", RecordType::A), false)
+                .await
+                .unwrap(),
+        );
+        assert!(!r.metadata.truncation, "{r:?}");
         assert_eq!(r.answers[0].data, RData::A(A("192.0.2.7".parse().unwrap())));
 
         // No upstream answering: SERVFAIL, not silence.
