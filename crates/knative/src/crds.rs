@@ -8,16 +8,21 @@ use crate::serving::{Configuration, Revision, Route, Service};
 
 /// Service, Configuration, Revision and Route, each with the status subresource.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [Service::crd(), Configuration::crd(), Revision::crd(), Route::crd()]
-        .into_iter()
-        .map(|mut crd| {
-            crd.metadata
-                .labels
-                .get_or_insert_default()
-                .insert("serving.knative.dev/release".into(), "imc".into());
-            crd
-        })
-        .collect()
+    [
+        Service::crd(),
+        Configuration::crd(),
+        Revision::crd(),
+        Route::crd(),
+    ]
+    .into_iter()
+    .map(|mut crd| {
+        crd.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("serving.knative.dev/release".into(), "imc".into());
+        crd
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -36,7 +41,10 @@ mod tests {
     #[test]
     fn names_categories_and_columns_are_knatives() {
         let crds = crds();
-        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(
             names,
             [

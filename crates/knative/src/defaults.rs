@@ -64,7 +64,12 @@ pub fn default_revision_spec(spec: &mut Value, creating: bool) {
     }
     let mut taken = BTreeSet::new();
     for list in ["containers", "initContainers"] {
-        for c in spec.get(list).and_then(Value::as_array).into_iter().flatten() {
+        for c in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = c.get("name").and_then(Value::as_str) {
                 taken.insert(name.to_owned());
             }
@@ -294,7 +299,11 @@ mod tests {
         );
         assert!(spec["containers"][1].get("readinessProbe").is_none());
         assert_eq!(spec["containers"][0]["volumeMounts"][0]["readOnly"], true);
-        assert!(spec["containers"][0]["volumeMounts"][1].get("readOnly").is_none());
+        assert!(
+            spec["containers"][0]["volumeMounts"][1]
+                .get("readOnly")
+                .is_none()
+        );
         assert_eq!(spec["timeoutSeconds"], 300);
         assert_eq!(spec["containerConcurrency"], 10);
     }

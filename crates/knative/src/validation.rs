@@ -110,9 +110,7 @@ fn validate_template(template: &Value, parent: &str, errors: &mut Vec<FieldError
         } else if name.len() > 63 || !is_dns_label(name) {
             errors.push(err(
                 "spec.template.metadata.name".into(),
-                format!(
-                    "invalid value: {name}: must be a DNS-1035 label of at most 63 characters"
-                ),
+                format!("invalid value: {name}: must be a DNS-1035 label of at most 63 characters"),
             ));
         }
     }
@@ -157,7 +155,13 @@ pub fn validate_revision_spec(spec: &Value, path: &str, errors: &mut Vec<FieldEr
         .and_then(Value::as_i64)
         .unwrap_or(MAX_TIMEOUT_SECONDS);
     bounded(spec, path, "responseStartTimeoutSeconds", timeout, errors);
-    bounded(spec, path, "idleTimeoutSeconds", MAX_TIMEOUT_SECONDS, errors);
+    bounded(
+        spec,
+        path,
+        "idleTimeoutSeconds",
+        MAX_TIMEOUT_SECONDS,
+        errors,
+    );
     let containers = spec
         .get("containers")
         .and_then(Value::as_array)
@@ -182,7 +186,11 @@ pub fn validate_revision_spec(spec: &Value, path: &str, errors: &mut Vec<FieldEr
     }
     let serving = containers
         .iter()
-        .position(|c| c.get("ports").and_then(Value::as_array).is_some_and(|p| !p.is_empty()))
+        .position(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .is_some_and(|p| !p.is_empty())
+        })
         .unwrap_or(0);
     let mut names = BTreeSet::new();
     for (i, c) in containers.iter().enumerate() {
@@ -191,7 +199,10 @@ pub fn validate_revision_spec(spec: &Value, path: &str, errors: &mut Vec<FieldEr
         if let Some(name) = c.get("name").and_then(Value::as_str)
             && !names.insert(name)
         {
-            errors.push(err(format!("{at}.name"), format!("duplicate container name {name:?}")));
+            errors.push(err(
+                format!("{at}.name"),
+                format!("duplicate container name {name:?}"),
+            ));
         }
     }
 }
@@ -217,7 +228,10 @@ fn validate_container(c: &Value, at: &str, serving: bool, errors: &mut Vec<Field
         .enumerate()
     {
         let p = format!("{at}.ports[{j}]");
-        let number = port.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+        let number = port
+            .get("containerPort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if RESERVED_PORTS.contains(&number) {
             errors.push(err(
                 format!("{p}.containerPort"),
@@ -235,14 +249,19 @@ fn validate_container(c: &Value, at: &str, serving: bool, errors: &mut Vec<Field
         {
             errors.push(err(
                 p.clone(),
-                format!("Port name {name} is not allowed: Name must be empty, or one of: 'h2c', 'http1'"),
+                format!(
+                    "Port name {name} is not allowed: Name must be empty, or one of: 'h2c', 'http1'"
+                ),
             ));
         }
         if let Some(proto) = port.get("protocol").and_then(Value::as_str)
             && !proto.is_empty()
             && proto != "TCP"
         {
-            errors.push(err(format!("{p}.protocol"), format!("invalid value: {proto}")));
+            errors.push(err(
+                format!("{p}.protocol"),
+                format!("invalid value: {proto}"),
+            ));
         }
     }
     for (j, env) in c
@@ -267,7 +286,10 @@ fn validate_container(c: &Value, at: &str, serving: bool, errors: &mut Vec<Field
         .flatten()
         .enumerate()
     {
-        let path = mount.get("mountPath").and_then(Value::as_str).unwrap_or_default();
+        let path = mount
+            .get("mountPath")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let f = format!("{at}.volumeMounts[{j}].mountPath");
         let clean = clean_path(path);
         if path.is_empty() {
@@ -402,8 +424,14 @@ mod tests {
                 json!({"containers": [{"image": "a"}], "timeoutSeconds": 601}),
                 "spec.template.spec.timeoutSeconds: expected 0 <= 601 <= 600",
             ),
-            (json!({"containers": []}), "spec.template.spec.containers: missing field(s)"),
-            (json!({"containers": [{}]}), "spec.template.spec.containers[0].image: missing field(s)"),
+            (
+                json!({"containers": []}),
+                "spec.template.spec.containers: missing field(s)",
+            ),
+            (
+                json!({"containers": [{}]}),
+                "spec.template.spec.containers[0].image: missing field(s)",
+            ),
             (
                 json!({"containers": [{"image": "a", "ports": [{"containerPort": 8012}]}]}),
                 "spec.template.spec.containers[0].ports[0].containerPort: invalid value: 8012 is a reserved port: 8012 is a reserved port, please use a different value",

@@ -74,7 +74,8 @@ fn bracket(inner: &str) -> Option<Step> {
         return Some(Step::Index(i));
     }
     if let Some(name) = unquote(inner) {
-        return Some(Step::Field(name.to_owned()));
+        // `['serving\.knative\.dev/configuration']`: a dot escaped with a backslash is a dot.
+        return Some(Step::Field(name.replace("\\.", ".")));
     }
     let cond = inner.strip_prefix("?(").and_then(|c| c.strip_suffix(')'))?;
     let (lhs, rhs) = cond.split_once("==")?;
@@ -165,6 +166,10 @@ mod tests {
             (".spec.items[1].name", json!("b")),
             (".spec.items[*].name", json!("a,b")),
             (".metadata.labels['app.kubernetes.io/name']", json!("web")),
+            (
+                ".metadata.labels['app\\.kubernetes\\.io/name']",
+                json!("web"),
+            ),
             (
                 ".status.conditions[?(@.type==\"Ready\")].status",
                 json!("True"),

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod event;
 pub mod image_cache;
 pub mod job;
+pub mod knative;
 pub mod lease;
 pub mod namespace;
 pub mod node;

@@ -106,6 +106,11 @@ pub struct ServerArgs {
     /// answers `<service>.<namespace>.svc.<domain>`, and pods search it.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
     pub cluster_domain: String,
+    /// Serve Knative Serving's kinds (`serving.knative.dev/v1` Service, Configuration, Revision,
+    /// Route: `kubectl get ksvc`) with Knative's defaulting and validation. Nothing runs them
+    /// yet: revisions, routing and autoscaling are still to come, so this is off by default.
+    #[arg(long)]
+    pub experimental_knative_api: bool,
 }
 
 /// A DNS domain for `--cluster-domain`: dot-separated labels of lower-case letters, digits and
@@ -506,6 +511,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(&args.data.data_dir, args.listen);
     config.watch_window = args.watch_window;
     config.pod_security_default = args.pod_security_default;
+    if args.experimental_knative_api {
+        config
+            .custom_kinds
+            .extend(imc_apiserver::strategies::knative::custom_kinds());
+    }
     config.inflight = imc_apiserver::inflight::InflightConfig {
         max_requests_inflight: args.max_requests_inflight,
         max_mutating_requests_inflight: args.max_mutating_requests_inflight,
