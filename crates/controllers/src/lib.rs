@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod admission_hook;
 pub mod cache;
+pub mod endpoints;
 pub mod leader;
 pub mod manager;
 pub mod metrics;

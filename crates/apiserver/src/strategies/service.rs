@@ -1,19 +1,22 @@
 //! Core `v1` Service and Endpoints and `discovery.k8s.io/v1` EndpointSlice: the kinds as
 //! kubectl sees them (schemas from k8s-openapi, short names, kubectl's columns). What the
-//! server does for a Service (address allocation, validation) is the Service strategy's.
+//! server does for a Service (address allocation, validation) is the Service strategy's
+//! ([`super::service_spec`]); Endpoints and EndpointSlices are the endpoint controllers'.
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 
+use super::service_spec::ServiceStrategy;
 use crate::resources::{Cell, Column, ResourceDef, age_column};
 use crate::schema::Schema;
 
-/// `v1` Service.
-pub fn def() -> ResourceDef {
+/// `v1` Service, handing out addresses and ports from `allocator`.
+pub fn def(allocator: std::sync::Arc<crate::service_ips::ServiceAllocator>) -> ResourceDef {
     let mut def = ResourceDef::new("", "v1", "Service", "services", true)
         .short(&["svc"])
-        .with_status();
+        .with_status()
+        .with_strategy(ServiceStrategy::new(allocator));
     def.categories = vec!["all".into()];
     def.schema = Schema::of::<Service>();
     def.columns = vec![
