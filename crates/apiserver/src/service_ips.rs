@@ -256,15 +256,23 @@ impl ServiceAllocator {
             }
         }
         if outcome.is_ok() {
-            for (i, port) in request.ports.iter().enumerate() {
+            // The ports asked for first, then any for the others, so that a free pick never
+            // takes a number another port of the same Service asks for.
+            let mut slots: Vec<Option<u16>> = vec![None; request.ports.len()];
+            let (asked, any): (Vec<_>, Vec<_>) = request
+                .ports
+                .iter()
+                .enumerate()
+                .partition(|(_, p)| p.is_some());
+            for (i, port) in asked.into_iter().chain(any) {
                 // The same number twice in one Service (TCP and UDP) is one node port.
                 let port = match port {
-                    Some(p) if granted.ports.contains(p) => Ok(*p),
+                    Some(p) if slots.contains(&Some(*p)) => Ok(*p),
                     _ => self.pick_port(&state, owner, *port),
                 };
                 match port {
                     Ok(p) => {
-                        granted.ports.push(p);
+                        slots[i] = Some(p);
                         if let std::collections::hash_map::Entry::Vacant(e) = state.ports.entry(p) {
                             ports.push(p);
                             e.insert(pending(owner));
@@ -276,6 +284,7 @@ impl ServiceAllocator {
                     }
                 }
             }
+            granted.ports = slots.into_iter().flatten().collect();
         }
         drop(state);
         let reservation = Reservation {

@@ -295,6 +295,9 @@ impl Strategy for ServiceStrategy {
         dry_run: bool,
     ) -> Result<Reservation, Vec<Cause>> {
         let spec = Path::new("spec");
+        // A LoadBalancer with `allocateLoadBalancerNodePorts: false` keeps only the node ports
+        // asked for.
+        let any_port = obj.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false));
         let request = Request {
             ip: needs_cluster_ip(obj).then(|| {
                 spec_str(obj, "clusterIP")
@@ -309,6 +312,7 @@ impl Strategy for ServiceStrategy {
                             .and_then(|n| u16::try_from(n).ok())
                             .filter(|n| *n > 0)
                     })
+                    .filter(|p| any_port || p.is_some())
                     .collect()
             } else {
                 Vec::new()
@@ -346,8 +350,17 @@ impl Strategy for ServiceStrategy {
             obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
         }
         if needs_node_ports(obj) {
-            for (port, n) in ports_mut(obj).zip(granted.ports) {
-                port.insert("nodePort".into(), json!(n));
+            let mut granted = granted.ports.into_iter();
+            for port in ports_mut(obj) {
+                let asked = port
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| n > 0);
+                if (asked || any_port)
+                    && let Some(n) = granted.next()
+                {
+                    port.insert("nodePort".into(), json!(n));
+                }
             }
         }
         Ok(reservation)
@@ -510,6 +523,24 @@ pub fn validate_spec(obj: &Value) -> Vec<Cause> {
             for problem in names::label_value(value) {
                 causes.push(invalid(&spec.child("selector"), &json!(value), &problem));
             }
+        }
+    }
+    for (i, ip) in obj
+        .pointer("/spec/externalIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if ip
+            .as_str()
+            .is_none_or(|s| s.parse::<std::net::IpAddr>().is_err())
+        {
+            causes.push(invalid(
+                &spec.child("externalIPs").index(i),
+                ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
         }
     }
     let affinity = spec_str(obj, "sessionAffinity").unwrap_or("None");
@@ -724,6 +755,13 @@ mod tests {
                 )],
             ),
             (
+                json!({"externalIPs": ["1.2.3.4", "nope"], "ports": [{"port": 80}]}),
+                &[(
+                    "spec.externalIPs[1]",
+                    "Invalid value: \"nope\": must be a valid IP address",
+                )],
+            ),
+            (
                 json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}),
                 &[(
                     "spec.ipFamilies[0]",
@@ -784,6 +822,25 @@ mod tests {
             .keep();
         s.after_write_settle(&external);
         assert_eq!(s.allocator.ip_owner(ip), None);
+    }
+
+    #[test]
+    fn load_balancers_are_node_ports_unless_told_otherwise() {
+        let s = strategy();
+        let mut lb = defaulted(json!({"type": "LoadBalancer", "ports": [{"port": 80}]}));
+        assert_eq!(lb["spec"]["allocateLoadBalancerNodePorts"], true);
+        s.allocate(&mut lb, None, false).unwrap().keep();
+        assert!(lb["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+        // Its status stays empty: no load balancer here.
+        s.prepare_for_create(&mut lb);
+        assert_eq!(lb["status"], json!({"loadBalancer": {}}));
+        let mut bare = defaulted(json!({"type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": false,
+            "ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b", "nodePort": 30081}]}));
+        bare["metadata"]["name"] = json!("bare");
+        s.allocate(&mut bare, None, false).unwrap().keep();
+        assert!(bare["spec"]["ports"][0].get("nodePort").is_none());
+        assert_eq!(bare["spec"]["ports"][1]["nodePort"], 30081);
     }
 
     #[test]
