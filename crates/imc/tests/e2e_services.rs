@@ -270,6 +270,19 @@ fn service_types_addresses_and_ports_survive_a_restart() {
         "10.96.0.10"
     );
 
+    // A LoadBalancer is a NodePort here; its status stays empty (kubectl: <pending>).
+    server.kubectl_ok(&["create", "service", "loadbalancer", "lb", "--tcp=443:8443"]);
+    let lb = server.get_json("svc", "lb").expect("lb");
+    let lb_port = lb["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a node port");
+    assert!(
+        (30000..=32767).contains(&lb_port) && lb_port != node_port,
+        "{lb:#}"
+    );
+    let row = server.kubectl_ok(&["get", "svc", "lb", "--no-headers"]);
+    assert!(row.contains("<pending>"), "{row}");
+
     // Refusals in kube-apiserver's words.
     let cases: &[(&[&str], &str)] = &[
         (

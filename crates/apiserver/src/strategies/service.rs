@@ -68,17 +68,21 @@ fn external_ip(svc: &Value) -> Value {
     {
         return json!(name);
     }
-    let ips: Vec<&str> = svc
-        .pointer("/spec/externalIPs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let mut ips: Vec<&str> = list(svc, "/spec/externalIPs")
         .filter_map(Value::as_str)
         .collect();
-    if ips.is_empty() {
-        json!("<none>")
-    } else {
-        json!(ips.join(","))
+    let load_balancer = svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
+    if load_balancer {
+        ips.extend(
+            list(svc, "/status/loadBalancer/ingress")
+                .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str())),
+        );
+    }
+    match (ips.is_empty(), load_balancer) {
+        // kubectl's word for a load balancer not (yet) provisioned.
+        (true, true) => json!("<pending>"),
+        (true, false) => json!("<none>"),
+        _ => json!(ips.join(",")),
     }
 }
 
@@ -202,6 +206,15 @@ mod tests {
         assert_eq!(
             external_ip(&json!({"spec": {"type": "ClusterIP"}})),
             json!("<none>")
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "LoadBalancer"}})),
+            json!("<pending>")
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "LoadBalancer"},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}})),
+            json!("192.0.2.7")
         );
     }
 
