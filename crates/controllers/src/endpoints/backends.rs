@@ -28,6 +28,8 @@ pub struct Backend {
     pub ip: String,
     /// The node the pod runs on.
     pub node_name: Option<String>,
+    /// The pod's `hostname` when its `subdomain` is this Service (DNS names of its pods).
+    pub hostname: Option<String>,
     /// The pod.
     pub target_ref: ObjectReference,
     /// Ready: Ready and not terminating, or the Service publishes not-ready addresses.
@@ -99,9 +101,15 @@ pub fn backend(svc: &Service, pod: &Pod, include_terminating: bool) -> Option<Ba
             })
         })
         .collect();
+    let pod_spec = pod.spec.as_ref();
+    let hostname = pod_spec
+        .filter(|s| s.subdomain.is_some() && s.subdomain == svc.metadata.name)
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty() && pod.metadata.namespace == svc.metadata.namespace);
     Some(Backend {
         ip,
-        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        node_name: pod_spec.and_then(|s| s.node_name.clone()),
+        hostname,
         target_ref: ObjectReference {
             kind: Some("Pod".to_owned()),
             namespace: pod.metadata.namespace.clone(),
@@ -223,6 +231,27 @@ pub(crate) mod tests {
         for (svc, pod, include, want) in cases {
             let got = backend(svc, &pod, include).map(|b| (b.ready, b.serving, b.terminating));
             assert_eq!(got, want, "{:?}", pod.metadata.name);
+        }
+    }
+
+    #[test]
+    fn a_pod_of_the_services_subdomain_keeps_its_hostname() {
+        let svc = service(json!({"clusterIP": "None", "selector": {"app": "web"}}));
+        let cases = [
+            (
+                json!({"spec": {"hostname": "web-0", "subdomain": "web"}}),
+                Some("web-0"),
+            ),
+            (
+                json!({"spec": {"hostname": "web-0", "subdomain": "other"}}),
+                None,
+            ),
+            (json!({"spec": {"hostname": "web-0"}}), None),
+        ];
+        for (extra, want) in cases {
+            let p = pod("a", Some("10.88.0.2"), true, extra.clone());
+            let got = backend(&svc, &p, false).and_then(|b| b.hostname);
+            assert_eq!(got.as_deref(), want, "{extra}");
         }
     }
 

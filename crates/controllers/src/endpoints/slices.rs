@@ -50,6 +50,7 @@ fn endpoint(b: &Backend) -> Endpoint {
             terminating: Some(b.terminating),
         }),
         node_name: b.node_name.clone(),
+        hostname: b.hostname.clone(),
         target_ref: Some(b.target_ref.clone()),
         ..Default::default()
     }

@@ -12,9 +12,9 @@ use super::backends::{Backend, BackendPort};
 fn address(b: &Backend) -> EndpointAddress {
     EndpointAddress {
         ip: b.ip.clone(),
+        hostname: b.hostname.clone(),
         node_name: b.node_name.clone(),
         target_ref: Some(b.target_ref.clone()),
-        ..Default::default()
     }
 }
 
