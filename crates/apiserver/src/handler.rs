@@ -667,6 +667,14 @@ impl ApiServer {
             def.strategy.default(&mut o);
             def.strategy.prepare_for_create(&mut o);
             Self::validate(def, &o)?;
+            // Given back on any failure below (dropped), kept once stored.
+            let reservation = def
+                .strategy
+                .allocate(&mut o, None, dry_run)
+                .or_else(|causes| {
+                    Self::invalid_if_any(def, &name, causes)
+                        .map(|()| crate::service_ips::Reservation::none())
+                })?;
             let mut warnings = decode_warnings.clone();
             warnings.extend(self.builtin_admission(def, None, &o, None)?);
             self.admission
@@ -705,6 +713,7 @@ impl ApiServer {
                 }
                 Err(e) => return Err(e),
                 Ok(saved) => {
+                    reservation.keep();
                     let object = def.from_storage(&saved);
                     def.strategy.after_write(self, &object, false);
                     for follow_up in def.strategy.after_create(&object) {
@@ -788,14 +797,15 @@ impl ApiServer {
 
     /// Computes the object to store when `incoming` replaces `old` through the main resource
     /// or the status subresource, and the warnings of admission. None means the object is to
-    /// be removed (deleting, and its last finalizer is gone).
+    /// be removed (deleting, and its last finalizer is gone), and what the strategy reserved for
+    /// it (to keep once stored).
     async fn prepare_update(
         &self,
         def: &ResourceDef,
         old: &Value,
         mut incoming: Value,
         target: WriteOptions<'_>,
-    ) -> Result<(Option<Value>, Vec<String>)> {
+    ) -> Result<(Option<Value>, Vec<String>, crate::service_ips::Reservation)> {
         let sub = target.sub;
         Self::check_type(def, &mut incoming)?;
         let name = meta_str(old, "name").unwrap_or("").to_owned();
@@ -874,10 +884,18 @@ impl ApiServer {
         };
         let mut hook_warnings = webhooks::mutate(self, &hook_write, &mut new, Some(old)).await?;
         let mut warnings = Vec::new();
+        let mut reservation = crate::service_ips::Reservation::none();
         if sub != Some("status") {
             Self::validate(def, &new)?;
             let name = meta_str(&new, "name").unwrap_or("").to_owned();
             Self::invalid_if_any(def, &name, def.strategy.validate_update(&new, old))?;
+            reservation = def
+                .strategy
+                .allocate(&mut new, Some(old), target.dry_run)
+                .or_else(|causes| {
+                    Self::invalid_if_any(def, &name, causes)
+                        .map(|()| crate::service_ips::Reservation::none())
+                })?;
             warnings = self.builtin_admission(def, sub, &new, Some(old))?;
         } else {
             let name = meta_str(&new, "name").unwrap_or("").to_owned();
@@ -899,9 +917,9 @@ impl ApiServer {
             && !in_grace
             && !def.strategy.held(&new)
         {
-            return Ok((None, warnings));
+            return Ok((None, warnings, reservation));
         }
-        Ok((Some(new), warnings))
+        Ok((Some(new), warnings, reservation))
     }
 
     /// Replaces an object (PUT), through the main resource or the `status` subresource.
@@ -931,10 +949,12 @@ impl ApiServer {
             v => v,
         };
         let old = def.from_storage(&current);
-        let (next, admitted) = self.prepare_update(def, &old, incoming, target).await?;
+        let (next, admitted, reservation) =
+            self.prepare_update(def, &old, incoming, target).await?;
         warnings.extend(admitted);
         let next = next.map(|new| self.record_update(def, &old, new, sub, manager));
         let object = self.commit(def, key, next, expect, dry_run).await?;
+        reservation.keep();
         Ok(Written { object, warnings })
     }
 
@@ -1142,7 +1162,7 @@ impl ApiServer {
             }
             let mut warnings = Vec::new();
             Self::decode_fields(def, &mut new, &target, &mut warnings)?;
-            let (next, admitted) = self.prepare_update(def, &old, new, target).await?;
+            let (next, admitted, reservation) = self.prepare_update(def, &old, new, target).await?;
             warnings.extend(admitted);
             let next = match patch_type {
                 PatchType::Apply => next,
@@ -1154,7 +1174,10 @@ impl ApiServer {
             {
                 Err(ApiError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
-                Ok(object) => return Ok(Written { object, warnings }),
+                Ok(object) => {
+                    reservation.keep();
+                    return Ok(Written { object, warnings });
+                }
             }
         }
         Err(ApiError::Conflict {

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod api_service;
 pub mod authn;
 pub mod authz;
 pub mod binding;
@@ -43,6 +44,7 @@ pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod service_account_admission;
+pub mod service_ips;
 pub mod store;
 pub mod strategies;
 pub mod streaming;

@@ -1,5 +1,5 @@
 //! Decoding of the protobuf request bodies kubectl's typed clients send
-//! (`kubectl create namespace|configmap|secret|serviceaccount|token|deployment|job`, `kubectl
+//! (`kubectl create namespace|configmap|secret|serviceaccount|token|deployment|job|service`, `kubectl
 //! auth can-i` and `whoami`) into JSON objects.
 //!
 //! The body is `k8s\0` + `runtime.Unknown{typeMeta, raw}`, where `raw` is the object's own
@@ -23,6 +23,8 @@ enum Kind {
     RepeatedMsg(&'static [Field]),
     MapStr,
     MapBytes,
+    /// `intstr.IntOrString`: `{type, intVal, strVal}`, a number or a string in JSON.
+    IntOrStr,
 }
 
 type Field = (u64, &'static str, Kind);
@@ -211,6 +213,57 @@ const JOB: &[Field] = &[
         ]),
     ),
 ];
+const SERVICE_PORT: &[Field] = &[
+    (1, "name", Kind::Str),
+    (2, "protocol", Kind::Str),
+    (3, "port", Kind::Int),
+    (4, "targetPort", Kind::IntOrStr),
+    (5, "nodePort", Kind::Int),
+    (6, "appProtocol", Kind::Str),
+];
+/// `k8s.io/api/core/v1` ServiceSpec (`kubectl create service ...`).
+const SERVICE: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Kind::Msg(&[
+            (1, "ports", Kind::RepeatedMsg(SERVICE_PORT)),
+            (2, "selector", Kind::MapStr),
+            (3, "clusterIP", Kind::Str),
+            (4, "type", Kind::Str),
+            (5, "externalIPs", Kind::RepeatedStr),
+            (7, "sessionAffinity", Kind::Str),
+            (8, "loadBalancerIP", Kind::Str),
+            (9, "loadBalancerSourceRanges", Kind::RepeatedStr),
+            (10, "externalName", Kind::Str),
+            (11, "externalTrafficPolicy", Kind::Str),
+            (12, "healthCheckNodePort", Kind::Int),
+            (13, "publishNotReadyAddresses", Kind::Bool),
+            (
+                14,
+                "sessionAffinityConfig",
+                Kind::Msg(&[(
+                    1,
+                    "clientIP",
+                    Kind::Msg(&[(1, "timeoutSeconds", Kind::Int)]),
+                )]),
+            ),
+            (17, "ipFamilyPolicy", Kind::Str),
+            (18, "clusterIPs", Kind::RepeatedStr),
+            (19, "ipFamilies", Kind::RepeatedStr),
+            (20, "allocateLoadBalancerNodePorts", Kind::Bool),
+            (21, "loadBalancerClass", Kind::Str),
+            (22, "internalTrafficPolicy", Kind::Str),
+            (23, "trafficDistribution", Kind::Str),
+        ]),
+    ),
+];
+const INT_OR_STRING: &[Field] = &[
+    (1, "type", Kind::Int),
+    (2, "intVal", Kind::Int),
+    (3, "strVal", Kind::Str),
+];
 const TYPE_META: &[Field] = &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)];
 const UNKNOWN: &[Field] = &[
     (1, "typeMeta", Kind::Msg(TYPE_META)),
@@ -223,6 +276,7 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("v1", "ConfigMap") => Some(CONFIG_MAP),
         ("v1", "Secret") => Some(SECRET),
         ("v1", "ServiceAccount") => Some(SERVICE_ACCOUNT),
+        ("v1", "Service") => Some(SERVICE),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(SELF_SUBJECT_ACCESS_REVIEW),
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(SELF_SUBJECT_RULES_REVIEW),
         ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(SELF_SUBJECT_REVIEW),
@@ -342,6 +396,15 @@ fn decode(buf: &[u8], schema: &[Field]) -> Result<Map<String, Value>, ApiError> 
                 // int64 fields are plain varints (two's complement for negatives).
                 out.insert(name, json!(r.varint()? as i64));
             }
+            (Kind::IntOrStr, 2) => {
+                let v = decode(r.bytes()?, INT_OR_STRING)?;
+                let value = if v.get("type").and_then(Value::as_i64) == Some(1) {
+                    v.get("strVal").cloned().unwrap_or_else(|| json!(""))
+                } else {
+                    v.get("intVal").cloned().unwrap_or_else(|| json!(0))
+                };
+                out.insert(name, value);
+            }
             (Kind::Msg(s), 2) => {
                 out.insert(name, Value::Object(decode(r.bytes()?, s)?));
             }
@@ -389,7 +452,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("");
     let schema = schema_for(api_version, kind).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, TokenRequest, Deployment, Job and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, TokenRequest, Deployment, Job and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
         ))
     })?;
     let raw = unknown
@@ -436,5 +499,44 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["a"], "b");
         assert_eq!(v["type"], "kubernetes.io/dockerconfigjson");
         assert_eq!(v["data"][".dockerconfigjson"], "e30=");
+    }
+
+    fn varint_field(no: u64, v: u64) -> Vec<u8> {
+        vec![(no << 3) as u8, v as u8]
+    }
+
+    #[test]
+    fn decodes_a_service_like_kubectl_create_service_sends_it() {
+        // `kubectl create service nodeport web --tcp=80:http`: Go writes every scalar, unset
+        // ones as zero.
+        let target = [varint_field(1, 1), varint_field(2, 0), field(3, b"http")].concat();
+        let port = [
+            field(1, b"80-http"),
+            field(2, b"TCP"),
+            varint_field(3, 80),
+            field(4, &target),
+            varint_field(5, 0),
+        ]
+        .concat();
+        let spec = [
+            field(1, &port),
+            field(2, &[field(1, b"app"), field(2, b"web")].concat()),
+            field(3, b""),
+            field(4, b"NodePort"),
+        ]
+        .concat();
+        let svc = [field(1, &field(1, b"web")), field(2, &spec)].concat();
+        let tm = [field(1, b"v1"), field(2, b"Service")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &tm), field(2, &svc)].concat();
+        let v = decode_body(&body).unwrap();
+        assert_eq!(
+            v["spec"],
+            json!({
+                "ports": [{"name": "80-http", "protocol": "TCP", "port": 80,
+                    "targetPort": "http", "nodePort": 0}],
+                "selector": {"app": "web"},
+                "type": "NodePort"
+            })
+        );
     }
 }

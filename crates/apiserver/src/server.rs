@@ -58,6 +58,12 @@ pub struct ServerConfig {
     /// More names (IPs or DNS names) the serving certificate carries: where else clients
     /// reach the server (the pod network's gateway, for in-pod clients).
     pub extra_sans: Vec<String>,
+    /// Where Services' cluster IPs and node ports come from.
+    pub service_network: crate::service_ips::ServiceNetwork,
+    /// Where the `kubernetes` Service's endpoint points (the address pods reach the API at);
+    /// the listen address (loopback when it listens on every address) when None. Its port is
+    /// the listener's.
+    pub api_endpoint: Option<std::net::Ipv4Addr>,
 }
 
 impl ServerConfig {
@@ -74,6 +80,8 @@ impl ServerConfig {
             connections: ConnectionConfig::default(),
             inflight: InflightConfig::default(),
             extra_sans: Vec::new(),
+            service_network: crate::service_ips::ServiceNetwork::default(),
+            api_endpoint: None,
         }
     }
 }
@@ -185,13 +193,23 @@ impl Server {
             let window = config.watch_window;
             blocking("opening store", move || Store::open(&path, window)).await?
         };
+        // Services hand out from an allocation rebuilt from the stored ones.
+        let allocator = crate::service_ips::ServiceAllocator::new(config.service_network.clone());
+        crate::strategies::service_spec::restore(&allocator, &store.list("/services", None).0);
+        let mut resources = config.resources;
+        resources.register(crate::strategies::service::def(allocator.clone()));
         let api = ApiServer::new(
             store,
-            config.resources,
+            resources,
             PodSecurity::new(config.pod_security_default),
         );
         let event_ttl = config.event_ttl;
         api.bootstrap().await?;
+        let endpoint = config.api_endpoint.unwrap_or(match addr.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        });
+        crate::api_service::ensure(&api, allocator.network(), endpoint, addr.port()).await?;
         api.install_custom_kinds(config.custom_kinds).await?;
         let authn = Authenticator::new(
             pki.token.clone(),

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod admission_hook;
 pub mod cache;
 pub mod dns;
+pub mod endpoints;
 pub mod leader;
 pub mod manager;
 pub mod metrics;

@@ -81,6 +81,7 @@ pub async fn run(ctx: Arc<Context>) {
         tokio::spawn(crate::cache::run(ctx.clone())),
         tokio::spawn(crate::scheduler::run(ctx.client.clone(), scheduler)),
         tokio::spawn(crate::workloads::run(ctx.client.clone())),
+        tokio::spawn(crate::endpoints::run(ctx.client.clone())),
     ];
     if let Some(ca) = ctx.settings.root_ca.clone() {
         tasks.push(tokio::spawn(crate::root_ca_publisher::run(

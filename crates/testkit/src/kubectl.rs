@@ -189,6 +189,32 @@ impl TestServer {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The objects of `kind` matching the label `selector`, as `kubectl get -o json` lists them.
+    pub fn list_with(&self, kind: &str, selector: &str) -> Vec<Value> {
+        let out = self.kubectl_ok(&["get", kind, "-l", selector, "-o", "json"]);
+        let list: Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls the objects of `kind` matching `selector` until `done` holds for the list (within
+    /// [`PATIENCE`]); the list then. Panics with the last list seen otherwise.
+    pub fn wait_for_list(
+        &self,
+        kind: &str,
+        selector: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut last = Vec::new();
+        eventually(&format!("the {kind} {selector} are {what}"), || {
+            last = self.list_with(kind, selector);
+            done(&last).then(|| last.clone())
+        })
+        .unwrap_or_else(|| {
+            panic!("the {kind} {selector} never became {what}; last seen: {last:#?}")
+        })
+    }
+
     /// Polls the pods matching `selector` until `done` holds for the list (within
     /// [`PATIENCE`]); the pods then. Panics with the last list seen otherwise.
     pub fn wait_for_pods(

@@ -19,6 +19,7 @@ pub mod replica_set;
 pub mod secret;
 pub mod service;
 pub mod service_account;
+pub mod service_spec;
 pub mod workload;
 
 use serde_json::Value;
@@ -80,6 +81,19 @@ pub trait Strategy: Send + Sync {
     /// resources check it against their schema); empty means valid.
     fn validate_status(&self, _obj: &Value) -> Vec<Cause> {
         Vec::new()
+    }
+
+    /// Hands out what the server allocates to `obj` before it is stored (a Service's cluster IP
+    /// and node ports), writing it into `obj`; `old` is the stored object of an update, and a
+    /// `dry_run` only checks. The reservation is given back when dropped, unless kept once the
+    /// write is stored; a refusal is the causes of a 422.
+    fn allocate(
+        &self,
+        _obj: &mut Value,
+        _old: Option<&Value>,
+        _dry_run: bool,
+    ) -> Result<crate::service_ips::Reservation, Vec<Cause>> {
+        Ok(crate::service_ips::Reservation::none())
     }
 
     /// Every bad field of an update from `old` to `new` (immutability); [`Strategy::validate`]
@@ -153,7 +167,9 @@ pub fn builtin() -> Vec<ResourceDef> {
         config_map::def(),
         node::def(),
         service_account::def(),
-        service::def(),
+        service::def(crate::service_ips::ServiceAllocator::new(
+            crate::service_ips::ServiceNetwork::default(),
+        )),
         service::endpoints_def(),
         service::endpoint_slice_def(),
         lease::def(),

@@ -1,19 +1,22 @@
 //! Core `v1` Service and Endpoints and `discovery.k8s.io/v1` EndpointSlice: the kinds as
 //! kubectl sees them (schemas from k8s-openapi, short names, kubectl's columns). What the
-//! server does for a Service (address allocation, validation) is the Service strategy's.
+//! server does for a Service (address allocation, validation) is the Service strategy's
+//! ([`super::service_spec`]); Endpoints and EndpointSlices are the endpoint controllers'.
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 
+use super::service_spec::ServiceStrategy;
 use crate::resources::{Cell, Column, ResourceDef, age_column};
 use crate::schema::Schema;
 
-/// `v1` Service.
-pub fn def() -> ResourceDef {
+/// `v1` Service, handing out addresses and ports from `allocator`.
+pub fn def(allocator: std::sync::Arc<crate::service_ips::ServiceAllocator>) -> ResourceDef {
     let mut def = ResourceDef::new("", "v1", "Service", "services", true)
         .short(&["svc"])
-        .with_status();
+        .with_status()
+        .with_strategy(ServiceStrategy::new(allocator));
     def.categories = vec!["all".into()];
     def.schema = Schema::of::<Service>();
     def.columns = vec![
@@ -65,17 +68,21 @@ fn external_ip(svc: &Value) -> Value {
     {
         return json!(name);
     }
-    let ips: Vec<&str> = svc
-        .pointer("/spec/externalIPs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let mut ips: Vec<&str> = list(svc, "/spec/externalIPs")
         .filter_map(Value::as_str)
         .collect();
-    if ips.is_empty() {
-        json!("<none>")
-    } else {
-        json!(ips.join(","))
+    let load_balancer = svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
+    if load_balancer {
+        ips.extend(
+            list(svc, "/status/loadBalancer/ingress")
+                .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str())),
+        );
+    }
+    match (ips.is_empty(), load_balancer) {
+        // kubectl's word for a load balancer not (yet) provisioned.
+        (true, true) => json!("<pending>"),
+        (true, false) => json!("<none>"),
+        _ => json!(ips.join(",")),
     }
 }
 
@@ -199,6 +206,15 @@ mod tests {
         assert_eq!(
             external_ip(&json!({"spec": {"type": "ClusterIP"}})),
             json!("<none>")
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "LoadBalancer"}})),
+            json!("<pending>")
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "LoadBalancer"},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}})),
+            json!("192.0.2.7")
         );
     }
 

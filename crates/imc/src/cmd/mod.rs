@@ -47,7 +47,7 @@ pub enum Command {
     /// Run one container in the foreground, from a cache disk when given.
     Run(run::RunArgs),
     /// Run the all-in-one server: Kubernetes-compatible API, controllers and a node.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Show which ImageCache a pod would start from, with every candidate's score.
     ExplainMatch(explain_match::ExplainMatchArgs),
     /// Cluster mode: the ImageCache controller against a cluster's API, with leader election.
@@ -71,7 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(c) => image::run(c).await,
         Command::Cache(c) => cache::run(c).await,
         Command::Run(a) => run::run(a).await,
-        Command::Server(a) => server::run(a).await,
+        Command::Server(a) => server::run(*a).await,
         Command::ExplainMatch(a) => explain_match::run(a).await,
         Command::Controller(a) => controller::run(a).await,
         Command::Webhook(a) => webhook::run(a).await,

@@ -99,6 +99,13 @@ pub struct ServerArgs {
     /// DIR/cni/10-imc.conflist from --pod-cidr and --pod-bridge at every start).
     #[arg(long, value_name = "FILE")]
     pub cni_config: Option<std::path::PathBuf>,
+    /// Services' cluster IPs come from this IPv4 range (its first address is the `kubernetes`
+    /// Service's), as kube-apiserver's flag.
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = parse_service_cidr)]
+    pub service_cidr: imc_apiserver::service_ips::Ipv4Cidr,
+    /// NodePort Services' ports come from this range, as kube-apiserver's flag.
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Where the CNI plugin programs are (':'-separated).
     #[arg(long, value_name = "DIRS", default_value = "/usr/lib/cni:/opt/cni/bin")]
     pub cni_bin_dir: String,
@@ -149,6 +156,19 @@ fn parse_cidr(s: &str) -> Result<String, String> {
         Ok(b) if (8..=30).contains(&b) => Ok(s.to_owned()),
         _ => Err(format!("{s:?}: the prefix length must be between 8 and 30")),
     }
+}
+
+/// An IPv4 range for `--service-cidr`.
+fn parse_service_cidr(s: &str) -> Result<imc_apiserver::service_ips::Ipv4Cidr, String> {
+    imc_apiserver::service_ips::Ipv4Cidr::parse(s).ok_or_else(|| {
+        format!("{s:?} is not an IPv4 range such as 10.96.0.0/12 (prefix length 8 to 30)")
+    })
+}
+
+/// A port range `lo-hi` for `--service-node-port-range`.
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    imc_apiserver::service_ips::parse_port_range(s)
+        .ok_or_else(|| format!("{s:?} is not a port range such as 30000-32767"))
 }
 
 /// A Linux interface name for `--pod-bridge`.
@@ -533,7 +553,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         && let Some(gateway) = super::api_forwarder::gateway(&args.pod_cidr)
     {
         config.extra_sans.push(gateway.to_string());
+        // The `kubernetes` Service's endpoint: where pods reach the API.
+        config.api_endpoint = Some(gateway);
     }
+    config.service_network = imc_apiserver::service_ips::ServiceNetwork {
+        cidr: args.service_cidr,
+        node_ports: args.service_node_port_range.clone(),
+    };
     let server = Server::bind(config).await.with_context(|| {
         format!(
             "starting the API server in {}",
