@@ -39,6 +39,9 @@ pub struct Settings {
     /// PEM of the API server's CA, published as the `kube-root-ca.crt` ConfigMap of every
     /// namespace (`imc server`); `None` where kube-controller-manager does it.
     pub root_ca: Option<String>,
+    /// `--cache-registry`: the repository Ready caches' disks are pushed to as OCI artifacts
+    /// (DESIGN §13); `None` pushes nothing.
+    pub cache_registry: Option<imc_api::Reference>,
 }
 
 impl Settings {

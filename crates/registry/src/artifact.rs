@@ -306,7 +306,13 @@ impl Client {
             .await?;
         self.push_manifest(repository, &spec.cache_id, manifest, OCI_MANIFEST)
             .await?;
-        let reference = repository.with_digest(digest.clone());
+        // `repo@digest`, without the tag the repository reference may carry.
+        let reference: Reference =
+            format!("{}@{digest}", repository.name())
+                .parse()
+                .map_err(|e| RegistryError::Options {
+                    reason: format!("cannot name the pushed artifact: {e}"),
+                })?;
         info!(artifact = %reference, disk = %disk.digest, size, "cache artifact pushed");
         Ok(PushedArtifact {
             reference,
