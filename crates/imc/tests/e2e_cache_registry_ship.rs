@@ -121,7 +121,9 @@ fn a_ready_cache_is_pushed_as_an_artifact_and_recorded_in_its_status() {
         e["reason"] == "ArtifactPushed"
     });
     assert!(
-        event["message"].as_str().is_some_and(|n| n.contains(digest)),
+        event["message"]
+            .as_str()
+            .is_some_and(|n| n.contains(digest)),
         "{event}"
     );
 }
@@ -351,4 +353,55 @@ fn the_snapshotter_fetches_ready_caches_once_serves_them_to_containerd_and_drops
             .status();
         assert!(child.wait().unwrap().success());
     }
+}
+
+#[test]
+fn a_failing_push_is_retried_and_reported_without_failing_the_cache() {
+    let reg = registry_with_images();
+    // Nothing listens there: every push attempt fails to connect.
+    let unreachable = format!("127.0.0.1:{}", imc_testkit::registry::free_port());
+    let args = vec![
+        "--plain-http".to_owned(),
+        reg.registry.host(),
+        "--plain-http".to_owned(),
+        unreachable.clone(),
+        "--cache-registry".to_owned(),
+        format!("{unreachable}/imc-caches"),
+    ];
+    let server = TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("imc server");
+    server.create_ok(serde_json::json!({
+        "apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+        "metadata": {"name": "unshipped"},
+        "spec": {"images": [reg.busybox]}
+    }));
+    let cache = server.wait_for("imagecache", "unshipped", "push failure reported", |c| {
+        c["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "ArtifactPushed" && c["status"] == "False")
+        })
+    });
+    assert_eq!(
+        cache["status"]["phase"], "Ready",
+        "the cache itself is fine"
+    );
+    assert!(cache["status"]["artifact"].is_null());
+    let condition = cache["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ArtifactPushed"))
+        .cloned()
+        .unwrap();
+    assert_eq!(condition["reason"], "PushFailed");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&unreachable)),
+        "{condition}"
+    );
+    // Retried with back-off: the second failure says it waits longer.
+    server.wait_for_event("unshipped", "a second failed push", |e| {
+        e["reason"] == "ArtifactPushFailed"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("retrying in 10s"))
+    });
 }

@@ -193,15 +193,9 @@ impl CacheController {
         client
             .push_cache_artifact(registry, &spec)
             .await
-            .map_err(|e: RegistryError| {
-                if e.is_transient() {
-                    Failure::Retry(e.to_string())
-                } else {
-                    // Refusals (auth, a registry that rejects the manifest) may be fixed by the
-                    // operator while imc keeps trying: retried too, with the same back-off.
-                    Failure::Retry(e.to_string())
-                }
-            })
+            // Transient faults, but also refusals (auth, a registry rejecting the manifest),
+            // which the operator may fix while imc keeps trying: all retried with back-off.
+            .map_err(|e: RegistryError| Failure::Retry(e.to_string()))
     }
 
     async fn record_push(
