@@ -117,6 +117,15 @@ fn a_ready_cache_is_pushed_as_an_artifact_and_recorded_in_its_status() {
     // The tag is the cache id.
     assert_eq!(get_manifest(&s.reg.registry.host(), id), manifest);
 
+    // The CRD (generated from the Rust type) documents the field.
+    let explained = s
+        .server
+        .kubectl_ok(&["explain", "imagecache.status.artifact"]);
+    assert!(
+        explained.contains("reference") && explained.contains("digest"),
+        "{explained}"
+    );
+
     let event = s.server.wait_for_event("shipped", "ArtifactPushed", |e| {
         e["reason"] == "ArtifactPushed"
     });
