@@ -414,3 +414,89 @@ fn a_failing_push_is_retried_and_reported_without_failing_the_cache() {
                 .is_some_and(|m| m.contains("retrying in 10s"))
     });
 }
+
+#[test]
+fn a_node_lacking_a_pinned_cache_disk_fetches_it_from_the_cache_registry() {
+    let s = Shipping::start();
+    let built = s.pushed_cache("shared");
+    let id = built["status"]["imageCacheId"].as_str().unwrap().to_owned();
+    let digest = built["status"]["artifact"]["digest"].as_str().unwrap();
+    let disk_digest = get_manifest(&s.reg.registry.host(), digest)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A second machine: its own data dir, API, controllers and node; the cache's status is the
+    // first one's (B never built it).
+    let args = vec![
+        "--disable".to_owned(),
+        "admission".to_owned(),
+        "--plain-http".to_owned(),
+        s.reg.registry.host(),
+        "--plain-http".to_owned(),
+        s.artifacts.host_port(),
+        "--cache-registry".to_owned(),
+        format!("{}/imc-caches", s.artifacts.host_port()),
+    ];
+    let other = TestServer::start_with_args(env!("CARGO_BIN_EXE_imc"), &args).expect("server B");
+    other.create_ok(serde_json::json!({
+        "apiVersion": "eci.alibabacloud.com/v1", "kind": "ImageCache",
+        "metadata": {"name": "shared"},
+        "spec": {"images": [s.reg.busybox]}
+    }));
+    let status = serde_json::json!({"status": {
+        "imageCacheId": id,
+        "phase": "Ready",
+        "images": built["status"]["images"],
+        "artifact": built["status"]["artifact"],
+        // As built: B's cache controller sees nothing to build.
+        "observedGeneration": built["status"]["observedGeneration"],
+        "buildSpec": built["status"]["buildSpec"],
+    }})
+    .to_string();
+    other.kubectl_ok(&[
+        "patch",
+        "imagecache",
+        "shared",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+    let node = eventually("server B's node registered", || {
+        let nodes: Value =
+            serde_json::from_str(&other.kubectl_ok(&["get", "nodes", "-o", "json"])).ok()?;
+        nodes["items"][0]["metadata"]["name"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .expect("a node");
+    other.create_ok(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "pinned", "namespace": "default",
+                     "annotations": {"k8s.aliyun.com/eci-image-snapshot-id": id}},
+        "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [{
+            "name": "c", "image": s.reg.busybox,
+            "command": ["sh", "-c", "grep app /etc/group"]}]}
+    }));
+    other.wait_for("pod", "pinned", "succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let events: Vec<String> = other
+        .events_about("pinned")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        events.iter().any(|r| r == "ImageCacheFetched")
+            && events.iter().any(|r| r == "SuccessfulHitImageCache"),
+        "{events:?}"
+    );
+    assert!(
+        other
+            .data_dir()
+            .join(format!("caches/{id}.g1.erofs"))
+            .is_file()
+    );
+    assert_eq!(s.blob_gets(&disk_digest), 1, "the disk was fetched once");
+}

@@ -16,6 +16,7 @@ mod controller;
 pub mod disk;
 mod error;
 pub mod events;
+pub mod fetch;
 mod progress;
 mod pull_config;
 pub mod retention;
