@@ -22,6 +22,9 @@ pub const PLAIN_HTTP_REGISTRY: &str = "k8s.aliyun.com/plain-http-registry";
 pub const INSECURE_REGISTRY: &str = "k8s.aliyun.com/insecure-registry";
 /// On an ImageCache: the platform to take from an index (e.g. `arm64`, `linux/arm64`).
 pub const CPU_ARCH: &str = "k8s.aliyun.com/imc-cpu-arch";
+/// On an ImageCache: a label selector (`key=value,key!=value,key,!key`) restricting which
+/// nodes' `imc snapshotter` prefetch its disk from the cache registry; absent: every node.
+pub const PREFETCH_NODE_SELECTOR: &str = "imc.dev/prefetch-node-selector";
 /// Label on ImageCaches that imc created itself after a cache miss.
 pub const AUTO_CREATED_LABEL: &str = "imc.dev/auto-created";
 

@@ -124,6 +124,20 @@ pub struct CachedImage {
     pub size: Option<i64>,
 }
 
+/// Where a cache's disk was pushed as an OCI artifact.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = plain_descriptions)]
+pub struct CacheArtifactRef {
+    /// The artifact pinned by digest, `registry/repository@sha256:…`.
+    pub reference: String,
+    /// The digest of the artifact's manifest (`sha256:…`).
+    pub digest: String,
+    /// The generation (`metadata.generation`) whose disk the artifact holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
 /// The spec fields a build used. Compared with the current spec, it tells whether a spec change
 /// needs a new build.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -215,6 +229,12 @@ pub struct ImageCacheStatus {
     /// leaves the disk's content the same, such as `retentionDays`, does not start a new build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_spec: Option<BuildSpec>,
+    /// The current disk as pushed to the cache registry (`--cache-registry`) as an OCI
+    /// artifact, which other nodes fetch by digest. Absent when no cache registry is set or
+    /// while the first push has not succeeded; a failed push shows in the `ArtifactPushed`
+    /// condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<CacheArtifactRef>,
     /// A one-word reason for the current state when something went wrong or is retried, such
     /// as `PullFailed`, `CacheSizeExceeded` or `Retrying`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,9 @@ pub struct Settings {
     /// PEM of the API server's CA, published as the `kube-root-ca.crt` ConfigMap of every
     /// namespace (`imc server`); `None` where kube-controller-manager does it.
     pub root_ca: Option<String>,
+    /// `--cache-registry`: the repository Ready caches' disks are pushed to as OCI artifacts
+    /// (DESIGN §13); `None` pushes nothing.
+    pub cache_registry: Option<imc_api::Reference>,
 }
 
 impl Settings {
@@ -60,6 +63,9 @@ pub struct Context {
     pub layers: LayerStore,
     /// The Prometheus metrics every controller records into.
     pub metrics: Arc<Metrics>,
+    /// Downloads cache disks this node lacks from the cache registry (one download per disk
+    /// at a time); `None` without `cache_registry`.
+    pub disk_fetcher: Option<imc_registry::DiskFetcher>,
     /// Set by [`Context::stop_builds`] when the process stops.
     stopping: Arc<AtomicBool>,
 }
@@ -104,11 +110,18 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, imc_layers::LayerError> {
         let layers = LayerStore::open(&settings.data_dir)?;
+        let disk_fetcher = settings.cache_registry.as_ref().and_then(|_| {
+            imc_registry::Client::new(settings.registry.clone())
+                .map_err(|e| tracing::warn!(error = %e, "cannot fetch cache disks from the cache registry"))
+                .ok()
+                .map(imc_registry::DiskFetcher::new)
+        });
         Ok(Arc::new(Self {
             client,
             settings,
             layers,
             metrics,
+            disk_fetcher,
             stopping: Arc::default(),
         }))
     }

@@ -15,6 +15,7 @@ use crate::auth::{Authenticator, parse_challenge};
 use crate::blob::BlobDescriptor;
 use crate::error::{RegistryAnswer, RegistryError};
 use crate::layer::{LayerDescriptor, layer_compression};
+use crate::push::RequestBody;
 use oci_spec::image::{Descriptor, RootFs};
 
 use crate::manifest::{self, MAX_MANIFEST_BYTES, Manifest, descriptor_digest, select_platform};
@@ -177,6 +178,11 @@ impl Client {
         self.inner.mirrors.endpoint(image, &self.inner.options)
     }
 
+    /// The endpoint pushes to `image` go to: its own registry, never a mirror.
+    pub(crate) fn push_endpoint(&self, image: &Reference) -> Endpoint {
+        Mirrors::direct(image, &self.inner.options)
+    }
+
     fn http_for(&self, ep: &Endpoint) -> &reqwest::Client {
         if self.inner.options.insecure.iter().any(|h| h == &ep.host) {
             &self.inner.insecure_http
@@ -196,6 +202,34 @@ impl Client {
         headers: HeaderMap,
     ) -> Result<reqwest::Response, RegistryError> {
         let scope = format!("repository:{}:pull", image.repository());
+        self.request(
+            image,
+            ep,
+            reqwest::Method::GET,
+            url,
+            what,
+            headers,
+            &scope,
+            &RequestBody::None,
+        )
+        .await
+    }
+
+    /// Sends one request for `image` with the authorization `scope` needs, answering one auth
+    /// challenge (the body is built again for the second try, so a file is streamed afresh).
+    /// Returns the response when it is a success (2xx); otherwise the error the status means.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request(
+        &self,
+        image: &Reference,
+        ep: &Endpoint,
+        method: reqwest::Method,
+        url: &str,
+        what: &str,
+        headers: HeaderMap,
+        scope: &str,
+        body: &RequestBody,
+    ) -> Result<reqwest::Response, RegistryError> {
         let image_name = image.to_string();
         let http = self.http_for(ep);
         let auth = &self.inner.auth;
@@ -218,10 +252,11 @@ impl Client {
         };
         let mut answered = false;
         loop {
-            let mut rb = http.get(url).headers(headers.clone());
-            if let Some(value) = auth.authorization(&ep.host, fallback_host, &scope) {
+            let mut rb = http.request(method.clone(), url).headers(headers.clone());
+            if let Some(value) = auth.authorization(&ep.host, fallback_host, scope) {
                 rb = rb.header(AUTHORIZATION, value);
             }
+            rb = body.attach(rb, &image_name, what, &ep.host).await?;
             let resp = rb.send().await.map_err(connection_err)?;
             let status = resp.status().as_u16();
             if status == 401 && !answered {
@@ -239,7 +274,7 @@ impl Client {
                             &image_name,
                             &ep.host,
                             fallback_host,
-                            &scope,
+                            scope,
                             &challenge,
                         )
                         .await?

@@ -279,6 +279,35 @@ pub enum RegistryError {
         /// Which option is invalid and why.
         reason: String,
     },
+    /// Pushing to a registry failed (the source says how: what the registry answered, a
+    /// connection fault, a digest the registry computed differently).
+    #[error("pushing {target}: {step} failed: {source}")]
+    Push {
+        /// Where the push went, e.g. `registry.example/imc-caches:imc-abc…`.
+        target: String,
+        /// Which step failed, e.g. `uploading blob sha256:…` or `putting the manifest`.
+        step: String,
+        /// Why it failed.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// A registry answered something that is not an imc cache artifact where one was expected.
+    #[error("{reference} is not a usable imc cache artifact: {reason}")]
+    InvalidArtifact {
+        /// The artifact's reference.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading a local file to push it failed.
+    #[error("reading {path} to push it: {source}")]
+    Read {
+        /// The file being read.
+        path: std::path::PathBuf,
+        /// The I/O error of the read.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RegistryError {
@@ -290,6 +319,7 @@ impl RegistryError {
                 answer.status == 429 || answer.status == 408 || answer.status >= 500
             }
             RegistryError::Connection { .. } | RegistryError::Truncated { .. } => true,
+            RegistryError::Push { source, .. } => source.is_transient(),
             _ => false,
         }
     }

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod artifact;
 mod auth;
 mod blob;
 mod client;
@@ -23,7 +24,14 @@ mod manifest;
 mod mirror;
 mod options;
 mod platform;
+mod push;
 
+pub use artifact::{
+    ANNOTATION_CACHE_ID, ANNOTATION_GENERATION, ANNOTATION_IMAGES, ANNOTATION_NAME,
+    ANNOTATION_TITLE, ArtifactImage, CACHE_ARTIFACT_TYPE, CACHE_DISK_MEDIA_TYPE, CacheArtifact,
+    CacheArtifactSpec, DiskFetcher, OCI_EMPTY_MEDIA_TYPE, PushedArtifact, hash_file,
+    parse_artifact,
+};
 pub use blob::BlobDescriptor;
 pub use client::{Client, ResolvedImage};
 pub use credentials::{Credential, Credentials};
@@ -35,3 +43,4 @@ pub use manifest::{
 };
 pub use options::{RegistryOptions, RetryPolicy};
 pub use platform::{Platform, PlatformError};
+pub use push::BlobPush;

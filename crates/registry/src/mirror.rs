@@ -63,6 +63,11 @@ impl Mirrors {
         if let Some((_, ep)) = self.entries.iter().find(|(k, _)| *k == key) {
             return ep.clone();
         }
+        Self::direct(reference, options)
+    }
+
+    /// The reference's own registry, never a mirror (pushes go there: a mirror only serves).
+    pub fn direct(reference: &Reference, options: &RegistryOptions) -> Endpoint {
         let host = reference.api_host().to_owned();
         let plain = options
             .plain_http

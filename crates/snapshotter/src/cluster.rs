@@ -7,20 +7,23 @@
 //! removed. When an ImageCache is deleted, its disk stops being offered for new pulls and is
 //! deleted once no snapshot uses it.
 //!
-//! Fetching the disks of Ready caches from `--cache-registry` needs the cluster-mode artifact
-//! format (issue 13) and is not implemented: `imc snapshotter` refuses that flag.
+//! With `--cache-registry`, the disks of Ready caches are fetched from the registry by the
+//! prefetch policy (see [`crate::prefetch`]), so a new image pull on this node needs no layer
+//! blob.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use imc_api::{CacheId, ImageCache};
+use imc_api::{CacheId, ImageCache, Reference};
+use imc_registry::DiskFetcher;
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use kube::{Api, ResourceExt};
+use tracing::{debug, info, warn};
 
 use crate::ImcSnapshotter;
 use crate::catalog::disk_candidates;
@@ -77,31 +80,47 @@ pub fn label_patch(
     patch
 }
 
+/// Fetching disks from the cache registry (`--cache-registry`).
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    /// The repository disks are fetched from; artifacts elsewhere are refused.
+    pub registry: Reference,
+    /// The downloader (single-flight per disk blob).
+    pub fetcher: DiskFetcher,
+}
+
 /// Watches ImageCaches through `client` and keeps node `node_name`'s labels and the local disks
-/// in step, until `shutdown` completes.
+/// in step, until `shutdown` completes: with `prefetch`, Ready caches' disks are fetched from
+/// the cache registry by the prefetch policy (see [`crate::prefetch`]); disks whose ImageCache
+/// is gone (and older generations of a cache) are deleted once no snapshot uses them.
 pub async fn run(
     client: kube::Client,
     node_name: String,
     snapshotter: ImcSnapshotter,
     caches_dir: PathBuf,
+    prefetch: Option<Prefetch>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let caches: Api<ImageCache> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client);
     let mut events = watcher(caches, watcher::Config::default()).boxed();
-    let mut known: BTreeSet<String> = BTreeSet::new();
-    let mut listing: BTreeSet<String> = BTreeSet::new();
+    let mut known: BTreeMap<String, ImageCache> = BTreeMap::new();
+    let mut listing: BTreeMap<String, ImageCache> = BTreeMap::new();
     let mut listed = false;
     let mut tick = tokio::time::interval(RESYNC);
+    // Fetches in flight, by cache id; a finished fetch wakes the loop through `done`.
+    let fetching: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(16);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
+            _ = done_rx.recv() => {}
             event = events.next() => match event {
                 Some(Ok(watcher::Event::Init)) => listing.clear(),
                 Some(Ok(watcher::Event::InitApply(c))) => {
-                    if let Some(id) = cache_id(&c) { listing.insert(id); }
+                    listing.insert(c.name_any(), c);
                     continue;
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
@@ -109,10 +128,10 @@ pub async fn run(
                     listed = true;
                 }
                 Some(Ok(watcher::Event::Apply(c))) => {
-                    if let Some(id) = cache_id(&c) { known.insert(id); }
+                    known.insert(c.name_any(), c);
                 }
                 Some(Ok(watcher::Event::Delete(c))) => {
-                    if let Some(id) = cache_id(&c) { known.remove(&id); }
+                    known.remove(&c.name_any());
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "watching ImageCaches");
@@ -125,6 +144,25 @@ pub async fn run(
         if !listed {
             continue;
         }
+        let ids: BTreeSet<String> = known.values().filter_map(cache_id).collect();
+        let node_labels = match nodes.get(&node_name).await {
+            Ok(node) => Some(node.metadata.labels.unwrap_or_default()),
+            Err(e) => {
+                warn!(node = %node_name, error = %e, "cannot read this node");
+                None
+            }
+        };
+        if let (Some(p), Some(labels)) = (&prefetch, &node_labels) {
+            for cache in known.values() {
+                match crate::prefetch::wanted(cache, &p.registry, labels) {
+                    Ok(Some(want)) => start_fetch(p, &caches_dir, want, &fetching, &done_tx).await,
+                    Ok(None) => {}
+                    Err(reason) => {
+                        debug!(cache = %cache.name_any(), reason, "not prefetching this cache")
+                    }
+                }
+            }
+        }
         let held = {
             let dir = caches_dir.clone();
             tokio::task::spawn_blocking(move || held_caches(&dir))
@@ -133,26 +171,143 @@ pub async fn run(
         };
         let mut kept = BTreeSet::new();
         for (id, path) in held {
-            if known.contains(id.as_str()) {
-                kept.insert(id);
-                continue;
+            let stale = {
+                let (dir, id) = (caches_dir.clone(), id.clone());
+                tokio::task::spawn_blocking(move || crate::prefetch::stale_generations(&dir, &id))
+                    .await
+                    .unwrap_or_default()
+            };
+            let gone = !ids.contains(id.as_str());
+            if !gone {
+                kept.insert(id.clone());
             }
             // Its ImageCache is gone: offer it no more; delete it once no snapshot uses it.
-            let s = snapshotter.clone();
-            let p = path.clone();
-            match tokio::task::spawn_blocking(move || s.retire_disk(&p)).await {
-                Ok(Ok(true)) => {
-                    info!(cache = %id, disk = %path.display(), "deleted the disk of a deleted ImageCache")
+            // Older generations of a kept cache go the same way.
+            let retire: Vec<PathBuf> = if gone {
+                stale.into_iter().chain([path]).collect()
+            } else {
+                stale
+            };
+            for disk in retire {
+                let s = snapshotter.clone();
+                let p = disk.clone();
+                match tokio::task::spawn_blocking(move || s.retire_disk(&p)).await {
+                    Ok(Ok(true)) => {
+                        info!(cache = %id, disk = %disk.display(), "deleted an unused cache disk")
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => warn!(cache = %id, error = %e, "cannot retire cache disk"),
+                    Err(e) => warn!(cache = %id, error = %e, "retiring cache disk"),
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => warn!(cache = %id, error = %e, "cannot retire cache disk"),
-                Err(e) => warn!(cache = %id, error = %e, "retiring cache disk"),
+            }
+            if gone {
+                let link = caches_dir.join(format!("{id}.erofs"));
+                // The stable name goes once its disk is gone (a dangling link is no disk).
+                let _ = tokio::task::spawn_blocking(move || {
+                    if !link.exists() {
+                        let _ = std::fs::remove_file(&link);
+                    }
+                })
+                .await;
             }
         }
-        if let Err(e) = label_node(&nodes, &node_name, &kept).await {
+        if let Some(current) = &node_labels
+            && let Err(e) = label_node(&nodes, &node_name, current, &kept).await
+        {
             warn!(node = %node_name, error = %e, "cannot label node with its caches");
         }
     }
+}
+
+/// Starts fetching `want` unless its disk generation is here already or a fetch of the cache
+/// runs; a finished fetch sends on `done`.
+async fn start_fetch(
+    prefetch: &Prefetch,
+    caches_dir: &Path,
+    want: crate::prefetch::Wanted,
+    fetching: &Arc<Mutex<BTreeSet<String>>>,
+    done: &tokio::sync::mpsc::Sender<()>,
+) {
+    let present = {
+        let (dir, id) = (caches_dir.to_path_buf(), want.id.clone());
+        tokio::task::spawn_blocking(move || crate::prefetch::published_generation(&dir, &id))
+            .await
+            .ok()
+            .flatten()
+    };
+    if present.is_some_and(|g| g >= want.generation) {
+        return;
+    }
+    {
+        let mut f = fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if !f.insert(want.id.to_string()) {
+            return;
+        }
+    }
+    let (prefetch, dir, fetching, done) = (
+        prefetch.clone(),
+        caches_dir.to_path_buf(),
+        fetching.clone(),
+        done.clone(),
+    );
+    tokio::spawn(async move {
+        let id = want.id.to_string();
+        match fetch_disk(&prefetch, &dir, &want).await {
+            Ok(path) => {
+                info!(cache = %id, disk = %path.display(), "cache disk fetched from the cache registry")
+            }
+            Err(e) => {
+                warn!(cache = %id, artifact = %want.reference, error = %e, "cannot fetch the cache disk")
+            }
+        }
+        fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let _ = done.try_send(());
+    });
+}
+
+/// Fetches the disk of `want` into `dir` and publishes it as `<id>.erofs`.
+async fn fetch_disk(
+    prefetch: &Prefetch,
+    dir: &Path,
+    want: &crate::prefetch::Wanted,
+) -> Result<PathBuf, String> {
+    let artifact = prefetch
+        .fetcher
+        .client()
+        .resolve_cache_artifact(&want.reference)
+        .await
+        .map_err(|e| e.to_string())?;
+    if artifact.cache_id != want.id.as_str() || artifact.generation != want.generation {
+        return Err(format!(
+            "the artifact is for {} generation {}, the ImageCache says {} generation {}",
+            artifact.cache_id, artifact.generation, want.id, want.generation
+        ));
+    }
+    {
+        let target = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&target)?;
+            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let name = crate::prefetch::generation_name(&want.id, want.generation);
+    let (path, _) = prefetch
+        .fetcher
+        .fetch(&want.reference, &artifact, dir, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (d, id, g) = (dir.to_path_buf(), want.id.clone(), want.generation);
+    tokio::task::spawn_blocking(move || crate::prefetch::publish(&d, &id, g))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("publishing the fetched disk: {e}"))?;
+    Ok(path)
 }
 
 fn cache_id(c: &ImageCache) -> Option<String> {
@@ -162,11 +317,10 @@ fn cache_id(c: &ImageCache) -> Option<String> {
 async fn label_node(
     nodes: &Api<Node>,
     name: &str,
+    current: &BTreeMap<String, String>,
     held: &BTreeSet<CacheId>,
 ) -> Result<(), kube::Error> {
-    let node = nodes.get(name).await?;
-    let current = node.metadata.labels.unwrap_or_default();
-    let patch = label_patch(&current, held);
+    let patch = label_patch(current, held);
     if patch.is_empty() {
         return Ok(());
     }

@@ -17,6 +17,7 @@ pub mod cluster;
 mod error;
 pub mod filter;
 pub mod mounts;
+pub mod prefetch;
 mod server;
 mod snapshotter;
 pub mod store;

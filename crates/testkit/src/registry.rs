@@ -328,6 +328,29 @@ impl Drop for TestRegistry {
     }
 }
 
+/// GETs manifest `reference` (tag or digest) of `repository` from the plain-HTTP registry at
+/// `host` (no auth), accepting OCI manifests, and returns it as JSON. Blocking: for tests that
+/// check what a push stored.
+pub fn get_manifest(
+    host: &str,
+    repository: &str,
+    reference: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{host}/v2/{repository}/manifests/{reference}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.json().await?)
+    })
+}
+
 /// A free loopback port (bind to 0, read it back, release it).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");

@@ -93,6 +93,8 @@ pub struct CacheController {
     /// Users a deleted cache's deletion last said it waits for, by cache name: the
     /// `DeletionWaiting` event is written again only when they change.
     waiting: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Pushes to the cache registry in flight: the disk generation, by cache name.
+    pub(super) pushes: Mutex<HashMap<String, i64>>,
 }
 
 /// Every status field this controller owns. `lastMatchedTime` belongs to admission, so a full
@@ -144,10 +146,11 @@ impl CacheController {
             assigned: Mutex::default(),
             failures: Mutex::default(),
             waiting: Mutex::default(),
+            pushes: Mutex::default(),
         }
     }
 
-    fn api(&self) -> Api<ImageCache> {
+    pub(super) fn api(&self) -> Api<ImageCache> {
         Api::all(self.ctx.client.clone())
     }
 
@@ -228,10 +231,12 @@ impl CacheController {
                 // The status write wakes this controller again (expiry, pruning).
                 return Ok(Action::await_change());
             }
-            Step::Idle { id, prune: true } => {
-                old_disks_in_use = self.prune_old_disks(&name, &id).await
+            Step::Idle { id, prune } => {
+                if prune {
+                    old_disks_in_use = self.prune_old_disks(&name, &id).await;
+                }
+                self.push_if_needed(&name, &id, &status).await;
             }
-            Step::Idle { prune: false, .. } => {}
         }
         // A match (admission writes lastMatchedTime) moves an auto-created cache's expiry.
         let expires = retention::expires_at(&cache);
@@ -468,6 +473,26 @@ impl CacheController {
         Ok(())
     }
 
+    /// With a cache registry, starts pushing the published disk unless `status` records its
+    /// artifact already (see [`super::artifact_push`]).
+    async fn push_if_needed(self: &Arc<Self>, name: &str, id: &CacheId, status: &ImageCacheStatus) {
+        let Some(registry) = self.ctx.settings.cache_registry.clone() else {
+            return;
+        };
+        let (data_dir, lookup) = (self.ctx.settings.data_dir.clone(), id.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            super::artifact_push::published_generation(&data_dir, &lookup)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some((generation, disk)) = published
+            && super::artifact_push::needs_push(status, generation)
+        {
+            self.start_push(registry, name.to_owned(), id.clone(), generation, disk);
+        }
+    }
+
     /// Marks the build of (`name`, `generation`) as ended, so a stale view of the cache does not
     /// start it again.
     pub(super) fn build_ended(&self, name: &str, generation: i64) {
@@ -608,7 +633,7 @@ impl CacheController {
         }
     }
 
-    async fn patch(
+    pub(super) async fn patch(
         &self,
         name: &str,
         patch: Value,
@@ -794,7 +819,7 @@ impl CacheController {
         Ok(Action::await_change())
     }
 
-    async fn event(
+    pub(super) async fn event(
         &self,
         cache: &ImageCache,
         type_: EventType,

@@ -33,7 +33,7 @@ fn generation_name(id: &str, generation: i64) -> String {
 }
 
 /// The generation a disk file name carries, when it is a generation file of `id`.
-fn generation_of(id: &str, file_name: &str) -> Option<i64> {
+pub fn generation_of(id: &str, file_name: &str) -> Option<i64> {
     file_name
         .strip_prefix(id)?
         .strip_suffix(".erofs")?

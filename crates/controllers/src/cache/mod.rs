@@ -10,11 +10,13 @@
 //! forward. Sizes: `imageCacheSize` GiB are `Settings::gib_bytes` bytes each (hidden
 //! `imc server --gib-bytes`; `1 << 30` unless a test shrinks it).
 
+pub mod artifact_push;
 mod build;
 mod controller;
 pub mod disk;
 mod error;
 pub mod events;
+pub mod fetch;
 mod progress;
 mod pull_config;
 pub mod retention;

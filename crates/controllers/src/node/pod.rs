@@ -435,10 +435,31 @@ async fn resolve_cache(
     // The id comes from an annotation: it becomes a file name only as a valid CacheId. A
     // deleted cache's disk is kept (with the cache object) until its last pod is gone.
     let data_dir = &node.ctx.settings.data_dir;
-    let disk = id
-        .parse::<imc_api::CacheId>()
-        .ok()
-        .and_then(|id| crate::cache::current_disk(data_dir, &id));
+    let cache_id = id.parse::<imc_api::CacheId>().ok();
+    let mut disk = cache_id
+        .as_ref()
+        .and_then(|id| crate::cache::current_disk(data_dir, id));
+    // Absent here but in the cache registry: fetch it by digest (issue 13 item 4).
+    if disk.is_none()
+        && node.ctx.disk_fetcher.is_some()
+        && let Some(cid) = &cache_id
+    {
+        match crate::cache::fetch::fetch_missing_disk(&node.ctx, &cache, cid).await {
+            Ok(path) => {
+                node.events.normal(
+                    reference,
+                    "ImageCacheFetched",
+                    format!("fetched the disk of image cache {id} ({cache_name}) from the cache registry"),
+                );
+                disk = Some(path);
+            }
+            Err(e) => node.events.warning(
+                reference,
+                "ImageCacheFetchFailed",
+                format!("cannot fetch the disk of image cache {id} ({cache_name}) from the cache registry: {e}"),
+            ),
+        }
+    }
     let Some(disk) = disk else {
         node.events.warning(
             reference,

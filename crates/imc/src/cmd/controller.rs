@@ -25,6 +25,11 @@ pub struct ControllerArgs {
     pub data: DataDirArg,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Push every Ready cache's disk to this repository as an OCI artifact (`host[:port]/path`;
+    /// the cache id is the tag) and record it in the ImageCache's `status.artifact`, so nodes
+    /// and snapshotters fetch it by digest. Uses the registry flags.
+    #[arg(long, value_name = "REF", value_parser = super::registry_args::parse_cache_registry)]
+    pub cache_registry: Option<imc_api::Reference>,
     /// Take part in leader election (several replicas; one reconciles). Turn off only for a
     /// single replica.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -92,6 +97,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         container_pids_limit: None,
         // kube-controller-manager publishes kube-root-ca.crt on a cluster.
         root_ca: None,
+        cache_registry: args.cache_registry.clone(),
     };
     let ctx = manager::Context::new(client.clone(), settings, Arc::new(Metrics::new()))
         .context("opening the layer store")?;

@@ -83,3 +83,41 @@ impl RegistryArgs {
         default.is_file().then_some(default)
     }
 }
+
+/// Parses `--cache-registry REF`: a repository (`host[:port]/path`) Ready caches' disks are
+/// pushed to and fetched from as OCI artifacts; a tag or digest is refused (the cache id is the
+/// tag, the artifact digest pins a fetch).
+pub fn parse_cache_registry(value: &str) -> Result<imc_api::Reference, String> {
+    let reference: imc_api::Reference = value.parse().map_err(|e| format!("{e}"))?;
+    let tagged = value
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'));
+    if tagged || value.contains('@') {
+        return Err(format!(
+            "{value:?} names a tag or digest; give the repository only, e.g. registry.example:5000/imc-caches"
+        ));
+    }
+    Ok(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_registry_is_a_repository() {
+        for (value, ok) in [
+            ("127.0.0.1:5000/imc-caches", true),
+            ("registry.example/team/caches", true),
+            ("127.0.0.1:5000/imc-caches:v1", false),
+            (
+                "127.0.0.1:5000/imc-caches@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                false,
+            ),
+            ("Not A Ref", false),
+        ] {
+            assert_eq!(parse_cache_registry(value).is_ok(), ok, "{value}");
+        }
+    }
+}

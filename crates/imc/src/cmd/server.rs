@@ -37,6 +37,11 @@ pub struct ServerArgs {
     /// Registries used by the cache controller and the node (per-cache annotations add to them).
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Push every Ready cache's disk to this repository as an OCI artifact (`host[:port]/path`;
+    /// the cache id is the tag) and record it in the ImageCache's `status.artifact`. Uses the
+    /// registry flags above (credentials, plain HTTP, insecure).
+    #[arg(long, value_name = "REF", value_parser = super::registry_args::parse_cache_registry)]
+    pub cache_registry: Option<imc_api::Reference>,
     /// Pod Security Standards level enforced in namespaces without a
     /// `pod-security.kubernetes.io/enforce` label: privileged, baseline or restricted.
     #[arg(long, value_name = "LEVEL", default_value = "baseline", value_parser = parse_pod_security_level)]
@@ -329,6 +334,7 @@ async fn start_controllers(
         gib_bytes: args.gib_bytes.max(1),
         container_pids_limit: (args.container_pids_limit > 0).then_some(args.container_pids_limit),
         root_ca: Some(root_ca),
+        cache_registry: args.cache_registry.clone(),
     };
     let metrics = Arc::new(Metrics::new());
     let ctx = manager::Context::new(client, settings, metrics.clone())

@@ -8,6 +8,7 @@ use anyhow::Context;
 use imc_snapshotter::ImcSnapshotter;
 
 use super::DataDirArg;
+use super::registry_args::RegistryArgs;
 
 /// Arguments of `imc snapshotter`.
 #[derive(clap::Args, Debug)]
@@ -25,19 +26,30 @@ pub struct SnapshotterArgs {
     /// Node to label with its caches [default: the host name].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
-    /// Registry holding cache disks as OCI artifacts, to fetch Ready caches from. Not supported
-    /// yet (needs the cluster-mode artifact format): refused.
-    #[arg(long, value_name = "REF")]
-    pub cache_registry: Option<String>,
+    /// Repository holding cache disks as OCI artifacts (`host[:port]/path`, as given to the
+    /// controller): Ready caches' disks are fetched from it by digest into `DIR/caches/` (all
+    /// Ready caches, or those whose `imc.dev/prefetch-node-selector` annotation matches this
+    /// node's labels). Needs the cluster wiring (`--kubeconfig` or in-cluster); artifacts named
+    /// in other repositories are refused.
+    #[arg(long, value_name = "REF", value_parser = super::registry_args::parse_cache_registry)]
+    pub cache_registry: Option<imc_api::Reference>,
+    /// How to reach the cache registry (credentials, plain HTTP, insecure, mirrors).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub async fn run(args: SnapshotterArgs) -> anyhow::Result<ExitCode> {
-    if let Some(r) = &args.cache_registry {
-        anyhow::bail!(
-            "--cache-registry {r}: fetching cache disks from a registry is not supported yet (it needs the cluster-mode cache artifact format); copy disks into {}/caches/ instead",
-            args.data.data_dir.display()
-        );
-    }
+    let prefetch = match &args.cache_registry {
+        Some(registry) => {
+            let client = imc_registry::Client::new(args.registry.options()?)
+                .context("building the cache registry client")?;
+            Some(imc_snapshotter::cluster::Prefetch {
+                registry: registry.clone(),
+                fetcher: imc_registry::DiskFetcher::new(client),
+            })
+        }
+        None => None,
+    };
     let data_dir = args.data.data_dir.clone();
     let snapshotter = tokio::task::spawn_blocking(move || ImcSnapshotter::open(&data_dir))
         .await?
@@ -71,12 +83,20 @@ pub async fn run(args: SnapshotterArgs) -> anyhow::Result<ExitCode> {
                 node,
                 snapshotter.clone(),
                 caches,
+                prefetch,
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
                 },
             )))
         }
-        None => None,
+        None => {
+            if let Some(r) = &args.cache_registry {
+                anyhow::bail!(
+                    "--cache-registry {r} needs the cluster wiring: give --kubeconfig (or run in a pod with a service account) so the snapshotter can read the ImageCaches"
+                );
+            }
+            None
+        }
     };
     // Printed on stdout so scripts (and tests) know when containerd can connect.
     println!(
