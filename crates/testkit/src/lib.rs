@@ -14,4 +14,5 @@ pub mod leftovers;
 pub mod outside;
 pub mod proxy;
 pub mod registry;
+pub mod watch;
 pub mod webhook;
