@@ -2,7 +2,8 @@
 //! controller, scheduler, node with runc), a real docker-registry, the real kubectl and a
 //! kube-rs watch: three replicas come up `-0`, `-1`, `-2`, each only once the one before is
 //! Ready; scaling down removes the highest ordinal first; a rolling update goes from the
-//! highest ordinal down; `volumeClaimTemplates` are refused with the reason.
+//! highest ordinal down and `rollout history|undo` go through ControllerRevisions;
+//! `volumeClaimTemplates` are refused with the reason.
 
 mod run_support;
 
@@ -205,6 +206,23 @@ fn a_rolling_update_goes_from_the_highest_ordinal_down() {
     let zero = first_leaving(&states, "db-0", mark).expect("db-0 replaced");
     assert!(one < zero, "db-1 left at state {one}, db-0 at {zero}");
     drop(rt);
+
+    // The revisions: `rollout history` lists both, `rollout undo` goes back to v1.
+    let history = server.kubectl_ok(&["rollout", "history", "statefulset/db"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    server.kubectl_ok(&["rollout", "undo", "statefulset/db"]);
+    server.rollout_status("statefulset/db");
+    server.wait_for_pods("app=db", "all on v1 again", |p| {
+        p.len() == 2
+            && p.iter().all(pod_ready)
+            && p.iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == v1.as_str())
+    });
 }
 
 #[test]
