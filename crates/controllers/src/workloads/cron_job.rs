@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use imc_api::cron_schedule::{Schedule, time_zone};
+use imc_api::cron_schedule::{Schedule, ScheduleError, time_zone};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -163,8 +163,13 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Wo
     let now = jiff::Timestamp::now();
     let created = cj.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let mut wake = None::<Duration>;
-    let schedule =
-        time_zone(spec.time_zone.as_deref()).and_then(|tz| Schedule::parse(&spec.schedule, tz));
+    // The first lookup of a time zone reads its file from the system's zoneinfo.
+    let (zone, text) = (spec.time_zone.clone(), spec.schedule.clone());
+    let schedule = tokio::task::spawn_blocking(move || {
+        time_zone(zone.as_deref()).and_then(|tz| Schedule::parse(&text, tz))
+    })
+    .await
+    .unwrap_or_else(|e| Err(ScheduleError(format!("reading the schedule: {e}"))));
     match (&schedule, spec.suspend == Some(true)) {
         (_, true) => {}
         (Err(e), false) => {
