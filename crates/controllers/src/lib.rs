@@ -6,12 +6,15 @@
 pub mod admission;
 pub mod admission_hook;
 pub mod cache;
+pub mod dns;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod quantity;
 pub mod root_ca_publisher;
 pub mod scheduler;
+pub mod service_view;
 pub mod stopping;
 pub mod workloads;

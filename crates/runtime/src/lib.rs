@@ -26,6 +26,7 @@ mod rootfs;
 mod runc;
 mod seccomp;
 mod security;
+pub mod service_proxy;
 mod spec;
 mod timings;
 mod tree;

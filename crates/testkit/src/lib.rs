@@ -15,4 +15,5 @@ pub mod outside;
 pub mod proxy;
 pub mod registry;
 pub mod watch;
+pub mod web;
 pub mod webhook;

@@ -49,6 +49,7 @@ use tracing::{info, warn};
 pub use env::ApiService;
 pub use error::NodeError;
 pub use logs::LogRequest;
+pub use network::ClusterDnsConfig;
 
 use crate::admission_hook::CacheView;
 use crate::manager::Context;
@@ -100,6 +101,9 @@ pub struct NodeOptions {
     pub network: Option<imc_runtime::CniNetwork>,
     /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST` …); unset without.
     pub api_service: Option<ApiService>,
+    /// The cluster DNS pods with `dnsPolicy: ClusterFirst` use; unset without (they then
+    /// get the host's resolvers, with a `MissingClusterDNS` warning, as the kubelet does).
+    pub cluster_dns: Option<network::ClusterDnsConfig>,
 }
 
 /// The node of this process.
@@ -123,6 +127,8 @@ pub struct Node {
     allocatable: Capacity,
     /// Where pods reach the API server.
     api_service: Option<ApiService>,
+    /// The cluster DNS of `ClusterFirst` pods.
+    cluster_dns: Option<network::ClusterDnsConfig>,
 }
 
 impl Node {
@@ -157,6 +163,7 @@ impl Node {
             tokens: TokenManager::new(ctx.client.clone()),
             allocatable,
             api_service: options.api_service,
+            cluster_dns: options.cluster_dns,
             events: EventSink::start(ctx.client.clone(), &ctx.settings.node_name),
             ctx,
             runtime,

@@ -16,12 +16,21 @@ const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 const HOST_HOSTS: &str = "/etc/hosts";
 /// The most of a host file read.
 const MAX_HOST_FILE: u64 = 64 << 10;
-/// The cluster domain (`cluster.local`, the kubelet's default).
+/// The cluster domain without a cluster DNS (`cluster.local`, the kubelet's default).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
+/// The cluster DNS as the kubelet's `--cluster-dns` and `--cluster-domain` give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDnsConfig {
+    /// The address pods send their questions to.
+    pub nameserver: IpAddr,
+    /// The cluster domain (e.g. `cluster.local`).
+    pub domain: String,
+}
+
 /// `/etc/hosts` of a pod with its own network: localhost entries, the pod's address under its
-/// hostname (and FQDN with a `subdomain`), then `hostAliases`.
-pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>) -> String {
+/// hostname (and FQDN in cluster domain `domain` with a `subdomain`), then `hostAliases`.
+pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>, domain: &str) -> String {
     let mut out = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
@@ -34,7 +43,7 @@ pub fn hosts_file(pod: &Pod, hostname: &str, ip: Option<IpAddr>) -> String {
             Some(sub) => {
                 let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                 out.push_str(&format!(
-                    "{ip}\t{hostname}.{sub}.{ns}.svc.{CLUSTER_DOMAIN}\t{hostname}\n"
+                    "{ip}\t{hostname}.{sub}.{ns}.svc.{domain}\t{hostname}\n"
                 ));
             }
             None => out.push_str(&format!("{ip}\t{hostname}\n")),
@@ -62,10 +71,15 @@ fn host_aliases(pod: &Pod) -> String {
     out
 }
 
-/// `/etc/resolv.conf` by the pod's `dnsPolicy` and `dnsConfig`, from the host's file, and a
-/// warning when the policy had to fall back. No cluster DNS runs yet, so `ClusterFirst` falls
-/// back to `Default`, as the kubelet does without `--cluster-dns` (event `MissingClusterDNS`).
-pub fn resolv_conf(pod: &Pod, host: &str) -> (String, Option<String>) {
+/// `/etc/resolv.conf` by the pod's `dnsPolicy` and `dnsConfig`, from the host's file and the
+/// cluster DNS, and a warning when the policy had to fall back: without a cluster DNS,
+/// `ClusterFirst` falls back to `Default`, as the kubelet does without `--cluster-dns` (event
+/// `MissingClusterDNS`).
+pub fn resolv_conf(
+    pod: &Pod,
+    host: &str,
+    cluster: Option<&ClusterDnsConfig>,
+) -> (String, Option<String>) {
     let spec = pod.spec.as_ref();
     let policy = spec
         .and_then(|s| s.dns_policy.as_deref())
@@ -77,6 +91,18 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> (String, Option<String>) {
         "ClusterFirst" | "ClusterFirstWithHostNet" => {
             if policy == "ClusterFirst" && host_network {
                 parse_resolv(host)
+            } else if let Some(dns) = cluster {
+                // The kubelet's: the cluster DNS alone, the pod's namespace first in the
+                // search path, then the host's search domains, and ndots:5.
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let d = &dns.domain;
+                let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+                searches.extend(parse_resolv(host).1);
+                (
+                    vec![dns.nameserver.to_string()],
+                    searches,
+                    vec!["ndots:5".to_owned()],
+                )
             } else {
                 warning = Some(format!(
                     "pod: {:?}. kubelet does not have ClusterDNS IP configured and cannot create Pod using \"{policy}\" policy. Falling back to \"Default\" policy.",
@@ -100,10 +126,12 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> (String, Option<String>) {
             options.push(opt);
         }
     }
-    // The resolver's own limits, as the kubelet trims to them.
-    servers.dedup();
+    // Duplicates dropped and the resolver's own limits kept, as the kubelet does.
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
     servers.truncate(3);
-    searches.dedup();
+    let mut seen = std::collections::HashSet::new();
+    searches.retain(|s| seen.insert(s.clone()));
     searches.truncate(32);
     let mut out = String::new();
     for s in &servers {
@@ -151,6 +179,7 @@ pub fn write_pod_files(
     pod_dir: &Path,
     hostname: &str,
     ip: Option<IpAddr>,
+    cluster: Option<&ClusterDnsConfig>,
 ) -> std::io::Result<(Vec<VolumeMount>, Option<String>)> {
     let host_network = pod
         .spec
@@ -160,9 +189,10 @@ pub fn write_pod_files(
     let hosts = if host_network {
         read_host_file(HOST_HOSTS) + &host_aliases(pod)
     } else {
-        hosts_file(pod, hostname, ip)
+        let domain = cluster.map_or(CLUSTER_DOMAIN, |c| c.domain.as_str());
+        hosts_file(pod, hostname, ip, domain)
     };
-    let (resolv, warning) = resolv_conf(pod, &read_host_file(HOST_RESOLV_CONF));
+    let (resolv, warning) = resolv_conf(pod, &read_host_file(HOST_RESOLV_CONF), cluster);
     let files = [
         ("etc-hosts", "/etc/hosts", hosts),
         ("resolv.conf", "/etc/resolv.conf", resolv),
@@ -199,7 +229,12 @@ mod tests {
     #[test]
     fn hosts_name_the_pod_and_its_aliases() {
         let ip: IpAddr = "10.88.0.7".parse().unwrap();
-        let plain = hosts_file(&pod(json!({"containers": []})), "web", Some(ip));
+        let plain = hosts_file(
+            &pod(json!({"containers": []})),
+            "web",
+            Some(ip),
+            CLUSTER_DOMAIN,
+        );
         assert!(plain.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(plain.ends_with("10.88.0.7\tweb\n"), "{plain}");
         let sub = hosts_file(
@@ -207,9 +242,10 @@ mod tests {
                 "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["a", "b"]}]})),
             "web",
             Some(ip),
+            "corp.example",
         );
         assert!(
-            sub.contains("10.88.0.7\tweb.db.shop.svc.cluster.local\tweb\n"),
+            sub.contains("10.88.0.7\tweb.db.shop.svc.corp.example\tweb\n"),
             "{sub}"
         );
         assert!(
@@ -222,7 +258,7 @@ mod tests {
     fn resolv_conf_follows_the_dns_policy() {
         let host =
             "# generated\nnameserver 1.1.1.1\nnameserver 8.8.8.8\nsearch lan\noptions edns0\n";
-        let (text, warn) = resolv_conf(&pod(json!({"containers": []})), host);
+        let (text, warn) = resolv_conf(&pod(json!({"containers": []})), host, None);
         assert_eq!(
             text,
             "nameserver 1.1.1.1\nnameserver 8.8.8.8\nsearch lan\noptions edns0\n"
@@ -231,6 +267,7 @@ mod tests {
         let (text, warn) = resolv_conf(
             &pod(json!({"dnsPolicy": "Default", "containers": []})),
             host,
+            None,
         );
         assert!(warn.is_none());
         assert!(text.starts_with("nameserver 1.1.1.1\n"));
@@ -239,10 +276,62 @@ mod tests {
                 "nameservers": ["9.9.9.9"], "searches": ["x.local"],
                 "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}})),
             host,
+            None,
         );
         assert_eq!(
             text,
             "nameserver 9.9.9.9\nsearch x.local\noptions ndots:2 rotate\n"
         );
+    }
+
+    #[test]
+    fn cluster_first_uses_the_cluster_dns_as_the_kubelet_writes_it() {
+        let host = "nameserver 1.1.1.1\nsearch lan corp\noptions edns0\n";
+        let dns = ClusterDnsConfig {
+            nameserver: "10.88.0.1".parse().unwrap(),
+            domain: "cluster.local".into(),
+        };
+        let cluster = "nameserver 10.88.0.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local lan corp\noptions ndots:5\n";
+        // (case, pod spec, resolv.conf wanted)
+        let rows = [
+            ("ClusterFirst is the default", json!({"containers": []}), cluster.to_owned()),
+            (
+                "ClusterFirst",
+                json!({"dnsPolicy": "ClusterFirst", "containers": []}),
+                cluster.to_owned(),
+            ),
+            (
+                "Default keeps the host's",
+                json!({"dnsPolicy": "Default", "containers": []}),
+                host.to_owned(),
+            ),
+            (
+                "hostNetwork with ClusterFirst keeps the host's",
+                json!({"hostNetwork": true, "containers": []}),
+                host.to_owned(),
+            ),
+            (
+                "ClusterFirstWithHostNet",
+                json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []}),
+                cluster.to_owned(),
+            ),
+            (
+                "dnsConfig merged: servers and searches appended, options by name",
+                json!({"containers": [], "dnsConfig": {"nameservers": ["9.9.9.9", "10.88.0.1"],
+                    "searches": ["x.local", "lan"],
+                    "options": [{"name": "ndots", "value": "2"}, {"name": "single-request"}]}}),
+                "nameserver 10.88.0.1\nnameserver 9.9.9.9\nsearch shop.svc.cluster.local svc.cluster.local cluster.local lan corp x.local\noptions ndots:2 single-request\n".to_owned(),
+            ),
+            (
+                "None takes dnsConfig alone",
+                json!({"dnsPolicy": "None", "containers": [], "dnsConfig": {"nameservers": ["9.9.9.9"]}}),
+                "nameserver 9.9.9.9\n".to_owned(),
+            ),
+        ];
+        for (case, spec, want) in rows {
+            let (text, warning) = resolv_conf(&pod(spec), host, Some(&dns));
+            assert_eq!(text, want, "{case}");
+            assert!(warning.is_none(), "{case}");
+        }
     }
 }

@@ -203,13 +203,17 @@ async fn run_inner(
         return;
     };
     let etc_files = {
-        let (p, dir, host, ip) = (
+        let (p, dir, host, ip, dns) = (
             pod.clone(),
             sandbox.dir.clone(),
             sandbox.hostname.clone(),
             sandbox.ips.first().copied(),
+            node.cluster_dns.clone(),
         );
-        tokio::task::spawn_blocking(move || network::write_pod_files(&p, &dir, &host, ip)).await
+        tokio::task::spawn_blocking(move || {
+            network::write_pod_files(&p, &dir, &host, ip, dns.as_ref())
+        })
+        .await
     };
     let etc_mounts = match etc_files {
         Ok(Ok((mounts, warning))) => {

@@ -102,6 +102,30 @@ pub struct ServerArgs {
     /// Where the CNI plugin programs are (':'-separated).
     #[arg(long, value_name = "DIRS", default_value = "/usr/lib/cni:/opt/cni/bin")]
     pub cni_bin_dir: String,
+    /// The cluster's DNS domain: the cluster DNS (on the pod network's gateway, port 53)
+    /// answers `<service>.<namespace>.svc.<domain>`, and pods search it.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
+    pub cluster_domain: String,
+}
+
+/// A DNS domain for `--cluster-domain`: dot-separated labels of lower-case letters, digits and
+/// '-'.
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if d.is_empty() || d.len() > 200 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a DNS domain such as cluster.local (lower-case labels separated by dots)"
+        ));
+    }
+    Ok(d.to_owned())
 }
 
 /// A Go-style duration (`60s`, `2m`, `1h30m`) for a flag.
@@ -248,6 +272,7 @@ impl ServerArgs {
 struct Stoppable {
     node: Arc<Node>,
     ctx: Arc<manager::Context>,
+    services: Arc<imc_runtime::service_proxy::ServiceProxy>,
 }
 
 /// Starts the controllers as clients of `server` (over its kubeconfig, like any cluster
@@ -286,9 +311,16 @@ async fn start_controllers(
     let api = server.api();
     api.set_metrics(Arc::new(move || metrics.encode()));
     let api_service = api_service(args, server.local_addr())?;
-    let node = start_node(&api, &ctx, args, log_limits, api_service).await?;
+    let view = imc_controllers::service_view::ServiceView::watch(ctx.client.clone());
+    let cluster_dns = start_cluster_dns(args, &view).await;
+    let node = start_node(&api, &ctx, args, log_limits, api_service, cluster_dns).await?;
+    let services = start_service_proxy(view, args).await?;
     tokio::spawn(manager::run(ctx.clone()));
-    Ok(Stoppable { node, ctx })
+    Ok(Stoppable {
+        node,
+        ctx,
+        services,
+    })
 }
 
 /// Registers pod admission (cache choice; the scheduler binds pods) and starts the node, whose
@@ -299,6 +331,7 @@ async fn start_node(
     args: &ServerArgs,
     log_limits: imc_runtime::LogLimits,
     api_service: Option<imc_controllers::node::ApiService>,
+    cluster_dns: Option<imc_controllers::node::ClusterDnsConfig>,
 ) -> anyhow::Result<Arc<Node>> {
     use imc_controllers::admission_hook::{CacheView, PodAdmission};
     let view = CacheView::watch(ctx.client.clone());
@@ -334,6 +367,7 @@ async fn start_node(
         log_limits,
         network: Some(network),
         api_service,
+        cluster_dns,
     };
     let node = Node::start(ctx.clone(), view, options)
         .await
@@ -341,6 +375,53 @@ async fn start_node(
     api.set_pod_logs(Arc::new(NodeLogs(node.clone())));
     api.set_pod_streams(Arc::new(super::node_streams::NodeStreams(node.clone())));
     Ok(node)
+}
+
+/// Installs the Service data path (imc's iptables chains for ClusterIPs and NodePorts) and
+/// starts keeping it in line with the Services and EndpointSlices, as kube-proxy does.
+async fn start_service_proxy(
+    view: imc_controllers::service_view::ServiceView,
+    args: &ServerArgs,
+) -> anyhow::Result<Arc<imc_runtime::service_proxy::ServiceProxy>> {
+    let proxy = Arc::new(imc_runtime::service_proxy::ServiceProxy::new(
+        &args.pod_bridge,
+    )?);
+    let p = proxy.clone();
+    tokio::task::spawn_blocking(move || p.install())
+        .await?
+        .context("installing the Service data path")?;
+    tokio::spawn(imc_controllers::proxy::run(view, proxy.clone()));
+    Ok(proxy)
+}
+
+/// Starts the cluster DNS on the pod network's gateway, port 53 (UDP and TCP), forwarding
+/// names outside `--cluster-domain` to the host's resolvers. Returns what pods put in their
+/// resolv.conf; `None` (logged) when it cannot listen: pods then keep the host's resolvers,
+/// with a `MissingClusterDNS` warning event, as the kubelet does without `--cluster-dns`.
+async fn start_cluster_dns(
+    args: &ServerArgs,
+    view: &imc_controllers::service_view::ServiceView,
+) -> Option<imc_controllers::node::ClusterDnsConfig> {
+    let gateway = super::api_forwarder::gateway(&args.pod_cidr)?;
+    let host = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .unwrap_or_default();
+    let upstreams = imc_controllers::dns::upstreams(&host, gateway.into());
+    let dns = imc_controllers::dns::ClusterDns::new(view.clone(), &args.cluster_domain, upstreams);
+    let addr = std::net::SocketAddr::from((gateway, 53));
+    match dns.serve(addr) {
+        Ok(()) => {
+            tracing::info!(%addr, domain = %args.cluster_domain, "cluster dns listening");
+            Some(imc_controllers::node::ClusterDnsConfig {
+                nameserver: gateway.into(),
+                domain: args.cluster_domain.clone(),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot serve the cluster dns: pods use the host's resolvers");
+            None
+        }
+    }
 }
 
 /// Where pods reach the API server (their `KUBERNETES_SERVICE_HOST` …): pods on the pod
@@ -482,7 +563,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let node_bound = SHUTDOWN_BOUND.saturating_sub(spent + SHUTDOWN_MARGIN);
     // The API accepts nothing more: builds are called off and the containers go now; caches and
     // pods stay as they are for the next start.
-    if let Some(Stoppable { node, ctx }) = stoppable {
+    if let Some(Stoppable {
+        node,
+        ctx,
+        services,
+    }) = stoppable
+    {
         ctx.stop_builds();
         let report = node.shutdown(node_bound).await;
         let temp = ctx.remove_temp_work();
@@ -491,6 +577,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 entries = temp,
                 "removed the temporary work of called-off builds"
             );
+        }
+        match tokio::task::spawn_blocking(move || services.remove()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing the Service data path"),
+            Err(e) => tracing::warn!(error = %e, "removing the Service data path"),
         }
         if args.cni_config.is_none()
             && let Err(e) = masquerade(&args, imc_runtime::PodMasquerade::remove).await
