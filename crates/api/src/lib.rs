@@ -7,6 +7,7 @@
 
 pub mod annotations;
 pub mod cache_id;
+pub mod cron_schedule;
 pub mod digest;
 pub mod image_cache;
 pub mod quantity;

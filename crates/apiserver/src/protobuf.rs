@@ -1,6 +1,6 @@
 //! Decoding of the protobuf request bodies kubectl's typed clients send
-//! (`kubectl create namespace|configmap|secret|serviceaccount|token|deployment|job|service`, `kubectl
-//! auth can-i` and `whoami`) into JSON objects.
+//! (`kubectl create namespace|configmap|secret|serviceaccount|token|deployment|job|cronjob|service`,
+//! `kubectl auth can-i` and `whoami`) into JSON objects.
 //!
 //! The body is `k8s\0` + `runtime.Unknown{typeMeta, raw}`, where `raw` is the object's own
 //! protobuf message. Only the messages of the kinds listed in [`schema_for`] are known; unknown
@@ -196,20 +196,42 @@ const DEPLOYMENT: &[Field] = &[
 ];
 const JOB: &[Field] = &[
     (1, "metadata", Kind::Msg(OBJECT_META)),
+    (2, "spec", Kind::Msg(JOB_SPEC)),
+];
+const JOB_SPEC: &[Field] = &[
+    (1, "parallelism", Kind::Int),
+    (2, "completions", Kind::Int),
+    (3, "activeDeadlineSeconds", Kind::Int),
+    (4, "selector", Kind::Msg(LABEL_SELECTOR)),
+    (5, "manualSelector", Kind::Bool),
+    (6, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+    (7, "backoffLimit", Kind::Int),
+    (8, "ttlSecondsAfterFinished", Kind::Int),
+    (9, "completionMode", Kind::Str),
+    (10, "suspend", Kind::Bool),
+];
+/// `kubectl create cronjob` (k8s.io/api/batch/v1 `CronJob`, `CronJobSpec`, `JobTemplateSpec`).
+const CRON_JOB: &[Field] = &[
+    (1, "metadata", Kind::Msg(OBJECT_META)),
     (
         2,
         "spec",
         Kind::Msg(&[
-            (1, "parallelism", Kind::Int),
-            (2, "completions", Kind::Int),
-            (3, "activeDeadlineSeconds", Kind::Int),
-            (4, "selector", Kind::Msg(LABEL_SELECTOR)),
-            (5, "manualSelector", Kind::Bool),
-            (6, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
-            (7, "backoffLimit", Kind::Int),
-            (8, "ttlSecondsAfterFinished", Kind::Int),
-            (9, "completionMode", Kind::Str),
-            (10, "suspend", Kind::Bool),
+            (1, "schedule", Kind::Str),
+            (2, "startingDeadlineSeconds", Kind::Int),
+            (3, "concurrencyPolicy", Kind::Str),
+            (4, "suspend", Kind::Bool),
+            (
+                5,
+                "jobTemplate",
+                Kind::Msg(&[
+                    (1, "metadata", Kind::Msg(OBJECT_META)),
+                    (2, "spec", Kind::Msg(JOB_SPEC)),
+                ]),
+            ),
+            (6, "successfulJobsHistoryLimit", Kind::Int),
+            (7, "failedJobsHistoryLimit", Kind::Int),
+            (8, "timeZone", Kind::Str),
         ]),
     ),
 ];
@@ -283,6 +305,7 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("authentication.k8s.io/v1", "TokenRequest") => Some(TOKEN_REQUEST),
         ("apps/v1", "Deployment") => Some(DEPLOYMENT),
         ("batch/v1", "Job") => Some(JOB),
+        ("batch/v1", "CronJob") => Some(CRON_JOB),
         _ => None,
     }
 }
@@ -452,7 +475,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("");
     let schema = schema_for(api_version, kind).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, TokenRequest, Deployment, Job and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, TokenRequest, Deployment, Job, CronJob and the self reviews only, not {api_version} {kind}; send JSON or YAML (kubectl create -f)"
         ))
     })?;
     let raw = unknown

@@ -5,14 +5,13 @@
 
 mod run_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use imc_testkit::apiserver::TestServer;
 use imc_testkit::kubectl::pod_ready;
+use imc_testkit::watch::{typed_ready, watch_pods};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
 use run_support::{Registry, push, registry_with_images, server_image};
 use serde_json::{Value, json};
 
@@ -321,48 +320,6 @@ fn apply_validates_and_serves_replica_sets() {
     server.wait_for_pods("tier=cache", "down to 2", |p| live(p).len() == 2);
     server.kubectl_ok(&["scale", "rs", "cache", "--replicas=1"]);
     server.wait_for_pods("tier=cache", "down to 1", |p| p.len() == 1);
-}
-
-/// Watches the pods of `selector` with kube-rs, recording each pod's latest state in order.
-async fn watch_pods(
-    client: kube::Client,
-    selector: String,
-    log: Arc<Mutex<Vec<BTreeMap<String, Pod>>>>,
-) {
-    let api: kube::Api<Pod> = kube::Api::default_namespaced(client);
-    let mut stream = watcher(api, watcher::Config::default().labels(&selector)).boxed();
-    // The state is recorded once the initial list is complete, then after every change.
-    let mut current: BTreeMap<String, Pod> = BTreeMap::new();
-    let mut listing = BTreeMap::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(watcher::Event::Apply(p)) => {
-                current.insert(p.metadata.name.clone().unwrap_or_default(), p);
-            }
-            Ok(watcher::Event::Delete(p)) => {
-                current.remove(&p.metadata.name.clone().unwrap_or_default());
-            }
-            Ok(watcher::Event::Init) => {
-                listing.clear();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(p)) => {
-                listing.insert(p.metadata.name.clone().unwrap_or_default(), p);
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => current = std::mem::take(&mut listing),
-            Err(_) => continue,
-        }
-        log.lock().expect("the log").push(current.clone());
-    }
-}
-
-fn typed_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[test]

@@ -14,5 +14,6 @@ pub mod leftovers;
 pub mod outside;
 pub mod proxy;
 pub mod registry;
+pub mod watch;
 pub mod web;
 pub mod webhook;

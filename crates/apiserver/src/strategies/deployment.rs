@@ -121,7 +121,7 @@ impl Strategy for DeploymentStrategy {
 }
 
 /// Whether `v` is a non-negative integer or a `N%` string.
-fn valid_int_or_percent(v: &Value) -> bool {
+pub(crate) fn valid_int_or_percent(v: &Value) -> bool {
     match v {
         Value::Number(n) => n.as_i64().is_some_and(|n| n >= 0),
         Value::String(s) => s

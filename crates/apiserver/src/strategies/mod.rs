@@ -5,6 +5,9 @@
 //! subresources).
 
 pub mod config_map;
+pub mod controller_revision;
+pub mod cron_job;
+pub mod daemon_set;
 pub mod deployment;
 pub mod event;
 pub mod image_cache;
@@ -20,6 +23,7 @@ pub mod secret;
 pub mod service;
 pub mod service_account;
 pub mod service_spec;
+pub mod stateful_set;
 pub mod workload;
 
 use serde_json::Value;
@@ -176,6 +180,10 @@ pub fn builtin() -> Vec<ResourceDef> {
         deployment::def(),
         replica_set::def(),
         job::def(),
+        daemon_set::def(),
+        controller_revision::def(),
+        cron_job::def(),
+        stateful_set::def(),
         crate::crd::def(),
     ]
     .into_iter()
