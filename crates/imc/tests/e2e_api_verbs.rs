@@ -332,12 +332,11 @@ fn nodes_print_upstream_columns_and_wide() {
 #[test]
 fn kinds_not_served_and_lists_answer_as_kube_apiserver_does() {
     let s = server();
-    let stateful_set =
-        r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"d"},"spec":{}}"#;
-    let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], stateful_set);
+    let budget = r#"{"apiVersion":"policy/v1","kind":"PodDisruptionBudget","metadata":{"name":"d"},"spec":{}}"#;
+    let (ok, out) = s.kubectl_args_stdin(&["apply", "-f", "-"], budget);
     assert!(!ok, "{out}");
     assert!(
-        out.contains(r#"no matches for kind "StatefulSet" in version "apps/v1""#),
+        out.contains(r#"no matches for kind "PodDisruptionBudget" in version "policy/v1""#),
         "{out}"
     );
     let list = json!({
@@ -351,7 +350,10 @@ fn kinds_not_served_and_lists_answer_as_kube_apiserver_does() {
     assert!(ok, "{out}");
     assert!(s.get_json("configmap", "one").is_some() && s.get_json("configmap", "two").is_some());
     // A path nothing serves is Go's plain 404, which kubectl words as upstream's.
-    let (ok, out) = s.kubectl_args_stdin(&["get", "--raw", "/apis/apps/v1/statefulsets"], "");
+    let (ok, out) = s.kubectl_args_stdin(
+        &["get", "--raw", "/apis/policy/v1/poddisruptionbudgets"],
+        "",
+    );
     assert!(
         !ok && out.contains("the server could not find the requested resource"),
         "{out}"

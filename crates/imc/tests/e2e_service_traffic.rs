@@ -204,3 +204,70 @@ fn cluster_ips_and_node_ports_reach_ready_backends_and_stop_removes_every_rule()
         assert!(left.is_empty(), "{table}: {left:#?}");
     }
 }
+
+/// Issue 11's own words: a Deployment, `kubectl expose deploy web --port=80
+/// --target-port=8080`, then HTTP through the allocated ClusterIP from the host and, by name
+/// through the cluster DNS, from a pod; and through the allocated NodePort. Nothing is connected
+/// to before its rule is in place.
+#[test]
+fn an_exposed_deployment_answers_on_its_allocated_cluster_ip_name_and_node_port() {
+    let reg = registry_with_images();
+    let server = start(&reg);
+    let pod = http_pod(&reg.busybox, "unused", "web", "from-web");
+    server.create_ok(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod["spec"]}}}));
+    server.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=180s"]);
+    server.kubectl_ok(&[
+        "expose",
+        "deploy",
+        "web",
+        "--port=80",
+        &format!("--target-port={HTTP_POD_PORT}"),
+        "--type=NodePort",
+    ]);
+    let svc = server.get_json("svc", "web").expect("the Service");
+    let cluster_ip: Ipv4Addr = svc["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("an allocated cluster IP");
+    let node_port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("an allocated node port");
+    let pods = server.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let ips: Vec<&str> = pods.split_whitespace().collect();
+    assert_eq!(ips.len(), 2, "{pods}");
+    // The endpoint controller's slices reach the data path: both pods behind the ClusterIP.
+    for ip in &ips {
+        wait_for_rule(
+            "nat",
+            &[&format!("--to-destination {ip}:{HTTP_POD_PORT}")],
+            true,
+        );
+    }
+    wait_for_rule("nat", &[&format!("-d {cluster_ip}/32"), "--dport 80"], true);
+    wait_for_rule("nat", &[&format!("--dport {node_port}")], true);
+
+    assert_eq!(http_get(SocketAddr::from((cluster_ip, 80))), "from-web");
+    assert_eq!(
+        http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, node_port))),
+        "from-web"
+    );
+    let bodies = bodies_from_pod(
+        &server,
+        &reg,
+        "by-name",
+        "http://web.default.svc.cluster.local/",
+        3,
+    );
+    assert_eq!(bodies, ["from-web", "from-web", "from-web"], "{bodies:?}");
+}
