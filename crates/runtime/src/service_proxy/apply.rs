@@ -164,6 +164,7 @@ impl ServiceProxy {
             ("nat", "PREROUTING", self.names.services(), vec![]),
             ("nat", "OUTPUT", self.names.services(), vec![]),
             ("nat", "POSTROUTING", self.names.postrouting(), vec![]),
+            ("filter", "INPUT", self.names.firewall(), vec![]),
             ("filter", "INPUT", self.names.reject(), new.clone()),
             ("filter", "FORWARD", self.names.reject(), new.clone()),
             ("filter", "OUTPUT", self.names.reject(), new),

@@ -160,6 +160,13 @@ impl ChainNames {
         format!("IMC-REJECT-{}", self.tag)
     }
 
+    /// The filter chain INPUT jumps to: drops connections to 127.0.0.0/8 that come from
+    /// elsewhere, which `route_localnet` (set for NodePorts on 127.0.0.1) would otherwise let in
+    /// (CVE-2020-8558; kube-proxy's rule).
+    pub fn firewall(&self) -> String {
+        format!("IMC-FIREWALL-{}", self.tag)
+    }
+
     /// The nat chain of one Service port.
     fn svc(&self, p: &ServicePort) -> String {
         format!("IMC-SVC-{}-{}", self.tag, short_hash(&port_key(p), 12))
@@ -265,7 +272,11 @@ pub fn rules(names: &ChainNames, ports: &[ServicePort]) -> RuleSet {
         mark.clone(),
         post.clone(),
     ];
-    set.filter_chains = vec![reject.clone()];
+    set.filter_chains = vec![reject.clone(), names.firewall()];
+    set.filter_rules.push(format!(
+        "-A {} ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+        names.firewall()
+    ));
     set.nat_rules
         .push(format!("-A {mark} -j MARK --or-mark {MASQ_MARK}"));
     set.nat_rules.push(format!(
@@ -410,6 +421,21 @@ mod tests {
     }
 
     #[test]
+    fn connections_to_loopback_from_elsewhere_are_dropped_whatever_the_services() {
+        // route_localnet (for NodePorts on 127.0.0.1) would let other hosts reach loopback-only
+        // listeners such as the API server (CVE-2020-8558): INPUT drops them first.
+        let set = rules(&names(), &[]);
+        let firewall = names().firewall();
+        assert!(set.filter_chains.contains(&firewall));
+        assert_eq!(
+            lines(&set.filter_rules, &[&format!("-A {firewall} ")]),
+            [&format!(
+                "-A {firewall} ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+            )]
+        );
+    }
+
+    #[test]
     fn usable_endpoints_are_the_ready_ones_else_the_serving_terminating_ones() {
         let rows: [(&str, Vec<Endpoint>, Vec<&str>); 5] = [
             (
@@ -498,7 +524,7 @@ mod tests {
             assert_eq!(dnat.len(), 1, "{ip}");
             assert!(dnat[0].contains("-p tcp"), "{}", dnat[0]);
         }
-        assert!(set.filter_rules.is_empty());
+        assert!(lines(&set.filter_rules, &["REJECT"]).is_empty());
         assert!(
             set.nat_rules
                 .last()
@@ -623,7 +649,7 @@ mod tests {
             }
             if filter.is_empty() {
                 assert!(
-                    set.filter_rules.is_empty(),
+                    lines(&set.filter_rules, &["REJECT"]).is_empty(),
                     "{case}: {:#?}",
                     set.filter_rules
                 );
